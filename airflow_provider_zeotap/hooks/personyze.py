@@ -1,0 +1,220 @@
+"""Personyze REST API: Basic auth ``api`` + key, path-syntax queries, one row per request.
+
+Wire facts (see the project's API notes): GET returns a JSON array (an object for ``/<object>/<id>``),
+POST returns the new id as a bare number, PUT and DELETE return the number of rows affected, and 400
+bodies are plain text. ``POST /rest/users`` is serialized per account: one in flight, and a request
+that waited over 1 s is refused with ``400 Too many simultaneous requests``, which is retried.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from airflow_provider_zeotap.hooks.base import ApiHook
+from airflow_provider_zeotap.http import ApiError, BadRequestError, ConfigurationError, Limits, Pacer
+
+#: (column, operator, value) — operators as the API spells them.
+Condition = tuple[str, str, Any]
+OPERATORS = frozenset({"=", "!=", ">", ">=", "<", "<=", ":", "!:"})
+USERS_POST_LANE = "users_post"
+ROW_NOT_FOUND = "Row not found"
+#: Public client authors report that offset + limit over 1000 is refused.
+MAX_READ_WINDOW = 1000
+_EMAIL_IN_PATH = re.compile(r"[^/&|=:<>!,]*(?:%40|@)[^/&|,]*")
+
+
+def encode_value(value: Any) -> str:
+    """Percent-encode one value: ``/ = & % |`` and spaces inside a value would change the query."""
+    if isinstance(value, bool):
+        value = int(value)
+    return quote(str(value), safe="")
+
+
+def build_path(
+    obj: str,
+    row_id: int | str | None = None,
+    *,
+    where: Mapping[str, Any] | Sequence[Condition] | None = None,
+    columns: Sequence[str] | None = None,
+    order_by: str | None = None,
+    order_by_desc: str | None = None,
+    limit: int | None = None,
+    offset: int | None = None,
+) -> str:
+    """Build ``/<object>[/<id>]/where/.../columns/.../order_by/.../limit/<off>,<n>``.
+
+    ``where`` is a mapping (column = value, all AND-ed) or a list of (column, operator, value); a list or
+    tuple value with ``:``/``!:`` becomes a comma list, each item encoded on its own.
+    """
+    parts = [obj.strip("/")]
+    if row_id is not None:
+        parts.append(encode_value(row_id))
+    if where:
+        conditions = list(where.items()) if isinstance(where, Mapping) else list(where)
+        parts += ["where", "&".join(_condition(c) for c in conditions)]
+    if columns:
+        parts += ["columns", ",".join(encode_value(c) for c in columns)]
+    if order_by:
+        parts += ["order_by", encode_value(order_by)]
+    if order_by_desc:
+        parts += ["order_by_desc", encode_value(order_by_desc)]
+    if limit is not None:
+        parts += ["limit", f"{int(offset)},{int(limit)}" if offset else str(int(limit))]
+    return "/" + "/".join(parts)
+
+
+def _condition(condition: tuple[Any, ...]) -> str:
+    column, op, value = condition if len(condition) == 3 else (condition[0], "=", condition[1])
+    if op not in OPERATORS:
+        raise ValueError(f"Unknown Personyze where operator {op!r}; use one of {sorted(OPERATORS)}.")
+    if isinstance(value, (list, tuple, set, frozenset)):
+        rendered = ",".join(encode_value(v) for v in value)
+    else:
+        rendered = encode_value(value)
+    return f"{encode_value(column)}{op}{rendered}"
+
+
+def _number(response: httpx.Response, what: str) -> int:
+    """Bare-number answers (``5712334``) arrive as JSON numbers or as text."""
+    try:
+        return int(response.text.strip().strip('"'))
+    except ValueError:
+        raise ApiError(
+            f"expected a bare number ({what}) but got {response.text[:100]!r}",
+            vendor="Personyze",
+            method=response.request.method,
+            path=_EMAIL_IN_PATH.sub("<email>", response.request.url.path),
+            status=response.status_code,
+            response=response,
+        ) from None
+
+
+class PersonyzeHook(ApiHook):
+    """Talks to Personyze's REST API with the key from a ``personyze`` connection."""
+
+    conn_name_attr = "personyze_conn_id"
+    default_conn_name = "personyze_default"
+    conn_type = "personyze"
+    hook_name = "Personyze"
+
+    vendor = "Personyze"
+    default_host = "https://app.personyze.com"
+    path_prefix = "/rest"
+    #: No published rate; 503 means "slow down". Keep a few calls in flight.
+    default_limits = Limits(max_in_flight=4)
+    throttle_markers = ("Too many simultaneous requests",)
+
+    def _auth(self, secret: str) -> httpx.Auth:
+        return httpx.BasicAuth("api", secret)
+
+    def _lanes(self) -> dict[str, Pacer]:
+        return {USERS_POST_LANE: Pacer(Limits(max_in_flight=1))}
+
+    def _describe_path(self, path: str) -> str:
+        return _EMAIL_IN_PATH.sub("<email>", path)
+
+    # -- account -----------------------------------------------------------------------------------
+    def get_account(self) -> dict[str, Any]:
+        return self.client.json("GET", "/account")
+
+    def _check_connection(self) -> str:
+        account = self.get_account()
+        name = account.get("name") or account.get("id") if isinstance(account, dict) else None
+        return f"Connected to Personyze account {name!r}." if name else "Connected to Personyze."
+
+    # -- users -------------------------------------------------------------------------------------
+    def find_users(self, where: Mapping[str, Any] | Sequence[Condition], *, columns: Sequence[str] | None = None,
+                   limit: int = 10) -> list[dict[str, Any]]:
+        rows = self.client.json("GET", build_path("users", where=where, columns=columns, limit=limit))
+        return list(rows or [])
+
+    def get_user_by_email(self, email: str) -> dict[str, Any] | None:
+        rows = self.find_users({"email": email}, limit=1)
+        return rows[0] if rows else None
+
+    def find_user_id(self, email: str) -> int | None:
+        rows = self.find_users({"email": email}, columns=["user_id"], limit=1)
+        return int(rows[0]["user_id"]) if rows else None
+
+    def create_user(self, fields: Mapping[str, Any]) -> int:
+        """Create, or merge into the user whose email or internal_id matches. Returns the user_id."""
+        response = self.client.request("POST", "/users", json=dict(fields), lane=USERS_POST_LANE)
+        return _number(response, "user_id")
+
+    def update_user_by_email(self, email: str, fields: Mapping[str, Any]) -> int:
+        """Update the user with this email; returns rows affected (0: no such user)."""
+        response = self.client.request("PUT", build_path("users", where={"email": email}), json=dict(fields))
+        return _number(response, "rows affected")
+
+    # -- user lists --------------------------------------------------------------------------------
+    def list_user_lists(self) -> list[dict[str, Any]]:
+        return list(self.client.json("GET", "/user_lists") or [])
+
+    def get_user_list(self, list_id: int) -> dict[str, Any] | None:
+        try:
+            row = self.client.json("GET", build_path("user_lists", int(list_id)))
+        except BadRequestError as error:
+            if ROW_NOT_FOUND.lower() in error.message.lower():
+                return None
+            raise
+        return row[0] if isinstance(row, list) and row else row or None
+
+    def require_user_list(self, list_id: int) -> dict[str, Any]:
+        """The list must exist before a sync writes to it; Personyze lists are not created by syncs."""
+        row = self.get_user_list(list_id)
+        if row is None:
+            raise ConfigurationError(
+                f"Personyze user list {list_id} does not exist: create the list in Personyze first, then use its "
+                "numeric ID (not its name) as list_id. Known lists: "
+                + ", ".join(f"{r.get('id')}={r.get('name')!r}" for r in self.list_user_lists()[:20])
+            )
+        return row
+
+    def add_list_member(
+        self, list_id: int, *, email: str | None = None, internal_id: str | None = None, user_id: int | None = None
+    ) -> int:
+        """Add a user to a list by email, internal id or user id (Personyze creates a stub user if needed)."""
+        body: dict[str, Any] = {"user_list_id": int(list_id)}
+        if email is not None:
+            body["user_email"] = email
+        elif internal_id is not None:
+            body["user_internal_id"] = internal_id
+        elif user_id is not None:
+            body["user_id"] = int(user_id)
+        else:
+            raise ValueError("add_list_member needs email, internal_id or user_id")
+        response = self.client.request("POST", "/user_list_users", json=body)
+        return _number(response, "membership")
+
+    def remove_list_member(self, list_id: int, user_id: int) -> int:
+        """Remove one membership; returns rows affected (0: it was not there)."""
+        path = build_path("user_list_users", where=[("user_list_id", "=", int(list_id)), ("user_id", "=", int(user_id))])
+        return _number(self.client.request("DELETE", path), "rows affected")
+
+    def iter_list_members(self, list_id: int, *, page_size: int = MAX_READ_WINDOW) -> Iterator[dict[str, Any]]:
+        """All members of a list. Pages by user_id (keyset), since offset + limit may not pass 1000."""
+        page_size = min(page_size, MAX_READ_WINDOW)
+        last = 0
+        while True:
+            where = [("user_list_id", "=", int(list_id)), ("user_id", ">", last)]
+            rows = self.client.json(
+                "GET", build_path("user_list_users", where=where, order_by="user_id", limit=page_size)
+            ) or []
+            yield from rows
+            if len(rows) < page_size:
+                return
+            last = int(rows[-1]["user_id"])
+
+    def _explain(self, error: ApiError) -> str:
+        if error.status == 401:
+            return (
+                f"Personyze refused the API key (HTTP 401 {error.message!r}): it is wrong or no longer active. "
+                f"Copy the REST API key from Personyze Settings > API into the password field of connection "
+                f"{self.conn_id!r} (the user name is always 'api')."
+            )
+        return super()._explain(error)

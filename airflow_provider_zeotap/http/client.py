@@ -1,0 +1,283 @@
+"""One HTTP client for all four APIs: httpx underneath, tenacity for retries, a Pacer per API.
+
+Sync and async share everything but the await: the request is built, paced, classified and retried
+by the same functions, so a rule (say, "429 does not use up an attempt") is written once.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from tenacity import AsyncRetrying, RetryCallState, Retrying, retry_if_exception
+
+from airflow_provider_zeotap.http.errors import (
+    BODY_EXCERPT_CHARS,
+    ApiConnectionError,
+    ApiError,
+    RateLimitedError,
+    ThrottledError,
+    error_class_for,
+    redact,
+)
+from airflow_provider_zeotap.http.pacing import Pacer
+from airflow_provider_zeotap.http.settings import RetryPolicy
+from airflow_provider_zeotap.http.urls import check_transport
+
+log = logging.getLogger(__name__)
+
+#: Parses a vendor's error body into (error type, human message).
+ErrorParser = Callable[[httpx.Response], tuple[str | None, str]]
+
+
+def default_error_parser(response: httpx.Response) -> tuple[str | None, str]:
+    """JSON bodies with a ``message``/``error``/``code`` field, else the text itself."""
+    text = response.text.strip()
+    try:
+        body = response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None, text or response.reason_phrase
+    if isinstance(body, dict):
+        error = body.get("error")
+        error_type = error if isinstance(error, str) else body.get("code") or body.get("type")
+        message = body.get("message") or (error.get("message") if isinstance(error, dict) else None)
+        return (str(error_type) if error_type else None), str(message or text)
+    return None, text
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Retry-After is either delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+@dataclass
+class _Budget:
+    """Tenacity stop condition: bounded attempts (429s excluded) and bounded total time."""
+
+    policy: RetryPolicy
+    counted: int = 0
+    started: float = field(default_factory=time.monotonic)
+
+    def __call__(self, state: RetryCallState) -> bool:
+        error = state.outcome.exception() if state.outcome else None
+        if not isinstance(error, RateLimitedError):
+            self.counted += 1
+        if self.counted >= self.policy.max_attempts:
+            return True
+        next_wait = state.upcoming_sleep or 0.0
+        return time.monotonic() - self.started + next_wait > self.policy.max_retry_seconds
+
+
+class ApiClient:
+    """A vendor's API: base URL, auth, pacing, retries and error mapping. Clients are created lazily."""
+
+    def __init__(
+        self,
+        *,
+        vendor: str,
+        base_url: str,
+        auth: httpx.Auth | None = None,
+        headers: Mapping[str, str] | None = None,
+        secrets: Sequence[str] = (),
+        timeout: float = 30.0,
+        retry: RetryPolicy | None = None,
+        pacer: Pacer | None = None,
+        lanes: Mapping[str, Pacer] | None = None,
+        verify: ssl.SSLContext | bool = True,
+        error_parser: ErrorParser = default_error_parser,
+        describe_path: Callable[[str], str] = lambda path: path,
+        throttle_markers: Sequence[str] = (),
+    ) -> None:
+        check_transport(base_url)
+        self.vendor = vendor
+        self.base_url = base_url.rstrip("/")
+        self.retry = retry or RetryPolicy()
+        self.pacer = pacer or Pacer()
+        self.lanes = dict(lanes or {})
+        self._auth = auth
+        self._headers = dict(headers or {})
+        self._secrets = [s for s in secrets if s]
+        self._timeout = httpx.Timeout(timeout)
+        self._verify = verify
+        self._parse_error = error_parser
+        self._describe_path = describe_path
+        self._throttle_markers = tuple(throttle_markers)
+        self._client: httpx.Client | None = None
+        self._aclient: httpx.AsyncClient | None = None
+
+    # -- clients -----------------------------------------------------------------------------------
+    def _client_kwargs(self) -> dict[str, Any]:
+        return {
+            "base_url": self.base_url,
+            "auth": self._auth,
+            "headers": {"Accept": "application/json", "User-Agent": "airflow-provider-zeotap", **self._headers},
+            "timeout": self._timeout,
+            "verify": self._verify,
+            "follow_redirects": False,
+        }
+
+    @property
+    def client(self) -> httpx.Client:
+        if self._client is None:
+            self._client = httpx.Client(**self._client_kwargs())
+        return self._client
+
+    @property
+    def aclient(self) -> httpx.AsyncClient:
+        if self._aclient is None:
+            self._aclient = httpx.AsyncClient(**self._client_kwargs())
+        return self._aclient
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    async def aclose(self) -> None:
+        if self._aclient is not None:
+            await self._aclient.aclose()
+            self._aclient = None
+
+    # -- requests ----------------------------------------------------------------------------------
+    def request(self, method: str, path: str, *, lane: str | None = None, **kwargs: Any) -> httpx.Response:
+        """Send with pacing and retries; return the 2xx response or raise an ``ApiError``."""
+        budget = _Budget(self.retry)
+        try:
+            for attempt in Retrying(**self._retry_kwargs(budget, method, path)):
+                with attempt:
+                    with self._lane(lane), self.pacer.slot():
+                        return self._send_once(method, path, kwargs)
+        except ApiError as error:
+            raise error.gave_up(attempt.retry_state.attempt_number, time.monotonic() - budget.started) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def arequest(
+        self, method: str, path: str, *, lane: str | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        budget = _Budget(self.retry)
+        try:
+            async for attempt in AsyncRetrying(**self._retry_kwargs(budget, method, path)):
+                with attempt:
+                    async with self._alane(lane), self.pacer.aslot():
+                        return await self._asend_once(method, path, kwargs)
+        except ApiError as error:
+            raise error.gave_up(attempt.retry_state.attempt_number, time.monotonic() - budget.started) from None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return _decode(self.request(method, path, **kwargs))
+
+    async def ajson(self, method: str, path: str, **kwargs: Any) -> Any:
+        return _decode(await self.arequest(method, path, **kwargs))
+
+    def _lane(self, lane: str | None) -> AbstractContextManager[None]:
+        return self.lanes[lane].slot() if lane else nullcontext()
+
+    def _alane(self, lane: str | None) -> AbstractAsyncContextManager[None]:
+        return self.lanes[lane].aslot() if lane else nullcontext()
+
+    def _send_once(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx.Response:
+        try:
+            response = self.client.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._transport_error(method, path, exc) from None
+        return self._check(method, path, response)
+
+    async def _asend_once(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx.Response:
+        try:
+            response = await self.aclient.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise self._transport_error(method, path, exc) from None
+        return self._check(method, path, response)
+
+    # -- classification ----------------------------------------------------------------------------
+    def _check(self, method: str, path: str, response: httpx.Response) -> httpx.Response:
+        if response.is_success:
+            return response
+        error_type, message = self._parse_error(response)
+        excerpt = redact(response.text[:BODY_EXCERPT_CHARS], self._secrets)
+        throttled = any(marker in response.text for marker in self._throttle_markers)
+        error = (ThrottledError if throttled else error_class_for(response.status_code))(
+            redact(message, self._secrets)[:BODY_EXCERPT_CHARS],
+            vendor=self.vendor,
+            method=method,
+            path=self._describe_path(path),
+            status=response.status_code,
+            body_excerpt=excerpt,
+            error_type=error_type,
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            request=response.request,
+            response=response,
+        )
+        if isinstance(error, RateLimitedError) and error.retry_after:
+            self.pacer.pause(error.retry_after)
+        raise error
+
+    def _transport_error(self, method: str, path: str, exc: httpx.TransportError) -> ApiConnectionError:
+        kind = type(exc).__name__
+        return ApiConnectionError(
+            redact(f"{kind}: {exc}" if str(exc) else kind, self._secrets),
+            vendor=self.vendor,
+            method=method,
+            path=self._describe_path(path),
+        )
+
+    def _retry_kwargs(self, budget: _Budget, method: str, path: str) -> dict[str, Any]:
+        policy = self.retry
+
+        def wait(state: RetryCallState) -> float:
+            error = state.outcome.exception() if state.outcome else None
+            if isinstance(error, ApiError) and error.retry_after is not None:
+                return error.retry_after
+            backoff = min(policy.backoff_max, policy.backoff_initial * 2 ** (state.attempt_number - 1))
+            return backoff / 2 + random.random() * backoff / 2
+
+        def before_sleep(state: RetryCallState) -> None:
+            error = state.outcome.exception() if state.outcome else None
+            log.warning(
+                "%s %s %s: %s; retrying in %.1f s (attempt %d of %d)",
+                self.vendor,
+                method,
+                self._describe_path(path),
+                f"HTTP {error.status}" if isinstance(error, ApiError) and error.status else error,
+                state.upcoming_sleep,
+                budget.counted + 1,
+                policy.max_attempts,
+            )
+
+        return {
+            "stop": budget,
+            "wait": wait,
+            "retry": retry_if_exception(lambda e: isinstance(e, ApiError) and e.retryable),
+            "reraise": True,
+            "before_sleep": before_sleep,
+        }
+
+
+def _decode(response: httpx.Response) -> Any:
+    if not response.content:
+        return None
+    try:
+        return response.json()
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return response.text

@@ -1,0 +1,85 @@
+"""Pacing: stay under an API's documented limits instead of bouncing off them with 429s.
+
+Request starts are spaced evenly (a 5% margin under the tighter of the per-second and per-minute
+rates), which keeps every sliding window under its limit. A cap on requests in flight is a semaphore.
+One ``Pacer`` serves threads and coroutines alike: the spacing is reserved under a lock, and only the
+waiting differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+
+from airflow_provider_zeotap.http.settings import Limits
+
+SAFETY_MARGIN = 1.05
+
+
+class Pacer:
+    def __init__(self, limits: Limits | None = None) -> None:
+        limits = limits or Limits()
+        self.limits = limits
+        intervals = []
+        if limits.rate_per_second:
+            intervals.append(1.0 / limits.rate_per_second)
+        if limits.rate_per_minute:
+            intervals.append(60.0 / limits.rate_per_minute)
+        self.interval = max(intervals) * SAFETY_MARGIN if intervals else 0.0
+        self._lock = threading.Lock()
+        self._next_start = 0.0
+        self._paused_until = 0.0
+        self._threads = threading.BoundedSemaphore(limits.max_in_flight) if limits.max_in_flight else None
+        self._loop_semaphores: dict[int, asyncio.Semaphore] = {}
+
+    def reserve(self) -> float:
+        """Claim the next start time; return how long the caller must wait for it."""
+        with self._lock:
+            now = time.monotonic()
+            start = max(now, self._next_start, self._paused_until)
+            self._next_start = start + self.interval
+            return start - now
+
+    def pause(self, seconds: float) -> None:
+        """Hold every start for ``seconds`` (the API said Retry-After): one 429 slows all callers."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, time.monotonic() + seconds)
+
+    @contextmanager
+    def slot(self) -> Iterator[None]:
+        if self._threads is not None:
+            self._threads.acquire()
+        try:
+            wait = self.reserve()
+            if wait > 0:
+                time.sleep(wait)
+            yield
+        finally:
+            if self._threads is not None:
+                self._threads.release()
+
+    @asynccontextmanager
+    async def aslot(self) -> AsyncIterator[None]:
+        semaphore = self._async_semaphore()
+        if semaphore is not None:
+            await semaphore.acquire()
+        try:
+            wait = self.reserve()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            yield
+        finally:
+            if semaphore is not None:
+                semaphore.release()
+
+    def _async_semaphore(self) -> asyncio.Semaphore | None:
+        if not self.limits.max_in_flight:
+            return None
+        loop_id = id(asyncio.get_running_loop())
+        with self._lock:
+            if loop_id not in self._loop_semaphores:
+                self._loop_semaphores[loop_id] = asyncio.Semaphore(self.limits.max_in_flight)
+            return self._loop_semaphores[loop_id]
