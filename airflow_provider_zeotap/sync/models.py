@@ -67,7 +67,7 @@ class Plan(_Frozen):
     source_columns: list[str]
     counts: PlanCounts
     full_refresh: bool = False
-    #: Where this sync's files live (the state URI joined with the sync id).
+    #: The state URI the sync's files live under (its folder is named after the sync id).
     state_uri: str
     #: The current source rows that passed validation (primary key not null, not duplicated).
     snapshot_uri: str

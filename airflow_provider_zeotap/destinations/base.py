@@ -1,0 +1,127 @@
+"""The contract between the delivery runner and one vendor object.
+
+A destination knows how a batch of rows becomes requests for one operation and what came back per row;
+it does not know how the rows were chosen. The runner owns batching, splitting refused batches,
+checkpoints, outcomes files and the commit.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from airflow_provider_zeotap.http import ApiError, AuthenticationError, PermissionDeniedError
+from airflow_provider_zeotap.sync.models import Change, Outcome
+from airflow_provider_zeotap.sync.modes import Operation, OperationTable
+
+
+@dataclass(frozen=True)
+class OutboundRow:
+    row_id: int
+    change: Change
+    #: Primary-key values, for logs and the rejected rows file.
+    key: Mapping[str, Any]
+    #: The row as destination fields (after field mapping).
+    payload: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RowOutcome:
+    row_id: int
+    outcome: Outcome
+    reason: str | None = None
+
+    @classmethod
+    def ok(cls, row: OutboundRow) -> RowOutcome:
+        return cls(row.row_id, Outcome.SUCCEEDED)
+
+    @classmethod
+    def rejected(cls, row: OutboundRow, reason: str) -> RowOutcome:
+        return cls(row.row_id, Outcome.REJECTED, reason)
+
+    @classmethod
+    def failed(cls, row: OutboundRow, reason: str) -> RowOutcome:
+        return cls(row.row_id, Outcome.FAILED, reason)
+
+
+class BatchRefused(Exception):
+    """The API refused a whole batch without saying which rows: the runner splits it to find them."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+#: Errors that no row-level retry can fix: stop the task (after committing what was acknowledged).
+FATAL_ERRORS: tuple[type[Exception], ...] = (AuthenticationError, PermissionDeniedError)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a destination can do; the engine decides what to send from this."""
+
+    name: str
+    #: "sync_mode" for records, "audience_mode" for audiences: the operator argument users set.
+    mode_argument: str
+    modes: Mapping[str, OperationTable]
+    batch_size: int
+    max_batch_size: int
+    required_fields: Sequence[str] = ()
+    default_fields: Sequence[str] = ()
+    #: Rows an API refuses together can be isolated by splitting (batch APIs without per-row errors).
+    splits_refused_batches: bool = False
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+    def operations_for(self, mode: str) -> OperationTable:
+        if mode not in self.modes:
+            raise ValueError(
+                f"{self.name} does not support {self.mode_argument}={mode!r}; supported: {sorted(self.modes)}."
+            )
+        return self.modes[mode]
+
+
+class Destination(ABC):
+    capabilities: ClassVar[Capabilities]
+
+    def prepare(self, *, dry_run: bool) -> None:
+        """Read-only checks before anything is sent (the list exists, the key may write)."""
+
+    def validate(self, operation: Operation, row: OutboundRow) -> str | None:
+        """A reason to reject this row without sending it, or None."""
+        return None
+
+    @abstractmethod
+    def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
+        """Deliver one batch; return one outcome per row, or raise ``BatchRefused``."""
+
+    def close(self) -> None:
+        """Release connections."""
+
+
+def outcome_for_error(row: OutboundRow, error: Exception) -> RowOutcome:
+    """A row whose request ended in ``error``: failed if a later run could succeed, else rejected."""
+    if isinstance(error, FATAL_ERRORS):
+        raise error
+    if isinstance(error, ApiError) and error.retryable:
+        return RowOutcome.failed(row, str(error))
+    return RowOutcome.rejected(row, str(error))
+
+
+def send_each(
+    rows: Sequence[OutboundRow], send_one: Callable[[OutboundRow], RowOutcome], *, max_in_flight: int
+) -> list[RowOutcome]:
+    """Per-row APIs: one request per row, at most ``max_in_flight`` at once, an outcome for every row."""
+
+    def guarded(row: OutboundRow) -> RowOutcome:
+        try:
+            return send_one(row)
+        except ApiError as error:
+            return outcome_for_error(row, error)
+
+    if max_in_flight <= 1 or len(rows) <= 1:
+        return [guarded(row) for row in rows]
+    with ThreadPoolExecutor(max_workers=min(max_in_flight, len(rows)), thread_name_prefix="zeotap-send") as pool:
+        return list(pool.map(guarded, rows))

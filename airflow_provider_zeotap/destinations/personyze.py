@@ -1,0 +1,125 @@
+"""Personyze: user profiles (one POST at a time) and user-list membership (one request per row)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from types import MappingProxyType
+
+from airflow_provider_zeotap.destinations.base import (
+    Capabilities,
+    Destination,
+    OutboundRow,
+    RowOutcome,
+    send_each,
+)
+from airflow_provider_zeotap.hooks.personyze import PersonyzeHook
+from airflow_provider_zeotap.sync.modes import AUDIENCE_MODES, RECORD_MODES, Operation
+
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+USER_FIELDS = ("email", "first_name", "last_name", "internal_id", "phone", "company")
+
+
+def _email(row: OutboundRow, normalize: bool) -> str:
+    value = str(row.payload.get("email") or "")
+    return value.strip().lower() if normalize else value
+
+
+def _email_problem(row: OutboundRow, normalize: bool) -> str | None:
+    email = _email(row, normalize)
+    if not email:
+        return "no email: Personyze identifies users by email; map a column to 'email'"
+    if not EMAIL.match(email):
+        return f"not an email address: {email[:80]!r}"
+    return None
+
+
+class PersonyzeUsers(Destination):
+    """``POST /rest/users`` (create or merge on email/internal_id) and ``PUT .../where/email=``."""
+
+    capabilities = Capabilities(
+        name="Personyze users",
+        mode_argument="sync_mode",
+        modes=MappingProxyType({m: RECORD_MODES[m] for m in ("upsert", "insert", "update")}),
+        batch_size=100,
+        max_batch_size=1000,
+        required_fields=("email",),
+        default_fields=USER_FIELDS,
+    )
+
+    def __init__(self, hook: PersonyzeHook, *, normalize_email: bool = False) -> None:
+        self.hook = hook
+        self.normalize_email = normalize_email
+
+    def prepare(self, *, dry_run: bool) -> None:
+        self.hook.get_account()
+
+    def validate(self, operation: Operation, row: OutboundRow) -> str | None:
+        return _email_problem(row, self.normalize_email)
+
+    def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
+        # POST /rest/users is one-at-a-time per account; PUTs follow the same rhythm to stay gentle.
+        return send_each(rows, lambda row: self._send_one(operation, row), max_in_flight=1)
+
+    def _send_one(self, operation: Operation, row: OutboundRow) -> RowOutcome:
+        email = _email(row, self.normalize_email)
+        fields = {**row.payload, "email": email}
+        if operation is Operation.UPDATE:
+            fields.pop("email")
+            if not fields:
+                return RowOutcome.ok(row)
+            if self.hook.update_user_by_email(email, fields) == 0:
+                return RowOutcome.rejected(
+                    row, f"no such user: {email} is not in Personyze (update mode never creates users; use upsert)"
+                )
+            return RowOutcome.ok(row)
+        self.hook.create_user(fields)
+        return RowOutcome.ok(row)
+
+    def close(self) -> None:
+        self.hook.close()
+
+
+class PersonyzeListMembers(Destination):
+    """``user_list_users``: add by email; remove resolves email -> user_id, then deletes the membership."""
+
+    capabilities = Capabilities(
+        name="Personyze user list",
+        mode_argument="audience_mode",
+        modes=AUDIENCE_MODES,
+        batch_size=100,
+        max_batch_size=1000,
+        required_fields=("email",),
+        default_fields=("email",),
+    )
+
+    def __init__(
+        self, hook: PersonyzeHook, *, list_id: int, normalize_email: bool = False, max_in_flight: int = 4
+    ) -> None:
+        self.hook = hook
+        self.list_id = list_id
+        self.normalize_email = normalize_email
+        self.max_in_flight = max_in_flight
+
+    def prepare(self, *, dry_run: bool) -> None:
+        self.hook.require_user_list(self.list_id)
+
+    def validate(self, operation: Operation, row: OutboundRow) -> str | None:
+        return _email_problem(row, self.normalize_email)
+
+    def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
+        return send_each(rows, lambda row: self._send_one(operation, row), max_in_flight=self.max_in_flight)
+
+    def _send_one(self, operation: Operation, row: OutboundRow) -> RowOutcome:
+        email = _email(row, self.normalize_email)
+        if operation is Operation.ADD:
+            self.hook.add_list_member(self.list_id, email=email)
+            return RowOutcome.ok(row)
+        user_id = self.hook.find_user_id(email)
+        if user_id is not None:
+            self.hook.remove_list_member(self.list_id, user_id)
+        # No such user, or no such membership: the member is gone either way, which is what was asked.
+        return RowOutcome.ok(row)
+
+    def close(self) -> None:
+        self.hook.close()

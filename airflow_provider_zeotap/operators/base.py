@@ -1,0 +1,157 @@
+"""The thin part every destination operator shares: read the plan, run the delivery, return the result."""
+
+from __future__ import annotations
+
+import json
+from abc import abstractmethod
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_zeotap.destinations.base import Capabilities, Destination
+from airflow_provider_zeotap.http.errors import ConfigurationError
+from airflow_provider_zeotap.sync.models import Plan
+from airflow_provider_zeotap.sync.runner import DeliveryRunner, Guards
+from airflow_provider_zeotap.sync.state import CommittedPointer, asset_store, sync_asset
+from airflow_provider_zeotap.sync.storage import SyncStorage, validate_sync_id
+
+
+class BaseSyncOperator(BaseOperator):
+    """Send a plan's changes to one destination, then commit what it acknowledged.
+
+    :param plan: the output of a ``SyncDiffOperator`` (pass ``diff_task.output``).
+    :param sync_id: the diff task's sync id; inferred from ``plan`` when that is the diff task's output.
+    :param field_mapping: ``{destination_field: source_column}``; default: the destination's default fields
+        that the source has under the same name.
+    :param dry_run: map, validate and batch, send nothing, commit nothing; the first ``dry_run_sample``
+        payloads are written to a file named in the result.
+    :param max_removals: refuse the run when it would remove more rows than this.
+    :param max_removal_ratio: refuse when removals exceed this share of the committed rows (applies once
+        100 rows are committed; None turns it off).
+    :param allow_empty_source: allow an empty source to remove everything that was committed.
+    :param batch_size: rows per batch (checkpoint unit); at most the destination's maximum.
+    :param send_nulls: send null values (clearing the field) instead of leaving them out.
+    """
+
+    template_fields: Sequence[str] = ("plan", "field_mapping")
+    template_fields_renderers = {"field_mapping": "json"}
+
+    def __init__(
+        self,
+        *,
+        plan: Any,
+        sync_id: str | None = None,
+        field_mapping: Mapping[str, str] | None = None,
+        dry_run: bool = False,
+        dry_run_sample: int = 20,
+        max_removals: int | None = None,
+        max_removal_ratio: float | None = 0.5,
+        allow_empty_source: bool = False,
+        batch_size: int | None = None,
+        send_nulls: bool = False,
+        progress_interval: float = 10.0,
+        **kwargs: Any,
+    ) -> None:
+        resolved = sync_id or _sync_id_of(plan)
+        if not resolved:
+            raise ConfigurationError(
+                f"{type(self).__name__} {kwargs.get('task_id')!r}: pass sync_id (the diff task's), or pass the diff "
+                "task's output as plan so it can be read from there."
+            )
+        self.sync_id = validate_sync_id(resolved)
+        kwargs.setdefault("outlets", [sync_asset(self.sync_id)])
+        super().__init__(**kwargs)
+        self.plan = plan
+        self.field_mapping = field_mapping
+        self.dry_run = dry_run
+        self.dry_run_sample = dry_run_sample
+        self.guards = Guards(
+            max_removals=max_removals, max_removal_ratio=max_removal_ratio, allow_empty_source=allow_empty_source
+        )
+        self.batch_size = batch_size
+        self.send_nulls = send_nulls
+        self.progress_interval = progress_interval
+
+    def check_settings(self) -> None:
+        """Subclasses call this at the end of ``__init__``: a bad mode fails when the DAG is parsed."""
+        capabilities = self.capabilities()
+        try:
+            capabilities.operations_for(self.mode)
+        except ValueError as error:
+            raise ConfigurationError(f"{self.task_id}: {error}") from None
+        if self.batch_size is not None and not (
+            isinstance(self.batch_size, int) and 1 <= self.batch_size <= capabilities.max_batch_size
+        ):
+            raise ConfigurationError(
+                f"{self.task_id}: batch_size must be from 1 to {capabilities.max_batch_size} for "
+                f"{capabilities.name}, got {self.batch_size!r}."
+            )
+
+    @property
+    @abstractmethod
+    def mode(self) -> str:
+        """The sync or audience mode this task runs in."""
+
+    @abstractmethod
+    def capabilities(self) -> Capabilities:
+        """What the destination this task writes to can do (known before any connection is made)."""
+
+    @abstractmethod
+    def make_destination(self) -> Destination:
+        """The destination adapter, with its hook."""
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        plan = _load_plan(self.plan)
+        if plan.sync_id != self.sync_id:
+            raise ConfigurationError(
+                f"The plan is for sync {plan.sync_id!r} but this task writes sync {self.sync_id!r}; pass the matching "
+                "diff task's output."
+            )
+        storage = SyncStorage(plan.state_uri, plan.sync_id)
+        destination = self.make_destination()
+        try:
+            runner = DeliveryRunner(
+                plan=plan,
+                destination=destination,
+                mode=self.mode,
+                storage=storage,
+                pointer=CommittedPointer(asset_store(context, self.sync_id)),
+                checkpoints=context.get("task_state_store"),
+                field_mapping=self.field_mapping,
+                guards=self.guards,
+                dry_run=self.dry_run,
+                dry_run_sample=self.dry_run_sample,
+                batch_size=self.batch_size,
+                send_nulls=self.send_nulls,
+                progress_interval=self.progress_interval,
+            )
+            result = runner.run()
+        finally:
+            destination.close()
+            storage.cleanup()
+        if result.failed:
+            self.log.warning(
+                "%d rows failed after retries; they keep their old state and are sent again on the next run",
+                result.failed,
+            )
+        return result.model_dump(mode="json")
+
+
+def _sync_id_of(plan: Any) -> str | None:
+    """The sync id of the diff task whose output ``plan`` is, if it is one."""
+    operator = getattr(plan, "operator", None)
+    return getattr(operator, "sync_id", None)
+
+
+def _load_plan(value: Any) -> Plan:
+    if isinstance(value, Plan):
+        return value
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            raise ConfigurationError("plan is a string but not JSON; pass the diff task's output.") from None
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"plan must be the diff task's output (a dict), got {type(value).__name__}.")
+    return Plan.model_validate(value)

@@ -1,0 +1,187 @@
+"""SyncDiffOperator: extract the source, diff it with the committed snapshot, return the plan."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from airflow.sdk import BaseOperator
+
+from airflow_provider_zeotap.http.errors import ConfigurationError
+from airflow_provider_zeotap.sync.diff import diff_snapshots
+from airflow_provider_zeotap.sync.models import Plan
+from airflow_provider_zeotap.sync.sources import file_to_parts, rows_to_parts, sql_to_parts
+from airflow_provider_zeotap.sync.state import CommittedPointer, asset_store, sync_asset
+from airflow_provider_zeotap.sync.storage import SyncStorage, default_state_uri, is_local, local_path, validate_sync_id
+
+
+class SyncDiffOperator(BaseOperator):
+    """Compute what changed in a source since the last committed delivery of sync ``sync_id``.
+
+    Give exactly one source: ``sql`` + ``conn_id`` (any Airflow SQL connection, read in chunks),
+    ``source_uri`` (Parquet, CSV or JSON-lines at any ObjectStoragePath URI), or ``rows`` (a list of dicts,
+    e.g. an upstream task's output). Returns the plan (small JSON: counts and file locations) to XCom.
+
+    :param sync_id: names the sync's state; keep it stable across runs (a new id starts from scratch).
+    :param primary_key: a column or a list of columns identifying a row.
+    :param columns: the columns whose change counts (default: all).
+    :param full_refresh: send every row again (unchanged ones included) and remove nothing.
+    :param state_uri: where snapshots live (default ``[zeotap_sync] state_uri`` or
+        ``file://$AIRFLOW_HOME/zeotap_sync_state``).
+    :param memory_limit: DuckDB memory limit for the diff, e.g. ``"1GB"`` (it spills to disk beyond).
+    """
+
+    template_fields: Sequence[str] = ("sql", "source_uri", "rows", "parameters", "state_uri")
+    template_ext: Sequence[str] = (".sql",)
+    template_fields_renderers = {"sql": "sql", "rows": "json"}
+    ui_color = "#e8f4fd"
+
+    def __init__(
+        self,
+        *,
+        sync_id: str,
+        primary_key: str | Sequence[str],
+        sql: str | None = None,
+        conn_id: str | None = None,
+        parameters: Any = None,
+        source_uri: str | None = None,
+        source_format: str | None = None,
+        rows: Any = None,
+        columns: Sequence[str] | None = None,
+        full_refresh: bool = False,
+        state_uri: str | None = None,
+        chunk_size: int = 50_000,
+        memory_limit: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.sync_id = validate_sync_id(sync_id)
+        kwargs.setdefault("inlets", [sync_asset(sync_id)])
+        super().__init__(**kwargs)
+        given = [name for name, value in (("sql", sql), ("source_uri", source_uri), ("rows", rows)) if value is not None]
+        if len(given) != 1:
+            raise ConfigurationError(
+                f"SyncDiffOperator {self.task_id!r} needs exactly one source: sql (+ conn_id), source_uri or rows; "
+                f"got {given or 'none'}."
+            )
+        if sql is not None and not conn_id:
+            raise ConfigurationError(f"SyncDiffOperator {self.task_id!r}: sql needs conn_id (an Airflow SQL connection).")
+        keys = [primary_key] if isinstance(primary_key, str) else list(primary_key or [])
+        if not keys or not all(isinstance(k, str) and k for k in keys):
+            raise ConfigurationError(
+                f"SyncDiffOperator {self.task_id!r}: primary_key must be a column name or a list of them, got {primary_key!r}."
+            )
+        self.primary_key = keys
+        self.sql = sql
+        self.conn_id = conn_id
+        self.parameters = parameters
+        self.source_uri = source_uri
+        self.source_format = source_format
+        self.rows = rows
+        self.columns = list(columns) if columns else None
+        self.full_refresh = full_refresh
+        self.state_uri = state_uri
+        self.chunk_size = chunk_size
+        self.memory_limit = memory_limit
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        storage = SyncStorage(self.state_uri or default_state_uri(), self.sync_id)
+        pointer = CommittedPointer(asset_store(context, self.sync_id))
+        base = pointer.read()
+        if base and base.primary_key != self.primary_key:
+            raise ConfigurationError(
+                f"Sync {self.sync_id!r} was committed with primary_key {base.primary_key}, now {self.primary_key}. "
+                "A new key means a new sync: use a new sync_id (and mirror removals start from scratch)."
+            )
+        plan_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        out_uri = storage.plan_uri(plan_id)
+        out_dir = storage.local_dir(out_uri)
+        try:
+            parts = self._extract(os.path.join(out_dir, "source"), storage)
+            output = diff_snapshots(
+                source_parts=parts,
+                base_snapshot=storage.fetch(base.snapshot_uri) if base else None,
+                primary_key=self.primary_key,
+                columns=self.columns,
+                full_refresh=self.full_refresh,
+                out_dir=out_dir,
+                memory_limit=self.memory_limit,
+            )
+        except ValueError as error:
+            raise ConfigurationError(f"Sync {self.sync_id!r}: {error}") from None
+        uris = {}
+        for name in ("snapshot_path", "changes_path", "invalid_path"):
+            path = getattr(output, name)
+            uri = _uri_for(out_uri, out_dir, path)
+            storage.publish(uri)
+            uris[name] = uri
+        plan = Plan(
+            sync_id=self.sync_id,
+            plan_id=plan_id,
+            primary_key=self.primary_key,
+            columns=output.columns,
+            source_columns=output.source_columns,
+            counts=output.counts,
+            full_refresh=self.full_refresh,
+            state_uri=storage.state_uri,
+            snapshot_uri=uris["snapshot_path"],
+            changes_uri=uris["changes_path"],
+            invalid_uri=uris["invalid_path"],
+            base=base,
+            created_at=datetime.now(timezone.utc),
+        )
+        counts = output.counts
+        self.log.info(
+            "Sync %r plan %s: %d added, %d changed, %d removed, %d unchanged, %d invalid of %d source rows "
+            "(against %s)",
+            self.sync_id,
+            plan_id,
+            counts.added,
+            counts.changed,
+            counts.removed,
+            counts.unchanged,
+            counts.invalid,
+            counts.total,
+            f"committed snapshot {base.snapshot_id}" if base else "nothing: first run",
+        )
+        if counts.invalid:
+            self.log.warning("%d rows set aside (null or duplicate primary key), never sent: %s", counts.invalid, plan.invalid_uri)
+        storage.cleanup()
+        return plan.model_dump(mode="json")
+
+    def _extract(self, out_dir: str, storage: SyncStorage) -> list[str]:
+        os.makedirs(out_dir, exist_ok=True)
+        if self.rows is not None:
+            rows = self.rows
+            if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+                raise ConfigurationError(f"rows must be a list of dicts, got {type(rows).__name__}.")
+            return rows_to_parts(rows, out_dir)
+        if self.sql is not None:
+            return sql_to_parts(self._sql_hook(), self.sql, out_dir, chunk_size=self.chunk_size, parameters=self.parameters)
+        uri = str(self.source_uri)
+        path = local_path(uri) if is_local(uri) else storage.fetch(uri)
+        if not os.path.exists(path):
+            raise ConfigurationError(f"source_uri {uri!r} does not exist.")
+        return file_to_parts(path, out_dir, format=self.source_format)
+
+    def _sql_hook(self) -> Any:
+        from airflow.providers.common.sql.hooks.sql import DbApiHook
+        from airflow.sdk.bases.hook import BaseHook
+
+        hook = BaseHook.get_hook(self.conn_id)
+        if not isinstance(hook, DbApiHook):
+            raise ConfigurationError(
+                f"Connection {self.conn_id!r} ({type(hook).__name__}) is not an SQL connection; use a connection whose "
+                "hook is a common.sql DbApiHook (sqlite, postgres, snowflake, bigquery, ...)."
+            )
+        return hook
+
+
+def _uri_for(out_uri: str, out_dir: str, path: str) -> str:
+    """The URI of a file the engine wrote under ``out_dir``."""
+    relative = os.path.relpath(path, out_dir)
+    if relative.startswith(".."):
+        return "file://" + os.path.abspath(path)
+    return out_uri.rstrip("/") + "/" + relative.replace(os.sep, "/")

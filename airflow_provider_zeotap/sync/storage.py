@@ -1,0 +1,128 @@
+"""Where a sync's files live, and how the engine (which works on local paths) reaches them.
+
+The state URI may be any ObjectStoragePath (``file://``, ``s3://``, ...). DuckDB reads and writes local
+files, so for a remote URI files are staged in a local folder and copied up when written; for
+``file://`` the engine works in place.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import tempfile
+from functools import cached_property
+from urllib.parse import urlsplit
+
+from airflow_provider_zeotap.http.errors import ConfigurationError
+
+SYNC_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+STATE_DIR_NAME = "zeotap_sync_state"
+
+
+def validate_sync_id(sync_id: str) -> str:
+    if not isinstance(sync_id, str) or not SYNC_ID_PATTERN.match(sync_id):
+        raise ConfigurationError(
+            f"sync_id {sync_id!r} is not valid: use 1-128 letters, digits, '_', '.' or '-', starting with a letter "
+            "or digit. It names the sync's state folder and its Airflow asset, so keep it stable."
+        )
+    return sync_id
+
+
+def default_state_uri() -> str:
+    """``[zeotap_sync] state_uri`` if set, else ``file://$AIRFLOW_HOME/zeotap_sync_state``."""
+    from airflow.sdk.configuration import conf
+
+    configured = conf.get("zeotap_sync", "state_uri", fallback="") or ""
+    if configured.strip():
+        return configured.strip()
+    home = os.environ.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+    return "file://" + os.path.join(os.path.abspath(home), STATE_DIR_NAME)
+
+
+def is_local(uri: str) -> bool:
+    scheme = urlsplit(uri).scheme
+    return scheme in ("", "file")
+
+
+def local_path(uri: str) -> str:
+    """The local path of a ``file://`` URI (or a bare path)."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("", "file"):
+        raise ValueError(f"{uri!r} is not a local path")
+    return parts.path if parts.scheme == "file" else uri
+
+
+def join(uri: str, *names: str) -> str:
+    return "/".join([uri.rstrip("/"), *(n.strip("/") for n in names)])
+
+
+class SyncStorage:
+    """The folder tree of one sync: plans (per run) and committed snapshots."""
+
+    def __init__(self, state_uri: str, sync_id: str) -> None:
+        self.state_uri = state_uri.rstrip("/")
+        self.sync_id = validate_sync_id(sync_id)
+        self.root = join(self.state_uri, sync_id)
+
+    def plan_uri(self, plan_id: str, *names: str) -> str:
+        return join(self.root, "plans", plan_id, *names)
+
+    def committed_uri(self, snapshot_id: str) -> str:
+        return join(self.root, "committed", f"{snapshot_id}.parquet")
+
+    @cached_property
+    def _staging(self) -> str:
+        return tempfile.mkdtemp(prefix=f"zeotap-sync-{self.sync_id}-")
+
+    def to_local(self, uri: str) -> str:
+        """A local path to write ``uri`` at (call ``publish`` afterwards) or to read it from."""
+        if is_local(uri):
+            path = local_path(uri)
+            os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+            return path
+        staged = os.path.join(self._staging, urlsplit(uri).path.lstrip("/"))
+        os.makedirs(os.path.dirname(staged), exist_ok=True)
+        return staged
+
+    def local_dir(self, uri: str) -> str:
+        """A local folder for the files under ``uri`` (the folder itself when local)."""
+        path = local_path(uri) if is_local(uri) else os.path.join(self._staging, urlsplit(uri).path.lstrip("/"))
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    def fetch(self, uri: str) -> str:
+        """A local copy of a file that exists at ``uri``."""
+        path = self.to_local(uri)
+        if not is_local(uri) and not os.path.exists(path):
+            _copy(uri, path, upload=False)
+        return path
+
+    def publish(self, uri: str) -> None:
+        """Copy a staged file up to its remote home (no-op for local URIs)."""
+        if not is_local(uri):
+            _copy(uri, self.to_local(uri), upload=True)
+
+    def exists(self, uri: str) -> bool:
+        if is_local(uri):
+            return os.path.exists(local_path(uri))
+        from airflow.sdk import ObjectStoragePath
+
+        return ObjectStoragePath(uri).exists()
+
+    def cleanup(self) -> None:
+        if "_staging" in self.__dict__:
+            shutil.rmtree(self._staging, ignore_errors=True)
+
+
+def _copy(uri: str, path: str, *, upload: bool) -> None:
+    from airflow.sdk import ObjectStoragePath
+
+    remote = ObjectStoragePath(uri)
+    if upload:
+        remote.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "rb") as src, remote.open("wb") as dst:
+            shutil.copyfileobj(src, dst)
+    else:
+        with remote.open("rb") as src, open(path, "wb") as dst:
+            shutil.copyfileobj(src, dst)
