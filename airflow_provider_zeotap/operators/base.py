@@ -12,7 +12,7 @@ from airflow.sdk import BaseOperator
 from airflow_provider_zeotap.destinations.base import Capabilities, Destination
 from airflow_provider_zeotap.http.errors import ConfigurationError
 from airflow_provider_zeotap.sync.models import Plan
-from airflow_provider_zeotap.sync.runner import DeliveryRunner, Guards
+from airflow_provider_zeotap.sync.guards import Guards
 from airflow_provider_zeotap.sync.state import CommittedPointer, asset_store, sync_asset
 from airflow_provider_zeotap.sync.storage import SyncStorage, validate_sync_id
 
@@ -108,6 +108,8 @@ class BaseSyncOperator(BaseOperator):
                 f"The plan is for sync {plan.sync_id!r} but this task writes sync {self.sync_id!r}; pass the matching "
                 "diff task's output."
             )
+        from airflow_provider_zeotap.sync.runner import DeliveryRunner  # DuckDB loads at run time, not parse time
+
         storage = SyncStorage(plan.state_uri, plan.sync_id)
         destination = self.make_destination()
         try:

@@ -11,9 +11,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_zeotap.http.errors import ConfigurationError
-from airflow_provider_zeotap.sync.diff import diff_snapshots
 from airflow_provider_zeotap.sync.models import Plan
-from airflow_provider_zeotap.sync.sources import file_to_parts, rows_to_parts, sql_to_parts
 from airflow_provider_zeotap.sync.state import CommittedPointer, asset_store, sync_asset
 from airflow_provider_zeotap.sync.storage import SyncStorage, default_state_uri, is_local, local_path, validate_sync_id
 
@@ -87,6 +85,8 @@ class SyncDiffOperator(BaseOperator):
         self.memory_limit = memory_limit
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from airflow_provider_zeotap.sync.diff import diff_snapshots  # DuckDB loads at run time, not parse time
+
         storage = SyncStorage(self.state_uri or default_state_uri(), self.sync_id)
         pointer = CommittedPointer(asset_store(context, self.sync_id))
         base = pointer.read()
@@ -152,6 +152,8 @@ class SyncDiffOperator(BaseOperator):
         return plan.model_dump(mode="json")
 
     def _extract(self, out_dir: str, storage: SyncStorage) -> list[str]:
+        from airflow_provider_zeotap.sync.sources import file_to_parts, rows_to_parts, sql_to_parts
+
         os.makedirs(out_dir, exist_ok=True)
         if self.rows is not None:
             rows = self.rows

@@ -29,6 +29,7 @@ from airflow_provider_zeotap.destinations.base import (
     outcome_for_error,
 )
 from airflow_provider_zeotap.http import ApiError, ConfigurationError
+from airflow_provider_zeotap.sync.guards import Guards
 from airflow_provider_zeotap.sync.commit import commit_snapshot, count_outcomes, write_rejected_rows
 from airflow_provider_zeotap.sync.mapping import apply_mapping, resolve_mapping
 from airflow_provider_zeotap.sync.models import (
@@ -48,40 +49,6 @@ from airflow_provider_zeotap.sync.storage import SyncStorage
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "delivery:"
-
-
-@dataclass(frozen=True)
-class Guards:
-    """Refuse a run that looks like a broken source before it empties an audience."""
-
-    max_removals: int | None = None
-    max_removal_ratio: float | None = 0.5
-    #: The ratio guard only applies once the committed state holds this many rows.
-    min_rows_for_ratio: int = 100
-    allow_empty_source: bool = False
-
-    def check(self, plan: Plan, removals: int) -> None:
-        committed = plan.base.rows if plan.base else 0
-        if plan.counts.total == 0 and committed > 0 and not self.allow_empty_source:
-            raise ConfigurationError(
-                f"Sync {plan.sync_id!r}: the source returned no rows but {committed} are committed; refusing to "
-                "treat that as 'everything was removed'. If the source really is empty, set allow_empty_source=True."
-            )
-        if self.max_removals is not None and removals > self.max_removals:
-            raise ConfigurationError(
-                f"Sync {plan.sync_id!r} would remove {removals} rows, more than max_removals={self.max_removals}. "
-                "Check the source; if the removals are intended, raise max_removals (or set it to None)."
-            )
-        if (
-            self.max_removal_ratio is not None
-            and committed >= self.min_rows_for_ratio
-            and removals > self.max_removal_ratio * committed
-        ):
-            raise ConfigurationError(
-                f"Sync {plan.sync_id!r} would remove {removals} of {committed} committed rows "
-                f"({removals / committed:.0%}), more than max_removal_ratio={self.max_removal_ratio}. Check the "
-                "source; if the removals are intended, raise max_removal_ratio (or set it to None)."
-            )
 
 
 @dataclass
@@ -236,7 +203,7 @@ class DeliveryRunner:
                     f"SELECT * FROM read_parquet(?) WHERE {_q(CHANGE_COLUMN)} IN ({', '.join('?' * len(kinds))}) "
                     f"ORDER BY {_q(ROW_ID_COLUMN)}",
                     [path, *kinds],
-                ).fetch_record_batch(self.batch_size)
+                ).to_arrow_reader(self.batch_size)
                 pending: list[dict[str, Any]] = []
                 for record_batch in reader:
                     pending.extend(record_batch.to_pylist())

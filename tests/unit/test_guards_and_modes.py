@@ -1,0 +1,56 @@
+from datetime import datetime, timezone
+
+import pytest
+
+from airflow_provider_zeotap.destinations.permutive import PermutiveSegments, code_from_name
+from airflow_provider_zeotap.destinations.personyze import PersonyzeListMembers, PersonyzeUsers
+from airflow_provider_zeotap.http.errors import ConfigurationError
+from airflow_provider_zeotap.sync.guards import Guards
+from airflow_provider_zeotap.sync.models import CommittedState, Plan, PlanCounts
+
+
+def plan(total: int, committed: int, removed: int = 0) -> Plan:
+    now = datetime.now(timezone.utc)
+    base = CommittedState(snapshot_id="s", snapshot_uri="file:///x", plan_id="p0", rows=committed,
+                          committed_at=now, primary_key=["id"]) if committed else None
+    return Plan(sync_id="s", plan_id="p1", primary_key=["id"], columns=["id"], source_columns=["id"],
+                counts=PlanCounts(total=total, removed=removed), state_uri="file:///x", snapshot_uri="a",
+                changes_uri="b", invalid_uri="c", base=base, created_at=now)
+
+
+def test_empty_source_with_committed_rows_is_refused_naming_the_override():
+    with pytest.raises(ConfigurationError, match="allow_empty_source=True"):
+        Guards().check(plan(total=0, committed=10, removed=10), removals=10)
+    Guards(allow_empty_source=True).check(plan(total=0, committed=10, removed=10), removals=10)
+
+
+def test_removal_ratio_applies_above_a_small_size():
+    with pytest.raises(ConfigurationError, match="max_removal_ratio"):
+        Guards().check(plan(total=400, committed=1000, removed=600), removals=600)
+    Guards().check(plan(total=400, committed=1000, removed=500), removals=500)  # exactly half is allowed
+    Guards().check(plan(total=1, committed=50, removed=49), removals=49)  # small audiences are not guarded
+    Guards(max_removal_ratio=None).check(plan(total=1, committed=1000, removed=999), removals=999)
+
+
+def test_max_removals():
+    with pytest.raises(ConfigurationError, match="max_removals=5"):
+        Guards(max_removals=5).check(plan(total=10, committed=16, removed=6), removals=6)
+
+
+def test_each_destination_declares_its_modes():
+    assert set(PersonyzeUsers.capabilities.modes) == {"upsert", "insert", "update"}
+    assert set(PersonyzeListMembers.capabilities.modes) == {"add", "remove", "mirror"}
+    assert set(PermutiveSegments.capabilities.modes) == {"add", "remove", "mirror", "upsert"}
+    with pytest.raises(ValueError, match="does not support sync_mode='mirror'"):
+        PersonyzeUsers.capabilities.operations_for("mirror")
+
+
+def test_generated_segment_codes_are_stable_distinct_and_within_the_rules():
+    import re
+
+    assert code_from_name("Sports Fans!") == code_from_name("Sports Fans!")
+    assert code_from_name("Sports Fans!") != code_from_name("sports fans")
+    long = code_from_name("x" * 500)
+    assert len(long) <= 100
+    for name in ("Sports Fans!", "Ünïcödé ☃", "", "   "):
+        assert re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", code_from_name(name))

@@ -1,0 +1,169 @@
+"""The delivery runner: commit rule, splitting, guards, dry run, compare-and-set, resume after a kill."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airflow_provider_zeotap.http.errors import ConfigurationError
+from airflow_provider_zeotap.sync.state import StaleBaseError
+from tests.support.sync_harness import DictStore, Killed, RecordingDestination, SyncHarness
+
+ROWS = [{"id": i, "email": f"user{i}@example.com", "name": f"User {i}"} for i in range(1, 11)]
+
+
+@pytest.fixture
+def harness(tmp_path):
+    return SyncHarness(str(tmp_path))
+
+
+def sent_ids(destination: RecordingDestination) -> list[int]:
+    return sorted(int(p["email"][4:].split("@")[0]) for _, rows in destination.calls for p in rows)
+
+
+def test_rejected_and_failed_rows_come_back_next_run_and_acknowledged_ones_do_not(harness):
+    first = RecordingDestination(
+        reject=lambda r: "bad row" if r.payload["email"] == "user2@example.com" else None,
+        fail=lambda r: r.payload["email"] == "user3@example.com",
+    )
+    plan, result = harness.sync(ROWS, first)
+    assert (result.succeeded, result.rejected, result.failed) == (8, 1, 1)
+    assert result.committed is not None and result.committed.rows == 8
+    rejected = [json.loads(line) for line in open(result.rejected_rows_uri.removeprefix("file://"))]
+    assert {(r["id"], r["outcome"]) for r in rejected} == {(2, "rejected"), (3, "failed")}
+    assert next(r["reason"] for r in rejected if r["id"] == 2) == "bad row"
+
+    second = RecordingDestination()
+    plan2, result2 = harness.sync(ROWS, second)
+    assert plan2.counts.added == 2 and plan2.counts.unchanged == 8
+    assert sent_ids(second) == [2, 3]
+    assert result2.committed.rows == 10
+
+    third = RecordingDestination()
+    plan3, result3 = harness.sync(ROWS, third)
+    assert third.calls == [] and plan3.counts.unchanged == 10
+
+
+def test_a_changed_row_that_fails_keeps_its_old_state_and_is_sent_again(harness):
+    harness.sync(ROWS, RecordingDestination())
+    changed = [dict(r, name="Renamed") if r["id"] in (4, 5) else r for r in ROWS]
+    flaky = RecordingDestination(fail=lambda r: r.payload["email"] == "user4@example.com")
+    _, result = harness.sync(changed, flaky)
+    assert (result.succeeded, result.failed) == (1, 1)
+    again = RecordingDestination()
+    plan, _ = harness.sync(changed, again)
+    assert plan.counts.changed == 1 and sent_ids(again) == [4]
+    assert again.delivered[0][1]["name"] == "Renamed"
+
+
+def test_modes_choose_what_is_sent_and_unsent_changes_are_committed_as_seen(harness):
+    harness.sync(ROWS, RecordingDestination())
+    source = [dict(r, name="New") if r["id"] == 1 else r for r in ROWS if r["id"] != 10] + [
+        {"id": 11, "email": "user11@example.com", "name": "User 11"}
+    ]
+    insert = RecordingDestination()
+    _, result = harness.sync(source, insert, mode="insert")
+    assert [op.value for op, _ in insert.calls] == ["create"]
+    assert sent_ids(insert) == [11]
+    assert result.not_acted_on == 2  # the change of id 1 and the removal of id 10
+    follow = RecordingDestination()
+    plan, _ = harness.sync(source, follow, mode="mirror")
+    assert follow.calls == [] and plan.counts.changed == 0 and plan.counts.removed == 0
+
+
+def test_mirror_removes_only_keys_this_sync_delivered(harness):
+    harness.sync(ROWS[:5], RecordingDestination(reject=lambda r: "no" if r.payload["email"] == "user5@example.com" else None),
+                 mode="audience_mirror")
+    remover = RecordingDestination()
+    harness.sync(ROWS[:2], remover, mode="audience_mirror")
+    removed = sorted(p["email"] for op, rows in remover.calls if op.removes for p in rows)
+    assert removed == ["user3@example.com", "user4@example.com"]  # never user5, which never landed
+
+
+def test_a_refused_batch_is_split_until_the_bad_rows_stand_alone(harness):
+    destination = RecordingDestination(poison=lambda r: r.payload["email"] in ("user4@example.com", "user9@example.com"))
+    _, result = harness.sync(ROWS, destination, batch_size=10)
+    assert result.rejected == 2 and result.succeeded == 8
+    assert sorted(p["email"] for _, p in destination.delivered) == sorted(
+        r["email"] for r in ROWS if r["id"] not in (4, 9)
+    )
+    assert max(len(rows) for _, rows in destination.calls) == 10
+    bad = ("user4@example.com", "user9@example.com")
+    isolated = [rows[0]["email"] for _, rows in destination.calls if len(rows) == 1 and rows[0]["email"] in bad]
+    assert sorted(isolated) == sorted(bad)
+    assert len(destination.calls) <= 1 + 2 * 2 * 4  # halving: at most two calls per level for each bad row
+
+
+def test_rows_without_a_required_field_are_rejected_without_being_sent(harness):
+    rows = ROWS[:3] + [{"id": 99, "email": None, "name": "No mail"}]
+    destination = RecordingDestination()
+    _, result = harness.sync(rows, destination)
+    assert result.rejected == 1 and result.succeeded == 3
+    assert all(p.get("email") for _, batch in destination.calls for p in batch)
+
+
+def test_dry_run_sends_nothing_commits_nothing_and_writes_payloads(harness):
+    plan = harness.plan(ROWS)
+    destination = RecordingDestination()
+    result = harness.runner(plan, destination, dry_run=True, dry_run_sample=4).run()
+    assert destination.calls == []
+    assert harness.pointer.read() is None
+    assert result.dry_run and result.operations["upsert"].selected == 10
+    lines = open(result.dry_run_payloads_uri.removeprefix("file://")).read().splitlines()
+    assert len(lines) == 4 and json.loads(lines[0])["payload"]["email"].endswith("@example.com")
+
+
+def test_guards_refuse_before_anything_is_sent(harness):
+    rows = [{"id": i, "email": f"user{i}@example.com", "name": "x"} for i in range(200)]
+    harness.sync(rows, RecordingDestination(), batch_size=100)
+    destination = RecordingDestination()
+    with pytest.raises(ConfigurationError, match="max_removal_ratio"):
+        harness.sync(rows[:50], destination, mode="mirror")
+    assert destination.calls == []
+    with pytest.raises(ConfigurationError, match="allow_empty_source"):
+        harness.sync([], destination, mode="mirror")
+    assert destination.calls == []
+
+
+def test_commit_is_compare_and_set(harness):
+    harness.sync(ROWS[:3], RecordingDestination())
+    stale = harness.plan(ROWS[:5])
+    harness.sync(ROWS[:4], RecordingDestination())  # another run commits in between
+    with pytest.raises(StaleBaseError, match="moved since plan"):
+        harness.runner(stale, RecordingDestination()).run()
+
+
+def test_resume_after_a_kill_sends_at_most_one_batch_twice_and_commits_everything(harness):
+    plan = harness.plan(ROWS)  # 10 rows, batch size 3 -> 4 batches
+    dying = RecordingDestination(kill_at_call=3)
+    with pytest.raises(Killed):
+        harness.runner(plan, dying).run()
+    assert harness.checkpoints.get(f"delivery:{plan.plan_id}")["next_batch"] == 2
+    partial = harness.pointer.read()
+    assert partial is not None and partial.rows == 6  # what was acknowledged before the kill is kept
+
+    retry = RecordingDestination()
+    result = harness.runner(plan, retry).run()  # the same plan: a retry of the same task
+    assert result.resumed_from_batch == 2
+    assert sent_ids(retry) == [7, 8, 9, 10]
+    assert result.committed.rows == 10
+    nothing = RecordingDestination()
+    harness.sync(ROWS, nothing)
+    assert nothing.calls == []
+
+
+def test_composite_primary_keys_flow_through_to_the_rejected_rows_file(tmp_path):
+    harness = SyncHarness(str(tmp_path), primary_key=("region", "id"))
+    rows = [{"region": r, "id": 1, "email": f"{r}@example.com", "name": r} for r in ("eu", "us")]
+    _, result = harness.sync(rows, RecordingDestination(reject=lambda r: "nope" if r.key["region"] == "us" else None))
+    rejected = [json.loads(line) for line in open(result.rejected_rows_uri.removeprefix("file://"))]
+    assert rejected == [{"region": "us", "id": 1, "change": "added", "operation": "upsert", "outcome": "rejected",
+                         "reason": "nope"}]
+
+
+def test_checkpoints_are_per_plan(harness):
+    store = DictStore()
+    plan = harness.plan(ROWS)
+    harness.runner(plan, RecordingDestination(), checkpoints=store).run()
+    assert store.get(f"delivery:{plan.plan_id}")["next_batch"] == 4

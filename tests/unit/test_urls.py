@@ -1,0 +1,44 @@
+import pytest
+
+from airflow_provider_zeotap.http.errors import ConfigurationError, InsecureURLError
+from airflow_provider_zeotap.http.urls import check_transport, is_loopback, resolve_base_url
+
+
+@pytest.mark.parametrize(
+    ("host", "expected"),
+    [
+        (None, "https://app.personyze.com/rest"),
+        ("", "https://app.personyze.com/rest"),
+        ("app.personyze.com", "https://app.personyze.com/rest"),
+        ("https://app.personyze.com", "https://app.personyze.com/rest"),
+        ("https://app.personyze.com/rest", "https://app.personyze.com/rest"),
+        ("https://app.personyze.com/rest/", "https://app.personyze.com/rest"),
+        ("http://127.0.0.1:8101", "http://127.0.0.1:8101/rest"),
+        ("http://localhost:8101/rest", "http://localhost:8101/rest"),
+        ("http://[::1]:9000", "http://[::1]:9000/rest"),
+    ],
+)
+def test_base_url_accepts_what_people_write(host, expected):
+    assert resolve_base_url(host, default="https://app.personyze.com", prefix="/rest") == expected
+
+
+def test_port_field_is_used_when_host_has_none():
+    assert resolve_base_url("127.0.0.1", default="x", prefix="/v2", port=8080) == "https://127.0.0.1:8080/v2"
+
+
+@pytest.mark.parametrize("url", ["http://api.example.com/v2", "http://10.0.0.5/rest", "http://192.168.1.2:80"])
+def test_plain_http_beyond_loopback_is_refused_with_the_fix(url):
+    with pytest.raises(InsecureURLError, match="Use https://"):
+        check_transport(url)
+
+
+def test_other_schemes_are_refused():
+    with pytest.raises(ConfigurationError, match="Unsupported URL scheme"):
+        check_transport("ftp://example.com")
+
+
+@pytest.mark.parametrize(("host", "loopback"), [("127.0.0.1", True), ("127.9.9.9", True), ("localhost", True),
+                                               ("::1", True), ("[::1]", True), ("128.0.0.1", False),
+                                               ("example.com", False), ("10.0.0.1", False)])
+def test_loopback_detection(host, loopback):
+    assert is_loopback(host) is loopback
