@@ -98,7 +98,7 @@ class Warehouse:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.conn_uri = f"sqlite:///{path}"
+        self.conn_uri = json.dumps({"conn_type": "sqlite", "host": path})
 
     def replace(self, table: str, rows: Iterable[Mapping[str, Any]], columns: list[str]) -> None:
         with sqlite3.connect(self.path) as db:
