@@ -33,14 +33,17 @@ class RowOutcome:
     row_id: int
     outcome: Outcome
     reason: str | None = None
+    #: The row itself is at fault (invalid data): sent unchanged, it would be refused again. Such rows are
+    #: remembered and not re-sent until they change; other rejections (not found, conflict) are retried.
+    permanent: bool = False
 
     @classmethod
     def ok(cls, row: OutboundRow) -> RowOutcome:
         return cls(row.row_id, Outcome.SUCCEEDED)
 
     @classmethod
-    def rejected(cls, row: OutboundRow, reason: str) -> RowOutcome:
-        return cls(row.row_id, Outcome.REJECTED, reason)
+    def rejected(cls, row: OutboundRow, reason: str, *, permanent: bool = False) -> RowOutcome:
+        return cls(row.row_id, Outcome.REJECTED, reason, permanent)
 
     @classmethod
     def failed(cls, row: OutboundRow, reason: str) -> RowOutcome:
@@ -50,9 +53,10 @@ class RowOutcome:
 class BatchRefused(Exception):
     """The API refused a whole batch without saying which rows: the runner splits it to find them."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, *, permanent: bool = False) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.permanent = permanent
 
 
 #: Errors that no row-level retry can fix: stop the task (after committing what was acknowledged).

@@ -114,7 +114,7 @@ class PermutiveSegments(Destination):
             if error.retryable:
                 raise
             if len(rows) > 1:
-                raise BatchRefused(_reason(error)) from None
+                raise BatchRefused(_reason(error), permanent=_is_invalid_data(error)) from None
             return [self._single_refusal(operation, rows[0], error)]
         return [RowOutcome.ok(row) for row in rows]
 
@@ -138,10 +138,15 @@ class PermutiveSegments(Destination):
                 f"segment code {self._code(row)!r} already exists in the import (AlreadyExists); add mode does not "
                 "overwrite segments: use audience_mode='upsert' or 'mirror' to update it",
             )
-        return RowOutcome.rejected(row, _reason(error))
+        return RowOutcome.rejected(row, _reason(error), permanent=_is_invalid_data(error))
 
     def close(self) -> None:
         self.hook.close()
+
+
+def _is_invalid_data(error: ApiError) -> bool:
+    """A validation error is about the row's own data; a conflict or a missing code is about the import."""
+    return error.status == 400
 
 
 def _reason(error: ApiError) -> str:

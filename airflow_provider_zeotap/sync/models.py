@@ -53,6 +53,8 @@ class CommittedState(_Frozen):
     rows: int
     committed_at: datetime
     primary_key: list[str]
+    #: JSON lines of rows refused for their own data ({fingerprint, reason, since}): not re-sent unchanged.
+    rejected_uri: str | None = None
 
 
 class Plan(_Frozen):

@@ -9,12 +9,14 @@ out the same.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from datetime import datetime, timezone
 from typing import Any
 
@@ -29,8 +31,9 @@ from airflow_provider_zeotap.destinations.base import (
     outcome_for_error,
 )
 from airflow_provider_zeotap.http import ApiError, ConfigurationError
-from airflow_provider_zeotap.sync.guards import Guards
 from airflow_provider_zeotap.sync.commit import commit_snapshot, count_outcomes, write_rejected_rows
+from airflow_provider_zeotap.sync.diff import quote_identifier, quote_literal
+from airflow_provider_zeotap.sync.guards import Guards
 from airflow_provider_zeotap.sync.mapping import apply_mapping, resolve_mapping
 from airflow_provider_zeotap.sync.models import (
     CHANGE_COLUMN,
@@ -122,6 +125,7 @@ class DeliveryRunner:
         dry_run_sample: int = 20,
         batch_size: int | None = None,
         send_nulls: bool = False,
+        retry_rejected: bool = False,
         progress_interval: float = 10.0,
     ) -> None:
         self.plan = plan
@@ -137,6 +141,7 @@ class DeliveryRunner:
         self.dry_run_sample = dry_run_sample
         self.batch_size = _batch_size(batch_size, self.capabilities.batch_size, self.capabilities.max_batch_size)
         self.send_nulls = send_nulls
+        self.retry_rejected = retry_rejected
         self.progress_interval = progress_interval
         self.mapping = resolve_mapping(
             field_mapping,
@@ -164,7 +169,8 @@ class DeliveryRunner:
             not_acted_on,
             " (dry run: nothing is sent or committed)" if self.dry_run else "",
         )
-        self.destination.prepare(dry_run=self.dry_run)
+        if selected:
+            self.destination.prepare(dry_run=self.dry_run)
         if self.dry_run:
             return self._dry_run(selected, not_acted_on, started)
 
@@ -178,8 +184,8 @@ class DeliveryRunner:
                     batches = batch.index + 1
                     if batch.index < resume_from:
                         continue
-                    outcomes = self._deliver_batch(batch)
-                    self._write_outcomes(batch, outcomes)
+                    outcomes, fingerprints = self._deliver_batch(batch)
+                    self._write_outcomes(batch, outcomes, fingerprints)
                     self._save_checkpoint(batch.index + 1)
                     progress.add(outcomes)
             except BaseException:
@@ -200,8 +206,8 @@ class DeliveryRunner:
                 if not kinds:
                     continue
                 reader = con.execute(
-                    f"SELECT * FROM read_parquet(?) WHERE {_q(CHANGE_COLUMN)} IN ({', '.join('?' * len(kinds))}) "
-                    f"ORDER BY {_q(ROW_ID_COLUMN)}",
+                    f"SELECT * FROM read_parquet(?) WHERE {quote_identifier(CHANGE_COLUMN)} IN ({', '.join('?' * len(kinds))}) "
+                    f"ORDER BY {quote_identifier(ROW_ID_COLUMN)}",
                     [path, *kinds],
                 ).to_arrow_reader(self.batch_size)
                 pending: list[dict[str, Any]] = []
@@ -230,17 +236,33 @@ class DeliveryRunner:
             return f"missing required field(s) {missing} (mapped from: {sources})"
         return self.destination.validate(operation, row)
 
-    def _deliver_batch(self, batch: _Batch) -> list[RowOutcome]:
+    def _deliver_batch(self, batch: _Batch) -> tuple[list[RowOutcome], dict[int, str]]:
+        """Outcomes of one batch, and the fingerprint of every row in it (for remembering rejections)."""
         outcomes: list[RowOutcome] = []
         sendable: list[OutboundRow] = []
+        fingerprints: dict[int, str] = {}
         for raw in batch.rows:
             row = self._outbound(raw)
+            fingerprints[row.row_id] = fingerprint = _fingerprint(batch.operation, row)
+            known = None if self.retry_rejected else self._rejections.get(fingerprint)
             reason = self._rejection(batch.operation, row)
-            if reason:
-                outcomes.append(RowOutcome.rejected(row, reason))
+            if known:
+                outcomes.append(RowOutcome.rejected(row, known["reason"], permanent=True))
+            elif reason:
+                outcomes.append(RowOutcome.rejected(row, reason, permanent=True))
             else:
                 sendable.append(row)
-        return outcomes + self._deliver(batch.operation, sendable)
+        return outcomes + self._deliver(batch.operation, sendable), fingerprints
+
+    @cached_property
+    def _rejections(self) -> dict[str, dict[str, Any]]:
+        """Rows an earlier run found invalid, by fingerprint: not sent again until they change."""
+        base = self.plan.base
+        if base is None or not base.rejected_uri or not self.storage.exists(base.rejected_uri):
+            return {}
+        with open(self.storage.fetch(base.rejected_uri), encoding="utf-8") as handle:
+            records = (json.loads(line) for line in handle if line.strip())
+            return {record["fingerprint"]: record for record in records}
 
     def _deliver(self, operation: Operation, rows: list[OutboundRow]) -> list[RowOutcome]:
         """Send; when the API refuses a whole batch, halve it until the rows at fault stand alone."""
@@ -250,7 +272,7 @@ class DeliveryRunner:
             outcomes = self.destination.send(operation, rows)
         except BatchRefused as refused:
             if len(rows) == 1:
-                return [RowOutcome.rejected(rows[0], refused.reason)]
+                return [RowOutcome.rejected(rows[0], refused.reason, permanent=refused.permanent)]
             log.info(
                 "%s refused a batch of %d %s operations (%s); splitting it to isolate the rows at fault",
                 self.capabilities.name,
@@ -270,16 +292,21 @@ class DeliveryRunner:
     def _outcomes_uri(self, index: int) -> str:
         return self.storage.plan_uri(self.plan.plan_id, "delivery", f"outcomes-{index:06d}.jsonl")
 
-    def _write_outcomes(self, batch: _Batch, outcomes: Sequence[RowOutcome]) -> None:
+    def _write_outcomes(self, batch: _Batch, outcomes: Sequence[RowOutcome], fingerprints: dict[int, str]) -> None:
         uri = self._outcomes_uri(batch.index)
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         with open(self.storage.to_local(uri), "w", encoding="utf-8") as handle:
             for outcome in outcomes:
-                record = {
+                record: dict[str, Any] = {
                     "row_id": outcome.row_id,
                     "outcome": outcome.outcome.value,
                     "operation": batch.operation.value,
                     "reason": outcome.reason,
                 }
+                if outcome.permanent:
+                    fingerprint = fingerprints[outcome.row_id]
+                    record["fingerprint"] = fingerprint
+                    record["since"] = self._rejections.get(fingerprint, {}).get("since", now)
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.storage.publish(uri)
 
@@ -327,10 +354,29 @@ class DeliveryRunner:
             rows=rows,
             committed_at=datetime.now(timezone.utc),
             primary_key=plan.primary_key,
+            rejected_uri=self._write_rejections(snapshot_id, batches),
         )
         self.pointer.compare_and_set(plan, state)
         log.info("Committed snapshot %s of sync %r: %d rows", snapshot_id, plan.sync_id, rows)
         return state
+
+    def _write_rejections(self, snapshot_id: str, batches: int) -> str | None:
+        """Remember this run's invalid rows beside the committed snapshot (see ``_rejections``)."""
+        paths = self._outcome_paths(batches)
+        if not paths:
+            return None
+        uri = self.storage.committed_uri(snapshot_id).removesuffix(".parquet") + ".rejected.jsonl"
+        path = self.storage.to_local(uri)
+        files = "[" + ", ".join(quote_literal(p) for p in paths) + "]"
+        with duckdb.connect() as con:
+            con.execute(
+                f"COPY (SELECT fingerprint, reason, since FROM read_json({files}, "
+                "format = 'newline_delimited', columns = {fingerprint: 'VARCHAR', reason: 'VARCHAR', "
+                "since: 'VARCHAR'}) WHERE fingerprint IS NOT NULL) TO "
+                f"{quote_literal(path)} (FORMAT json)"
+            )
+        self.storage.publish(uri)
+        return uri
 
     def _commit_after_failure(self, batches: int) -> None:
         """Keep what was acknowledged before the stop, so a later run does not send it again.
@@ -450,8 +496,10 @@ def _batch_size(requested: int | None, default: int, maximum: int) -> int:
     return size
 
 
-def _q(identifier: str) -> str:
-    return '"' + identifier.replace('"', '""') + '"'
+def _fingerprint(operation: Operation, row: OutboundRow) -> str:
+    """Identifies what was sent for a row: the same operation, key and payload give the same fingerprint."""
+    content = json.dumps([operation.value, row.key, row.payload], sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:32]
 
 
 def _duration(seconds: float) -> str:

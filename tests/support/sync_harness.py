@@ -58,11 +58,13 @@ class RecordingDestination(Destination):
         reject: Callable[[OutboundRow], str | None] = lambda row: None,
         fail: Callable[[OutboundRow], bool] = lambda row: False,
         poison: Callable[[OutboundRow], bool] = lambda row: False,
+        invalid: Callable[[OutboundRow], bool] = lambda row: False,
         kill_at_call: int | None = None,
     ) -> None:
         self.reject = reject
         self.fail = fail
         self.poison = poison
+        self.invalid = invalid
         self.kill_at_call = kill_at_call
         self.calls: list[tuple[Operation, list[dict[str, Any]]]] = []
         self.delivered: list[tuple[Operation, dict[str, Any]]] = []
@@ -75,7 +77,9 @@ class RecordingDestination(Destination):
             raise BatchRefused("ValidationError: one operation is invalid")
         outcomes = []
         for row in rows:
-            if reason := self.reject(row):
+            if self.invalid(row):
+                outcomes.append(RowOutcome.rejected(row, "ValidationError: invalid data", permanent=True))
+            elif reason := self.reject(row):
                 outcomes.append(RowOutcome.rejected(row, reason))
             elif self.fail(row):
                 outcomes.append(RowOutcome.failed(row, "HTTP 503 after 5 attempts"))

@@ -167,3 +167,22 @@ def test_checkpoints_are_per_plan(harness):
     plan = harness.plan(ROWS)
     harness.runner(plan, RecordingDestination(), checkpoints=store).run()
     assert store.get(f"delivery:{plan.plan_id}")["next_batch"] == 4
+
+
+def test_rows_refused_for_their_own_data_are_not_resent_until_they_change(harness):
+    rows = [dict(r, name="bad") if r["id"] == 1 else r for r in ROWS]
+    invalid_name = lambda r: r.payload["name"] == "bad"  # noqa: E731
+    _, first = harness.sync(rows, RecordingDestination(invalid=invalid_name))
+    assert first.rejected == 1 and first.committed.rejected_uri
+
+    again = RecordingDestination(invalid=invalid_name)
+    _, second = harness.sync(rows, again)
+    assert again.calls == [] and second.rejected == 1  # remembered and reported, not sent
+
+    forced = RecordingDestination(invalid=invalid_name)
+    harness.runner(harness.plan(rows), forced, retry_rejected=True).run()
+    assert sent_ids(forced) == [1]
+
+    fixed = RecordingDestination(invalid=invalid_name)
+    _, last = harness.sync([dict(r, name="good") if r["id"] == 1 else r for r in ROWS], fixed)
+    assert sent_ids(fixed) == [1] and last.rejected == 0

@@ -1,0 +1,143 @@
+"""Permutive over real Airflow runs against the local emulator: batches, isolation of bad rows, key checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from airflow_provider_zeotap.hooks.permutive import PermutiveHook
+from tests.integration.conftest import connection_env
+
+pytestmark = pytest.mark.integration
+
+COLUMNS = ["code", "name", "description"]
+
+
+@pytest.fixture
+def permutive(permutive_emulator, monkeypatch):
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PERMUTIVE_DEFAULT",
+        connection_env("permutive", permutive_emulator.url, permutive_emulator.write_key,
+                       backoff_initial=0.01, backoff_max=0.05),
+    )
+    return permutive_emulator
+
+
+def mirror_dag(dag_runner, sync_id: str, import_id: str, mode: str = "mirror") -> str:
+    return dag_runner.write(f'''
+        from datetime import datetime
+        from airflow.sdk import DAG
+        from airflow_provider_zeotap.operators.diff import SyncDiffOperator
+        from airflow_provider_zeotap.operators.permutive import PermutiveSyncOperator
+
+        with DAG(dag_id="{sync_id}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+            diff = SyncDiffOperator(task_id="diff", sync_id="{sync_id}", conn_id="warehouse",
+                                    sql="SELECT * FROM segments", primary_key="code")
+            PermutiveSyncOperator(task_id="sync", plan=diff.output, import_id="{import_id}",
+                                  audience_mode="{mode}",
+                                  field_mapping={{"segment_code": "code", "segment_name": "name",
+                                                  "description": "description"}})
+    ''')
+
+
+def segment(i: int, name: str | None = None) -> dict:
+    return {"code": f"seg-{i:05d}", "name": name or f"Segment {i}", "description": f"rows of segment {i}"}
+
+
+def patches(emulator) -> list[list[dict]]:
+    return [r.json["operations"] for r in emulator.requests if r.method == "PATCH" and r.json.get("operations")]
+
+
+def test_a_12000_segment_mirror_then_changes_with_one_bad_row_then_nothing(dag_runner, warehouse, permutive):
+    import_id = permutive.create_import("Warehouse segments")
+    rows = [segment(i) for i in range(12_000)]
+    warehouse.replace("segments", rows, COLUMNS)
+    dag = mirror_dag(dag_runner, "permutive_mirror_it", import_id)
+
+    first = dag_runner.run(dag)
+    assert first.state == "success", first.task_states
+    sent = patches(permutive)
+    assert len(sent) == 3 and all(len(ops) <= 5000 for ops in sent)
+    assert sum(len(ops) for ops in sent) == 12_000
+    assert len(permutive.segments(import_id)) == 12_000
+
+    # Second run: 100 renamed, 50 removed, 50 added, one added row whose code the API refuses.
+    permutive.clear_requests()
+    renamed = {i: f"Renamed segment {i}" for i in range(100, 200)}
+    source = [segment(i, renamed.get(i)) for i in range(12_000) if not 1000 <= i < 1050]
+    source += [segment(i) for i in range(20_000, 20_050)]
+    source.append({"code": "bad code with spaces!", "name": "Broken", "description": None})
+    warehouse.replace("segments", source, COLUMNS)
+    second = dag_runner.run(dag)
+    assert second.state == "success", second.task_states
+    result = second.result("sync")
+    assert (result["succeeded"], result["rejected"], result["failed"]) == (200, 1, 0)
+    assert all(len(ops) <= 5000 for ops in patches(permutive))
+    stored = permutive.segments(import_id)
+    assert len(stored) == 12_000
+    assert stored["seg-00150"]["name"] == "Renamed segment 150"
+    assert "seg-01010" not in stored and "seg-20010" in stored and "bad code with spaces!" not in stored
+    rejected = [json.loads(line) for line in open(result["rejected_rows_uri"].removeprefix("file://"))]
+    assert [r["code"] for r in rejected] == ["bad code with spaces!"]
+    assert "ValidationError" in rejected[0]["reason"]
+
+    # Third run, nothing changed: nothing is sent (the invalid row is remembered, not re-sent unchanged).
+    permutive.clear_requests()
+    third = dag_runner.run(dag)
+    assert third.state == "success"
+    assert patches(permutive) == []
+    assert third.result("sync")["rejected"] == 1
+
+
+def test_upsert_turns_a_conflicting_create_into_an_update_and_add_names_the_conflict(dag_runner, warehouse, permutive):
+    import_id = permutive.create_import("Mixed")
+    permutive.create_segment(import_id, code="seg-00001", name="Made by hand")
+    warehouse.replace("segments", [segment(1), segment(2)], COLUMNS)
+
+    add = dag_runner.run(mirror_dag(dag_runner, "permutive_add_it", import_id, mode="add"))
+    assert add.state == "success"
+    result = add.result("sync")
+    assert (result["succeeded"], result["rejected"]) == (1, 1)
+    reason = json.loads(open(result["rejected_rows_uri"].removeprefix("file://")).readline())["reason"]
+    assert "already exists" in reason and "upsert" in reason
+    assert permutive.segments(import_id)["seg-00001"]["name"] == "Made by hand"
+
+    upsert = dag_runner.run(mirror_dag(dag_runner, "permutive_upsert_it", import_id, mode="upsert"))
+    assert upsert.state == "success"
+    assert upsert.result("sync")["succeeded"] == 2
+    assert permutive.segments(import_id)["seg-00001"]["name"] == "Segment 1"
+
+
+def test_a_read_only_key_and_an_unknown_import_fail_before_any_write(dag_runner, warehouse, permutive, monkeypatch):
+    import_id = permutive.create_import("Target")
+    warehouse.replace("segments", [segment(1)], COLUMNS)
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PERMUTIVE_DEFAULT", connection_env("permutive", permutive.url, permutive.read_only_key)
+    )
+    run = dag_runner.run(mirror_dag(dag_runner, "permutive_readonly_it", import_id))
+    assert run.state == "failed"
+    assert permutive.segments(import_id) == {}
+    with pytest.raises(Exception, match="read-only.*ask Permutive Technical Services for write access"):
+        PermutiveHook().require_write_access(import_id)
+
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PERMUTIVE_DEFAULT", connection_env("permutive", permutive.url, permutive.write_key)
+    )
+    missing = "32f8e031-c532-41bb-b25e-65bdb677a96f"
+    run = dag_runner.run(mirror_dag(dag_runner, "permutive_missing_import_it", missing))
+    assert run.state == "failed"
+    assert not [r for r in permutive.requests if r.method == "PATCH" and r.json.get("operations")]
+    with pytest.raises(Exception, match="import 32f8e031-c532-41bb-b25e-65bdb677a96f does not exist"):
+        PermutiveHook().require_write_access(missing)
+
+
+def test_an_import_id_that_is_not_a_uuid_fails_when_the_dag_is_parsed(dag_runner):
+    from airflow_provider_zeotap.http.errors import ConfigurationError
+    from airflow_provider_zeotap.operators.permutive import PermutiveSyncOperator
+
+    with pytest.raises(ConfigurationError, match="must be the UUID of a Permutive import"):
+        PermutiveSyncOperator(task_id="x", plan={}, sync_id="s", import_id="my-import", audience_mode="mirror")
+    with pytest.raises(ConfigurationError, match="does not support audience_mode='insert'"):
+        PermutiveSyncOperator(task_id="y", plan={}, sync_id="s", import_id=str(__import__("uuid").uuid4()),
+                              audience_mode="insert")
