@@ -1,0 +1,114 @@
+"""Serve the emulators by hand, for offline DAG development::
+
+    python -m airflow_provider_zeotap.testing [--host 127.0.0.1] [--only personyze,permutive]
+        [--personyze-port N] [--permutive-port N] [--optimizely-port N] [--zeotap-port N] [--no-seed]
+
+Prints, for each emulator, where it listens, its test credentials and the objects it seeded for a first
+sync (a Personyze list, a Permutive import, an Optimizely project), then the ``AIRFLOW_CONN_<ID>=...``
+lines to paste into a shell. Serves until Ctrl-C or SIGTERM. Binds to loopback addresses only: the keys
+are public test keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+
+from airflow_provider_zeotap.testing.optimizely import OptimizelyEmulator
+from airflow_provider_zeotap.testing.permutive import PermutiveEmulator
+from airflow_provider_zeotap.testing.personyze import PersonyzeEmulator
+from airflow_provider_zeotap.testing.server import ADMIN_PREFIX, Emulator
+from airflow_provider_zeotap.testing.zeotap import ZeotapEmulator
+
+#: Emulator class and default port, by name.
+EMULATORS: dict[str, tuple[type[Emulator], int]] = {
+    "personyze": (PersonyzeEmulator, 8101),
+    "permutive": (PermutiveEmulator, 8102),
+    "optimizely": (OptimizelyEmulator, 8103),
+    "zeotap": (ZeotapEmulator, 8104),
+}
+
+
+def _names(text: str) -> list[str]:
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(EMULATORS))
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"choose from {', '.join(EMULATORS)}; unknown: {', '.join(unknown)}")
+    return names
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_provider_zeotap.testing",
+        description="Serve local emulators of the Personyze, Permutive, Optimizely and Zeotap APIs.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind (default %(default)s)")
+    parser.add_argument(
+        "--only",
+        type=_names,
+        default=list(EMULATORS),
+        metavar="NAMES",
+        help="comma-separated subset to serve",
+    )
+    for name, (_, port) in EMULATORS.items():
+        parser.add_argument(
+            f"--{name}-port",
+            type=int,
+            default=port,
+            metavar="N",
+            help=f"0 picks a free port (default {port})",
+        )
+    parser.add_argument(
+        "--no-seed", action="store_true", help="don't create the example list, import, project"
+    )
+    return parser.parse_args(argv)
+
+
+def describe(emulator: Emulator, seeded: dict[str, str]) -> list[str]:
+    """The lines printed for one emulator: name, URLs, credentials and seeded ids."""
+    facts = {**emulator.credentials(), **seeded, "admin": emulator.url + ADMIN_PREFIX}
+    return [f"{emulator.name:<11} {emulator.url}  (API: {emulator.api_url})"] + [
+        f"    {key}: {value}" for key, value in facts.items()
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        emulators = [
+            EMULATORS[name][0](host=args.host, port=getattr(args, f"{name}_port")) for name in args.only
+        ]
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    running: list[Emulator] = []
+    try:
+        for emulator in emulators:
+            running.append(emulator.start())
+        lines: list[str] = []
+        env: dict[str, str] = {}
+        for emulator in running:
+            lines += describe(emulator, {} if args.no_seed else emulator.seed_example())
+            env.update(emulator.airflow_env())
+        lines += [""] + [f"{variable}={shlex.quote(value)}" for variable, value in env.items()]
+        lines += ["", "Serving; Ctrl-C stops."]
+        print("\n".join(lines), flush=True)
+        stop.wait()
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for emulator in reversed(running):
+            emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Fault injection: the knobs a test turns to make an emulated API slow, flaky or strict.
+
+A :class:`FaultConfig` describes the faults; a :class:`FaultInjector` turns it into a :class:`Verdict` for
+each API request. Every random draw comes from one ``random.Random`` seeded by the config, so a test that
+sets ``seed`` sees the same faults on every run (as long as it sends the same requests in the same order).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+from collections import deque
+from dataclasses import dataclass
+from typing import Annotated, Literal, TypedDict
+
+from pydantic import BaseModel, ConfigDict, Field
+
+FaultKind = Literal["error", "rate_limited", "dropped"]
+
+
+class FaultConfig(BaseModel):
+    """What goes wrong, and how often. The defaults are a healthy API with no limits."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    latency_ms: Annotated[float, Field(ge=0, description="Delay added before every answer.")] = 0
+    latency_jitter_ms: Annotated[float, Field(ge=0, description="Extra delay, uniform in [0, jitter].")] = 0
+    error_rate: Annotated[float, Field(ge=0, le=1, description="Fraction answered with error_status.")] = 0
+    error_status: Annotated[int, Field(ge=400, le=599)] = 503
+    retry_after: Annotated[int | None, Field(ge=0, description="Retry-After (s) of injected errors.")] = None
+    drop_rate: Annotated[float, Field(ge=0, le=1, description="Fraction cut off after the headers.")] = 0
+    rate_per_second: Annotated[float | None, Field(gt=0, description="Admitted per second; more: 429.")] = (
+        None
+    )
+    rate_per_minute: Annotated[float | None, Field(gt=0, description="Admitted per minute; more: 429.")] = (
+        None
+    )
+    seed: Annotated[int | None, Field(description="Seed of the random draws; None: from the OS.")] = None
+    path_prefix: Annotated[str | None, Field(description="Only paths starting with it are affected.")] = None
+
+    def applies_to(self, path: str) -> bool:
+        return self.path_prefix is None or path.startswith(self.path_prefix)
+
+
+class FaultSettings(TypedDict, total=False):
+    """Keyword arguments of ``Emulator.set_faults``: any subset of :class:`FaultConfig`'s fields."""
+
+    latency_ms: float
+    latency_jitter_ms: float
+    error_rate: float
+    error_status: int
+    retry_after: int | None
+    drop_rate: float
+    rate_per_second: float | None
+    rate_per_minute: float | None
+    seed: int | None
+    path_prefix: str | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with one request: wait ``delay`` seconds, then answer normally, refuse, or cut it off."""
+
+    delay: float = 0.0
+    fault: FaultKind | None = None
+    status: int | None = None  # the refusal status, for "error" and "rate_limited"
+    retry_after: int | None = None
+
+    @property
+    def refused(self) -> bool:
+        return self.status is not None
+
+
+HEALTHY = Verdict()
+
+
+class SlidingWindow:
+    """Admits at most ``rate`` requests per ``unit`` seconds, measured over a sliding window.
+
+    A fractional rate below one (0.5/s) becomes one request per 1/rate seconds, so any positive rate is
+    honoured without rounding it to zero.
+    """
+
+    def __init__(self, rate: float, unit: float) -> None:
+        self.capacity = max(1, math.floor(rate))
+        self.period = unit * self.capacity / rate
+        self._admitted: deque[float] = deque()
+
+    def wait(self, now: float) -> float:
+        """Seconds until one more request fits (0 when it fits now)."""
+        while self._admitted and self._admitted[0] <= now - self.period:
+            self._admitted.popleft()
+        if len(self._admitted) < self.capacity:
+            return 0.0
+        return self._admitted[0] + self.period - now
+
+    def admit(self, now: float) -> None:
+        self._admitted.append(now)
+
+
+class FaultInjector:
+    """Holds the active :class:`FaultConfig` and judges requests against it; safe to call from any thread."""
+
+    def __init__(self, config: FaultConfig) -> None:
+        self._lock = threading.Lock()
+        self.configure(config)
+
+    @property
+    def config(self) -> FaultConfig:
+        return self._config
+
+    def configure(self, config: FaultConfig) -> None:
+        """Replace the config; the random generator and the rate windows start afresh."""
+        windows = []
+        if config.rate_per_second is not None:
+            windows.append(SlidingWindow(config.rate_per_second, 1.0))
+        if config.rate_per_minute is not None:
+            windows.append(SlidingWindow(config.rate_per_minute, 60.0))
+        with self._lock:
+            self._config = config
+            self._rng = random.Random(config.seed)
+            self._windows = windows
+
+    def judge(self, path: str, now: float) -> Verdict:
+        """Decide the fate of a request that arrived at ``now`` (monotonic seconds).
+
+        Draws happen in a fixed order (jitter, error, drop) and only for knobs that are on, so the same
+        config and the same request sequence give the same verdicts. Rate limits count admitted requests
+        only: a client that backs off for Retry-After seconds gets through.
+        """
+        with self._lock:
+            config = self._config
+            if not config.applies_to(path):
+                return HEALTHY
+            jitter = self._rng.uniform(0, config.latency_jitter_ms) if config.latency_jitter_ms else 0.0
+            delay = (config.latency_ms + jitter) / 1000
+            wait = max((window.wait(now) for window in self._windows), default=0.0)
+            if wait > 0:
+                return Verdict(delay, "rate_limited", 429, retry_after=max(1, math.ceil(wait)))
+            for window in self._windows:
+                window.admit(now)
+            if config.error_rate and self._rng.random() < config.error_rate:
+                return Verdict(delay, "error", config.error_status, retry_after=config.retry_after)
+            if config.drop_rate and self._rng.random() < config.drop_rate:
+                return Verdict(delay, "dropped")
+            return Verdict(delay)

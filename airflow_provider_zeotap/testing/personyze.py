@@ -1,0 +1,385 @@
+"""Personyze REST API emulator: the account, users, user lists and list members, under ``/rest``.
+
+Reproduced from the public documentation (path syntax: see ``personyze_path``):
+
+* HTTP Basic auth, user ``api``, password the API key; anything else is 401 ``Please, log in`` (text/plain).
+* Errors are 400 with a plain-text, human-readable body (``Row not found``, ``Cannot do this operation on
+  whole table``...). GET answers a JSON array (an object for ``/rest/<object>/<id>``); POST, PUT and DELETE
+  answer a bare number.
+* ``POST /rest/users`` merges into the user whose email (case-sensitive) or internal_id matches, else creates
+  one. It is serialized: one in flight; a request that waited over a second for it is refused
+  ``400 Too many simultaneous requests``. ``users_post_latency_ms`` makes each one slow enough to see this.
+* ``GET /rest/users`` without a ``where`` must ``order_by`` an indexed column; ``PUT`` and ``DELETE`` need a
+  ``where`` (or a row id); ``offset + limit`` may not exceed 1000.
+* ``POST /rest/user_list_users`` resolves ``user_email`` / ``user_internal_id`` to a user_id, creating a stub
+  user holding only that identifier when none matches. Deleting a list or a user deletes its memberships.
+
+Choices where the documentation is silent:
+
+* PUT and DELETE answer the number of rows *matched*, so 0 always means "no such row".
+* ``POST /rest/user_list_users`` answers the member's user_id, also when it already was a member (re-adding
+  is a no-op, not an error). ``user_list_id`` and ``user_id`` may be JSON numbers or decimal strings.
+* ``POST /rest/users`` with no identifier (email, internal_id or user_id) is refused rather than creating
+  an unreachable user.
+* Users get ``data_last_modified`` (Unix seconds) on every write; user ids start at 5,700,001 and list ids at
+  1, so a client that mixes the two up fails loudly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import time
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from typing_extensions import Unpack
+
+from airflow_provider_zeotap.testing.personyze_path import PathQuery, PathSyntaxError, parse_path
+from airflow_provider_zeotap.testing.server import ApiError, Emulator, ServerOptions
+
+DEFAULT_API_KEY = "personyze-test-key"
+API_USER = "api"
+#: Columns of ``users`` a whole-table read may order by.
+INDEXED_USER_COLUMNS = frozenset(
+    {"user_id", "email", "internal_id", "fb_id", "last_session_time", "data_last_modified"}
+)
+#: How long a ``POST /rest/users`` may wait for the one in flight before it is refused.
+USERS_POST_MAX_WAIT_S = 1.0
+FIRST_USER_ID = 5_700_001
+ACCOUNT = {"id": 1, "name": "Emulated account"}
+
+ROW_NOT_FOUND = "Row not found"
+WHOLE_TABLE = "Cannot do this operation on whole table"
+TOO_MANY_SIMULTANEOUS = "Too many simultaneous requests"
+PLEASE_LOG_IN = "Please, log in"
+
+
+@dataclass(frozen=True)
+class _Table:
+    """One object of the API as rows in a dict, and how the generic GET/PUT/DELETE may address it."""
+
+    rows: dict[Any, dict[str, Any]]
+    key: str | None  # the column ``/<object>/<id>`` addresses; None: rows have no single id
+    member_column: str | None  # the ``user_list_users`` column that refers to this table's key
+    updatable: bool
+    scan_order_by: frozenset[str] | None = None  # a read without where must order by one of these
+    stamped: bool = False  # writes set data_last_modified
+
+
+class PersonyzeEmulator(Emulator):
+    """Personyze under ``/rest``; see the module documentation for what is reproduced."""
+
+    name = "personyze"
+    api_prefix = "/rest"
+
+    def __init__(
+        self,
+        *,
+        api_key: str = DEFAULT_API_KEY,
+        users_post_latency_ms: float = 0,
+        **server_options: Unpack[ServerOptions],
+    ) -> None:
+        self.api_key = api_key
+        #: Time each ``POST /rest/users`` holds the one-in-flight slot; settable while running.
+        self.users_post_latency_ms = users_post_latency_ms
+        self._users_post_slot: asyncio.Lock | None = None
+        super().__init__(**server_options)
+
+    # -- seed and inspect ------------------------------------------------------------------------------
+
+    def create_list(self, name: str) -> int:
+        with self._lock:
+            list_id = self._next_list_id
+            self._next_list_id += 1
+            self._lists[list_id] = {"id": list_id, "name": name}
+            return list_id
+
+    def create_user(self, **fields: Any) -> int:
+        """Insert a user as given, without merging (so a test can seed near-duplicates)."""
+        with self._lock:
+            return self._insert_user(fields)
+
+    def add_to_list(self, list_id: int, user_id: int) -> None:
+        with self._lock:
+            if list_id not in self._lists or user_id not in self._users:
+                raise KeyError((list_id, user_id))
+            self._members[(list_id, user_id)] = {"user_list_id": list_id, "user_id": user_id}
+
+    @property
+    def users(self) -> dict[int, dict[str, Any]]:
+        """user_id -> row (copies)."""
+        with self._lock:
+            return {user_id: dict(row) for user_id, row in self._users.items()}
+
+    @property
+    def lists(self) -> dict[int, dict[str, Any]]:
+        """list id -> row (copies)."""
+        with self._lock:
+            return {list_id: dict(row) for list_id, row in self._lists.items()}
+
+    def list_member_ids(self, list_id: int) -> set[int]:
+        with self._lock:
+            return {user_id for member_list, user_id in self._members if member_list == list_id}
+
+    def list_member_emails(self, list_id: int) -> set[str]:
+        """Emails of the list's members (members without an email are left out)."""
+        with self._lock:
+            emails = (self._users[user_id].get("email") for user_id in self.list_member_ids(list_id))
+            return {email for email in emails if email}
+
+    # -- frame hooks -----------------------------------------------------------------------------------
+
+    def _clear_state(self) -> None:
+        self._users: dict[int, dict[str, Any]] = {}
+        self._lists: dict[int, dict[str, Any]] = {}
+        self._members: dict[tuple[int, int], dict[str, Any]] = {}
+        self._next_user_id = FIRST_USER_ID
+        self._next_list_id = 1
+        self._tables = {
+            "users": _Table(
+                self._users,
+                key="user_id",
+                member_column="user_id",
+                updatable=True,
+                scan_order_by=INDEXED_USER_COLUMNS,
+                stamped=True,
+            ),
+            "user_lists": _Table(self._lists, key="id", member_column="user_list_id", updatable=True),
+            "user_list_users": _Table(self._members, key=None, member_column=None, updatable=False),
+        }
+
+    def state(self) -> dict[str, Any]:
+        return {name: list(table.rows.values()) for name, table in self._tables.items()}
+
+    def credentials(self) -> dict[str, str]:
+        return {"login": API_USER, "api_key": self.api_key}
+
+    def _connection_fields(self) -> dict[str, Any]:
+        return {"password": self.api_key}
+
+    def seed_example(self) -> dict[str, str]:
+        return {"list_id": str(self.create_list("Example list"))}
+
+    async def _on_serve_start(self) -> None:
+        self._users_post_slot = asyncio.Lock()
+
+    def authenticate(self, request: Request) -> None:
+        if _basic_credentials(request.headers.get("authorization")) != (API_USER, self.api_key):
+            raise ApiError(401, PLEASE_LOG_IN, headers={"WWW-Authenticate": 'Basic realm="Personyze"'})
+
+    def error_response(self, status: int, message: str, kind: str | None = None) -> Response:
+        return PlainTextResponse(message, status_code=status)
+
+    def _add_api_routes(self, router: APIRouter) -> None:
+        @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "DELETE"])
+        async def dispatch(request: Request) -> Response:
+            return await self._dispatch(request)
+
+    def _add_admin_routes(self, router: APIRouter) -> None:
+        @router.post("/lists")
+        async def seed_list(name: Annotated[str, Body(embed=True)]) -> dict[str, int]:
+            return {"id": self.create_list(name)}
+
+        @router.post("/users")
+        async def seed_user(fields: Annotated[dict[str, Any], Body()]) -> dict[str, int]:
+            return {"user_id": self.create_user(**fields)}
+
+    # -- the API ---------------------------------------------------------------------------------------
+
+    async def _dispatch(self, request: Request) -> Response:
+        # The raw path: values must be split before they are percent-decoded.
+        raw_path = request.scope["raw_path"].decode("latin-1")
+        try:
+            query = parse_path(raw_path[len(self.api_prefix) :])
+        except PathSyntaxError as exc:
+            raise ApiError(400, str(exc)) from None
+        method = request.method
+        if query.object == "account" and method == "GET":
+            return JSONResponse(ACCOUNT)
+        table = self._tables.get(query.object)
+        if table is None:
+            raise ApiError(404, f"Unknown object: {query.object}")
+        if method == "GET":
+            return JSONResponse(self._read(query, table))
+        if method == "DELETE":
+            return JSONResponse(self._delete(query, table))
+        body = await self._json_object(request)
+        if method == "PUT":
+            return JSONResponse(self._update(query, table, body))
+        if query.object == "users":
+            return JSONResponse(await self._post_user(body))
+        if query.object == "user_lists":
+            return JSONResponse(self._post_list(body))
+        return JSONResponse(self._post_member(body))
+
+    async def _json_object(self, request: Request) -> dict[str, Any]:
+        body = await self.read_json(request)
+        if not isinstance(body, dict):
+            raise ApiError(400, "Expected a JSON object")
+        return body
+
+    def _read(self, query: PathQuery, table: _Table) -> Any:
+        with self._lock:
+            if query.row_id is not None:
+                rows = query.select(self._rows_by_id(table, query.row_id))
+                if not rows:
+                    raise ApiError(400, ROW_NOT_FOUND)
+                return rows[0]
+            if (
+                table.scan_order_by is not None
+                and query.where is None
+                and query.order_by not in table.scan_order_by
+            ):
+                raise ApiError(400, WHOLE_TABLE)
+            return query.select(table.rows.values())
+
+    def _update(self, query: PathQuery, table: _Table, changes: dict[str, Any]) -> int:
+        if not table.updatable:
+            raise ApiError(400, f"Cannot update {query.object}")
+        with self._lock:
+            keys = self._matching_keys(query, table)
+            for key in keys:
+                row = table.rows[key]
+                row.update({column: value for column, value in changes.items() if column != table.key})
+                if table.stamped:
+                    _touch(row)
+            return len(keys)
+
+    def _delete(self, query: PathQuery, table: _Table) -> int:
+        with self._lock:
+            keys = self._matching_keys(query, table)
+            for key in keys:
+                del table.rows[key]
+            if table.member_column is not None:
+                gone = set(keys)
+                column = table.member_column
+                for member in [pair for pair, row in self._members.items() if row[column] in gone]:
+                    del self._members[member]
+            return len(keys)
+
+    def _matching_keys(self, query: PathQuery, table: _Table) -> list[Any]:
+        """Keys of the rows a PUT or DELETE addresses, by id and/or where; never the whole table."""
+        if query.row_id is None and query.where is None:
+            raise ApiError(400, WHOLE_TABLE)
+        if query.row_id is not None:
+            candidates = [row[table.key] for row in self._rows_by_id(table, query.row_id)]  # type: ignore[index]
+        else:
+            candidates = list(table.rows)
+        where = query.where
+        return [key for key in candidates if where is None or where.matches(table.rows[key])]
+
+    def _rows_by_id(self, table: _Table, row_id: str) -> list[dict[str, Any]]:
+        if table.key is None:
+            raise ApiError(400, f"Rows of this object have no single id; use where/{row_id}")
+        row = table.rows.get(int(row_id)) if row_id.isdigit() else None
+        return [] if row is None else [row]
+
+    async def _post_user(self, fields: dict[str, Any]) -> int:
+        slot = self._users_post_slot
+        assert slot is not None, "created when the server starts"
+        try:
+            await asyncio.wait_for(slot.acquire(), USERS_POST_MAX_WAIT_S)
+        except asyncio.TimeoutError:
+            raise ApiError(400, TOO_MANY_SIMULTANEOUS) from None
+        try:
+            if self.users_post_latency_ms:
+                await asyncio.sleep(self.users_post_latency_ms / 1000)
+            with self._lock:
+                return self._upsert_user(fields)
+        finally:
+            slot.release()
+
+    def _upsert_user(self, fields: dict[str, Any]) -> int:
+        if fields.get("user_id") is not None:
+            user_id = _as_int(fields["user_id"])
+            row = None if user_id is None else self._users.get(user_id)
+            if row is None:
+                raise ApiError(400, ROW_NOT_FOUND)
+        else:
+            row = self._find_user("email", fields.get("email")) or self._find_user(
+                "internal_id", fields.get("internal_id")
+            )
+            if row is None:
+                if not (fields.get("email") or fields.get("internal_id")):
+                    raise ApiError(400, "A user needs an identifier: email, internal_id or user_id")
+                return self._insert_user(fields)
+        row.update({column: value for column, value in fields.items() if column != "user_id"})
+        _touch(row)
+        return int(row["user_id"])
+
+    def _post_list(self, fields: dict[str, Any]) -> int:
+        name = fields.get("name")
+        if not isinstance(name, str) or not name:
+            raise ApiError(400, "Field name is required")
+        return self.create_list(name)
+
+    def _post_member(self, fields: dict[str, Any]) -> int:
+        list_id = _as_int(fields.get("user_list_id"))
+        if list_id is None:
+            raise ApiError(400, "Field user_list_id is required")
+        given = [
+            key for key in ("user_id", "user_email", "user_internal_id") if fields.get(key) not in (None, "")
+        ]
+        if len(given) != 1:
+            raise ApiError(400, "Give exactly one of user_id, user_email, user_internal_id")
+        with self._lock:
+            if list_id not in self._lists:
+                raise ApiError(400, ROW_NOT_FOUND)
+            user_id = self._resolve_user(given[0], fields[given[0]])
+            self._members.setdefault((list_id, user_id), {"user_list_id": list_id, "user_id": user_id})
+            return user_id
+
+    def _resolve_user(self, key: str, value: Any) -> int:
+        """The user a membership names, creating a stub user for an unknown email or internal_id."""
+        if key == "user_id":
+            user_id = _as_int(value)
+            if user_id is None or user_id not in self._users:
+                raise ApiError(400, ROW_NOT_FOUND)
+            return user_id
+        column = "email" if key == "user_email" else "internal_id"
+        row = self._find_user(column, value)
+        return int(row["user_id"]) if row is not None else self._insert_user({column: value})
+
+    def _find_user(self, column: str, value: Any) -> dict[str, Any] | None:
+        if value in (None, ""):
+            return None
+        return next((row for row in self._users.values() if row.get(column) == value), None)
+
+    def _insert_user(self, fields: dict[str, Any]) -> int:
+        user_id = self._next_user_id
+        self._next_user_id += 1
+        row = {
+            "user_id": user_id,
+            **{column: value for column, value in fields.items() if column != "user_id"},
+        }
+        self._users[user_id] = _touch(row)
+        return user_id
+
+
+def _touch(row: dict[str, Any]) -> dict[str, Any]:
+    row["data_last_modified"] = int(time.time())
+    return row
+
+
+def _as_int(value: Any) -> int | None:
+    """A JSON number or decimal string as an int (the real API is lenient about it), else None."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None
+
+
+def _basic_credentials(header: str | None) -> tuple[str, str] | None:
+    scheme, _, encoded = (header or "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        user, separator, password = base64.b64decode(encoded.strip(), validate=True).decode().partition(":")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return (user, password) if separator else None
