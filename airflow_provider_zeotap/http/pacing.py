@@ -1,6 +1,6 @@
 """Pacing: stay under an API's documented limits instead of bouncing off them with 429s.
 
-Request starts are spaced evenly (a 5% margin under the tighter of the per-second and per-minute
+Request starts are spaced evenly (a 10% margin under the tighter of the per-second and per-minute
 rates), which keeps every sliding window under its limit. A cap on requests in flight is a semaphore.
 One ``Pacer`` serves threads and coroutines alike: the spacing is reserved under a lock, and only the
 waiting differs.
@@ -16,7 +16,7 @@ from contextlib import asynccontextmanager, contextmanager
 
 from airflow_provider_zeotap.http.settings import Limits
 
-SAFETY_MARGIN = 1.05
+SAFETY_MARGIN = 1.1
 
 
 class Pacer:
