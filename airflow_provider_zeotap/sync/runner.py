@@ -183,6 +183,7 @@ class DeliveryRunner:
                 for batch in self._batches():
                     batches = batch.index + 1
                     if batch.index < resume_from:
+                        progress.done += len(batch.rows)  # delivered by an earlier try
                         continue
                     outcomes, fingerprints = self._deliver_batch(batch)
                     self._write_outcomes(batch, outcomes, fingerprints)

@@ -169,3 +169,53 @@ def test_connection_test_reports_a_bad_key(personyze, monkeypatch):
     assert not ok
     assert "refused the API key" in message and "Settings > API" in message
     assert "wrong-key-123" not in message
+
+
+def test_a_retried_task_resumes_after_the_last_acknowledged_batch(dag_runner, warehouse, personyze, tmp_path):
+    """First try dies in its third batch; Airflow retries the task; the retry resumes from the checkpoint."""
+    marker = tmp_path / "died-once"
+    warehouse.replace("customers", [customer(i) for i in range(1, 51)], COLUMNS)
+    dag = dag_runner.write(f'''
+        from datetime import datetime, timedelta
+        from pathlib import Path
+        from airflow.sdk import DAG
+        from airflow_provider_zeotap.operators.diff import SyncDiffOperator
+        from airflow_provider_zeotap.operators.personyze import PersonyzeSyncOperator
+
+        MARKER = Path({str(marker)!r})
+
+        class DiesOnce(PersonyzeSyncOperator):
+            """The worker dies while the third batch is in flight, on the first try only."""
+
+            def make_destination(self):
+                destination = super().make_destination()
+                send, calls = destination.send, []
+
+                def dying_send(operation, rows):
+                    calls.append(len(rows))
+                    if len(calls) == 3 and not MARKER.exists():
+                        MARKER.touch()
+                        send(operation, rows[:4])  # part of the batch lands before the crash
+                        raise RuntimeError("worker lost")
+                    return send(operation, rows)
+
+                destination.send = dying_send
+                return destination
+
+        with DAG(dag_id="personyze_resume_it", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+            diff = SyncDiffOperator(task_id="diff", sync_id="personyze_resume_it", conn_id="warehouse",
+                                    sql="SELECT * FROM customers", primary_key="customer_id")
+            DiesOnce(task_id="sync", plan=diff.output, object_type="users", sync_mode="upsert", batch_size=10,
+                     retries=1, retry_delay=timedelta(seconds=0))
+    ''')
+    run = dag_runner.run(dag)
+    assert run.state == "success" and run.tries["sync"] == 2
+    result = run.result("sync")
+    assert result["resumed_from_batch"] == 2 and result["succeeded"] == 50 and result["committed"]["rows"] == 50
+    emails = [p["email"] for p in posted_users(personyze)]
+    assert len(set(emails)) == 50
+    assert len(emails) == 50 + 4  # only the part of the interrupted batch that landed went twice
+
+    personyze.clear_requests()
+    again = dag_runner.run(dag)
+    assert again.state == "success" and posted_users(personyze) == []
