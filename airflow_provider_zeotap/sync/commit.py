@@ -1,0 +1,249 @@
+"""Move the committed snapshot forward by acknowledged rows only.
+
+The committed snapshot is the engine's belief about what the destination holds. It may only move
+where the destination said so: a change the sync mode sends counts once its outcome is 'succeeded';
+a change the mode never sends (say, removals in an upsert-only mode) counts as seen, otherwise it
+would come back in every later diff.
+
+Outcome files are JSON lines written by the delivery, one object per attempted row::
+
+    {"row_id": 17, "outcome": "succeeded", "operation": "upsert", "reason": null}
+
+A batch re-sent after a crash appears in a later file, so when a row id occurs more than once the
+last file in the given list wins, and within a file the last line.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
+
+import duckdb
+
+from airflow_provider_zeotap.sync.diff import (
+    conform_columns,
+    fetch_row,
+    open_duckdb,
+    parquet_relation,
+    quote_identifier,
+    quote_literal,
+    relation_schema,
+    settle_null_types,
+)
+from airflow_provider_zeotap.sync.models import (
+    CHANGE_COLUMN,
+    INTERNAL_PREFIX,
+    ROW_ID_COLUMN,
+    Change,
+    Outcome,
+)
+
+#: Fields of the rejected-rows report next to the primary-key columns.
+_REPORT_FIELDS = ("change", "operation", "outcome", "reason")
+_OUTCOME_SCHEMA = "{row_id: 'BIGINT', outcome: 'VARCHAR', operation: 'VARCHAR', reason: 'VARCHAR'}"
+_CHANGE_KINDS = frozenset(change.value for change in Change)
+
+
+def commit_snapshot(
+    *,
+    base_snapshot: str | None,
+    changes_path: str,
+    outcome_paths: list[str],
+    acted_on: set[str],
+    primary_key: list[str],
+    out_path: str,
+    memory_limit: str | None = None,
+) -> int:
+    """Write the next committed snapshot to ``out_path`` and return its row count.
+
+    Per key in the changes file: a change of a kind in ``acted_on`` is applied only when its final
+    outcome is 'succeeded' (no outcome means it was never attempted); a change of any other kind is
+    applied as seen. Applying 'added' or 'changed' takes the new row, applying 'removed' drops the key;
+    a change not applied leaves the base row as it was (or absent). Keys without a change keep their
+    base row.
+
+    The snapshot has the changes file's columns and types (the current source's). Base rows are read
+    in those: a column the source dropped goes, a new one is null, and a value whose type changed is
+    converted (null where impossible). So after a type change, an un-acknowledged row whose old value
+    converts to the new value exactly is thereafter taken as delivered.
+    """
+    unknown = set(acted_on) - _CHANGE_KINDS
+    if unknown:
+        raise ValueError(
+            f"acted_on holds unknown change kinds {sorted(unknown)}; use {sorted(_CHANGE_KINDS)}."
+        )
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(out_dir, exist_ok=True)
+    with _scratch_connection(out_dir, memory_limit) as con:
+        sql = _commit_sql(con, base_snapshot, changes_path, outcome_paths, acted_on, primary_key, out_path)
+        (rows,) = fetch_row(con, sql)
+    return int(rows)
+
+
+def write_rejected_rows(
+    *, changes_path: str, outcome_paths: list[str], primary_key: list[str], out_path: str
+) -> int:
+    """Write a JSON-lines report of rows whose final outcome is rejected or failed; return how many.
+
+    Each line holds the primary-key columns by name, then ``change``, ``operation``, ``outcome`` and
+    ``reason``; a key column whose name is one of those four is written as ``key_<name>``. No file is
+    written when there is nothing to report, so its absence means a clean run.
+    """
+    keys = ", ".join(
+        f'"c".{quote_identifier(column)} AS {quote_identifier(_report_key_name(column))}'
+        for column in primary_key
+    )
+    failed = ", ".join(quote_literal(outcome.value) for outcome in (Outcome.REJECTED, Outcome.FAILED))
+    out_dir = os.path.dirname(os.path.abspath(out_path))
+    os.makedirs(out_dir, exist_ok=True)
+    with _scratch_connection(out_dir) as con:
+        (rows,) = fetch_row(
+            con,
+            f"""
+            COPY (
+                SELECT {keys}, "c"."{CHANGE_COLUMN}" AS "change",
+                       "o"."operation", "o"."outcome", "o"."reason"
+                FROM {parquet_relation([changes_path])} AS "c"
+                JOIN ({final_outcomes_sql(outcome_paths)}) AS "o" ON "c"."{ROW_ID_COLUMN}" = "o"."row_id"
+                WHERE "o"."outcome" IN ({failed})
+                ORDER BY "c"."{ROW_ID_COLUMN}"
+            ) TO {quote_literal(out_path)} (FORMAT json)
+            """,
+        )
+    if not rows:
+        os.remove(out_path)
+    return int(rows)
+
+
+def count_outcomes(outcome_paths: list[str]) -> dict[str, dict[str, int]]:
+    """Rows per operation and final outcome, e.g. ``{"upsert": {"succeeded": 98, "rejected": 2}}``."""
+    with _scratch_connection(None) as con:
+        rows = con.execute(
+            f"""
+            SELECT "operation", "outcome", count(*)
+            FROM ({final_outcomes_sql(outcome_paths)})
+            GROUP BY ALL
+            ORDER BY ALL
+            """
+        ).fetchall()
+    counts: dict[str, dict[str, int]] = {}
+    for operation, outcome, n in rows:
+        counts.setdefault(operation, {})[outcome] = n
+    return counts
+
+
+def final_outcomes_sql(outcome_paths: Sequence[str]) -> str:
+    """``(row_id, outcome, operation, reason)``, one row per row id: its last report wins.
+
+    Each file is read on its own with its position in the list, so "last" follows the caller's order
+    and not however a glob or the reader would order the files.
+    """
+    if not outcome_paths:
+        return (
+            'SELECT NULL::BIGINT AS "row_id", NULL::VARCHAR AS "outcome", '
+            'NULL::VARCHAR AS "operation", NULL::VARCHAR AS "reason" WHERE false'
+        )
+    reads = "\n                UNION ALL ".join(
+        f"""SELECT {index} AS "file_index", "ordinality" AS "line", "row_id", "outcome", "operation", "reason"
+                FROM read_json({quote_literal(path)}, format = 'newline_delimited',
+                               columns = {_OUTCOME_SCHEMA}) WITH ORDINALITY"""
+        for index, path in enumerate(outcome_paths)
+    )
+    return f"""
+        SELECT "row_id", "last"."outcome" AS "outcome", "last"."operation" AS "operation",
+               "last"."reason" AS "reason"
+        FROM (
+            SELECT "row_id",
+                   arg_max({{'outcome': "outcome", 'operation': "operation", 'reason': "reason"}},
+                           ["file_index", "line"]) AS "last"
+            FROM ({reads})
+            GROUP BY "row_id"
+        )
+    """
+
+
+def _commit_sql(
+    con: duckdb.DuckDBPyConnection,
+    base_snapshot: str | None,
+    changes_path: str,
+    outcome_paths: Sequence[str],
+    acted_on: Iterable[str],
+    primary_key: Sequence[str],
+    out_path: str,
+) -> str:
+    changes = parquet_relation([changes_path])
+    changes_schema = {
+        name: type_
+        for name, type_ in relation_schema(con, changes).items()
+        if not name.startswith(INTERNAL_PREFIX)
+    }
+    base = parquet_relation([base_snapshot]) if base_snapshot is not None else None
+    base_schema = relation_schema(con, base) if base is not None else {}
+    target = settle_null_types(changes_schema, base_schema)
+    new_rows = f"""
+            SELECT {conform_columns('"a"', target, changes_schema)}
+            FROM "applied" AS "a"
+            WHERE "a"."{CHANGE_COLUMN}" <> '{Change.REMOVED.value}'"""
+    kept_rows = ""
+    if base is not None:
+        kept_rows = f"""
+            SELECT {conform_columns('"b"', target, base_schema)}
+            FROM {base} AS "b" ANTI JOIN "applied" AS "a" ON {_key_match(primary_key, base_schema, target)}
+            UNION ALL"""
+    return f"""
+        COPY (
+            WITH "applied" AS MATERIALIZED (
+                {_applied_sql(changes, outcome_paths, acted_on)}
+            )
+            {kept_rows}{new_rows}
+        ) TO {quote_literal(out_path)} (FORMAT parquet)
+    """
+
+
+def _applied_sql(changes: str, outcome_paths: Sequence[str], acted_on: Iterable[str]) -> str:
+    """Change rows that take effect: acknowledged ones, and all of a kind the mode does not send."""
+    sent = ", ".join(quote_literal(kind) for kind in sorted(acted_on))
+    not_sent = f'"c"."{CHANGE_COLUMN}" NOT IN ({sent})' if sent else "true"
+    return f"""SELECT "c".*
+                FROM {changes} AS "c"
+                LEFT JOIN ({final_outcomes_sql(outcome_paths)}) AS "o" ON "c"."{ROW_ID_COLUMN}" = "o"."row_id"
+                WHERE {not_sent} OR "o"."outcome" = '{Outcome.SUCCEEDED.value}'"""
+
+
+def _key_match(primary_key: Sequence[str], base_schema: dict[str, str], target: dict[str, str]) -> str:
+    """Base key = change key; on their text form where the key's type changed between runs."""
+    missing = [column for column in primary_key if column not in base_schema or column not in target]
+    if missing:
+        raise ValueError(
+            f"The primary-key column {missing[0]!r} is missing from the committed snapshot or the changes "
+            "file; did the primary key change? Reset the sync state."
+        )
+    pairs = []
+    for column in primary_key:
+        base_key, change_key = f'"b".{quote_identifier(column)}', f'"a".{quote_identifier(column)}'
+        if base_schema[column] != target[column]:
+            base_key, change_key = f"CAST({base_key} AS VARCHAR)", f"CAST({change_key} AS VARCHAR)"
+        pairs.append(f"{base_key} = {change_key}")
+    return " AND ".join(pairs)
+
+
+@contextmanager
+def _scratch_connection(
+    near: str | None, memory_limit: str | None = None
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A DuckDB connection that spills into a temporary directory beside ``near``, removed afterwards.
+
+    Insertion order is preserved because a line's position in an outcome file (its ordinality)
+    decides between two reports of one row in the same file.
+    """
+    with (
+        tempfile.TemporaryDirectory(prefix=".duckdb-", dir=near) as work_dir,
+        closing(open_duckdb(work_dir, memory_limit=memory_limit, preserve_order=True)) as con,
+    ):
+        yield con
+
+
+def _report_key_name(column: str) -> str:
+    return f"key_{column}" if column in _REPORT_FIELDS else column

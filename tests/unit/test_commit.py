@@ -1,0 +1,328 @@
+"""Moving the committed snapshot forward by acknowledged rows, and the outcome reports."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_provider_zeotap.sync.commit import commit_snapshot, count_outcomes, write_rejected_rows
+from airflow_provider_zeotap.sync.diff import DiffOutput, diff_snapshots
+from airflow_provider_zeotap.sync.models import CHANGE_COLUMN, ROW_ID_COLUMN
+
+ALL_KINDS = {"added", "changed", "removed"}
+
+
+def write(path: Path, columns: dict[str, list], types: dict[str, pa.DataType] | None = None) -> str:
+    types = types or {}
+    arrays = [pa.array(values, type=types.get(name)) for name, values in columns.items()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_arrays(arrays, names=list(columns)), path)
+    return str(path)
+
+
+def diff(
+    tmp_path: Path, name: str, source: str, base: str | None, key: list[str] | None = None
+) -> DiffOutput:
+    return diff_snapshots(
+        source_parts=[source],
+        base_snapshot=base,
+        primary_key=key or ["id"],
+        columns=None,
+        full_refresh=False,
+        out_dir=str(tmp_path / name),
+    )
+
+
+def outcomes(path: Path, *records: tuple[int, str, str] | tuple[int, str, str, str | None]) -> str:
+    """JSON lines of ``(row_id, outcome, operation[, reason])``."""
+    lines = []
+    for row_id, outcome, operation, *reason in records:
+        lines.append(
+            json.dumps(
+                {
+                    "row_id": row_id,
+                    "outcome": outcome,
+                    "operation": operation,
+                    "reason": (reason or [None])[0],
+                }
+            )
+        )
+    path.write_text("".join(line + "\n" for line in lines))
+    return str(path)
+
+
+def commit(
+    tmp_path: Path,
+    base: str | None,
+    plan: DiffOutput,
+    outcome_paths: list[str],
+    acted_on: set[str] = ALL_KINDS,
+) -> dict[int, dict]:
+    """Commit into ``committed.parquet``, and return the new snapshot as {id: row}."""
+    out = tmp_path / "committed.parquet"
+    rows = commit_snapshot(
+        base_snapshot=base,
+        changes_path=plan.changes_path,
+        outcome_paths=outcome_paths,
+        acted_on=acted_on,
+        primary_key=["id"],
+        out_path=str(out),
+    )
+    table = pq.read_table(out).to_pylist()
+    assert rows == len(table)
+    return {row["id"]: row for row in table}
+
+
+@pytest.fixture
+def base(tmp_path: Path) -> str:
+    return write(tmp_path / "base.parquet", {"id": [1, 2, 3], "name": ["a", "b", "c"]})
+
+
+@pytest.fixture
+def plan(tmp_path: Path, base: str) -> DiffOutput:
+    """Row 0 adds 4, row 1 changes 2 (b -> B), row 2 removes 3; 1 is unchanged."""
+    source = write(tmp_path / "source.parquet", {"id": [1, 2, 4], "name": ["a", "B", "d"]})
+    result = diff(tmp_path, "plan", source, base)
+    kinds = [
+        (row[ROW_ID_COLUMN], row["id"], row[CHANGE_COLUMN])
+        for row in pq.read_table(result.changes_path).to_pylist()
+    ]
+    assert kinds == [(0, 4, "added"), (1, 2, "changed"), (2, 3, "removed")]
+    return result
+
+
+ATTEMPTS = [(0, "create"), (1, "update"), (2, "delete")]
+
+
+def test_acknowledged_changes_of_every_kind_are_applied(tmp_path: Path, base: str, plan: DiffOutput) -> None:
+    done = outcomes(tmp_path / "o.jsonl", *((row_id, "succeeded", op) for row_id, op in ATTEMPTS))
+
+    snapshot = commit(tmp_path, base, plan, [done])
+
+    assert snapshot == {1: {"id": 1, "name": "a"}, 2: {"id": 2, "name": "B"}, 4: {"id": 4, "name": "d"}}
+
+
+@pytest.mark.parametrize("outcome", ["rejected", "failed", None])
+def test_unacknowledged_changes_of_every_kind_keep_the_base_state(
+    tmp_path: Path, base: str, plan: DiffOutput, outcome: str | None
+) -> None:
+    # None: the rows were never attempted, so the outcome file says nothing about them.
+    records = [(row_id, outcome, op, "nope") for row_id, op in ATTEMPTS] if outcome else []
+    report = outcomes(tmp_path / "o.jsonl", *records)
+
+    snapshot = commit(tmp_path, base, plan, [report])
+
+    # 4 stays absent, 2 keeps 'b', 3 stays.
+    assert snapshot == {1: {"id": 1, "name": "a"}, 2: {"id": 2, "name": "b"}, 3: {"id": 3, "name": "c"}}
+
+
+def test_kinds_the_mode_does_not_send_are_applied_as_seen(
+    tmp_path: Path, base: str, plan: DiffOutput
+) -> None:
+    # An upsert-only mode: removals are never sent; the added row failed, the changed one succeeded.
+    report = outcomes(tmp_path / "o.jsonl", (0, "failed", "upsert"), (1, "succeeded", "upsert"))
+
+    snapshot = commit(tmp_path, base, plan, [report], acted_on={"added", "changed"})
+
+    assert snapshot == {1: {"id": 1, "name": "a"}, 2: {"id": 2, "name": "B"}}
+
+
+def test_nothing_acted_on_applies_everything_whatever_the_outcomes(
+    tmp_path: Path, base: str, plan: DiffOutput
+) -> None:
+    report = outcomes(tmp_path / "o.jsonl", *((row_id, "rejected", op) for row_id, op in ATTEMPTS))
+
+    snapshot = commit(tmp_path, base, plan, [report], acted_on=set())
+
+    assert sorted(snapshot) == [1, 2, 4] and snapshot[2]["name"] == "B"
+
+
+@pytest.mark.parametrize(
+    ("order", "applied"), [("rejected-then-succeeded", True), ("succeeded-then-rejected", False)]
+)
+def test_the_last_outcome_file_wins(
+    tmp_path: Path, base: str, plan: DiffOutput, order: str, applied: bool
+) -> None:
+    rejected = outcomes(tmp_path / "a.jsonl", (1, "rejected", "update", "429"))
+    succeeded = outcomes(tmp_path / "b.jsonl", (1, "succeeded", "update"))
+    files = [rejected, succeeded] if order == "rejected-then-succeeded" else [succeeded, rejected]
+
+    snapshot = commit(tmp_path, base, plan, files)
+
+    assert snapshot[2]["name"] == ("B" if applied else "b")
+    assert count_outcomes(files) == {"update": {"succeeded" if applied else "rejected": 1}}
+
+
+def test_within_one_file_the_last_line_wins(tmp_path: Path, base: str, plan: DiffOutput) -> None:
+    report = outcomes(
+        tmp_path / "o.jsonl", (1, "succeeded", "update"), (0, "succeeded", "create"), (1, "failed", "update")
+    )
+
+    snapshot = commit(tmp_path, base, plan, [report])
+
+    assert snapshot[2]["name"] == "b" and 4 in snapshot
+
+
+def test_first_commit_without_base_keeps_only_acknowledged_rows(tmp_path: Path) -> None:
+    source = write(tmp_path / "s.parquet", {"id": [1, 2, 3], "name": ["a", "b", "c"]})
+    plan = diff(tmp_path, "plan", source, None)
+    report = outcomes(
+        tmp_path / "o.jsonl", (0, "succeeded", "create"), (2, "rejected", "create", "invalid email")
+    )
+
+    assert commit(tmp_path, None, plan, [report]) == {1: {"id": 1, "name": "a"}}
+
+
+def test_rejected_rows_come_back_in_the_next_diff_and_acknowledged_ones_do_not(
+    tmp_path: Path, base: str
+) -> None:
+    source = write(tmp_path / "s.parquet", {"id": [1, 2, 3, 4, 5], "name": ["A", "B", "c", "d", "e"]})
+    first = diff(tmp_path, "run1", source, base)
+    rows = {row["id"]: row[ROW_ID_COLUMN] for row in pq.read_table(first.changes_path).to_pylist()}
+    report = outcomes(
+        tmp_path / "o.jsonl",
+        (rows[1], "succeeded", "upsert"),
+        (rows[2], "rejected", "upsert", "bad name"),
+        (rows[4], "succeeded", "upsert"),
+        (rows[5], "failed", "upsert", "timeout"),
+    )
+    committed = tmp_path / "committed.parquet"
+    commit_snapshot(
+        base_snapshot=base,
+        changes_path=first.changes_path,
+        outcome_paths=[report],
+        acted_on=ALL_KINDS,
+        primary_key=["id"],
+        out_path=str(committed),
+    )
+
+    second = diff(tmp_path, "run2", source, str(committed))
+
+    again = {(row["id"], row[CHANGE_COLUMN]) for row in pq.read_table(second.changes_path).to_pylist()}
+    assert again == {(2, "changed"), (5, "added")}
+    assert second.counts.unchanged == 3
+
+
+def test_schema_follows_the_changes_file(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.parquet", {"id": [1, 2], "old": ["o", "o"], "n": [1, 2]}, {"n": pa.int32()})
+    source = write(tmp_path / "s.parquet", {"id": [1, 2], "n": [1, 3], "new": ["x", None]}, {"n": pa.int64()})
+    plan = diff(tmp_path, "plan", source, base)
+
+    snapshot = commit(tmp_path, base, plan, [], acted_on={"changed"})  # nothing acknowledged yet
+
+    schema = pq.read_schema(tmp_path / "committed.parquet")
+    assert schema.names == ["id", "n", "new"]
+    assert schema.field("n").type == pa.int64()
+    assert snapshot == {1: {"id": 1, "n": 1, "new": None}, 2: {"id": 2, "n": 2, "new": None}}
+
+
+def test_column_gone_all_null_keeps_unacknowledged_base_values(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.parquet", {"id": [1, 2], "tag": ["x", "y"]})
+    source = write(tmp_path / "s.parquet", {"id": [1, 2], "tag": [None, None]}, {"tag": pa.null()})
+    plan = diff(tmp_path, "plan", source, base)
+    report = outcomes(tmp_path / "o.jsonl", (0, "succeeded", "update"), (1, "failed", "update"))
+
+    snapshot = commit(tmp_path, base, plan, [report])
+
+    # Row 2 still holds 'y' downstream: the snapshot must say so, or it would never be re-sent.
+    assert snapshot == {1: {"id": 1, "tag": None}, 2: {"id": 2, "tag": "y"}}
+
+
+def test_key_type_change_matches_base_rows_on_their_text_form(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.parquet", {"id": ["1", "2"], "name": ["a", "b"]})
+    source = write(tmp_path / "s.parquet", {"id": [1, 3], "name": ["A", "c"]})
+    plan = diff(tmp_path, "plan", source, base)
+    report = outcomes(
+        tmp_path / "o.jsonl",
+        (0, "succeeded", "create"),
+        (1, "succeeded", "update"),
+        (2, "rejected", "delete"),
+    )
+
+    snapshot = commit(tmp_path, base, plan, [report])
+
+    assert snapshot == {1: {"id": 1, "name": "A"}, 2: {"id": 2, "name": "b"}, 3: {"id": 3, "name": "c"}}
+
+
+def test_unknown_change_kind_in_acted_on_is_refused(tmp_path: Path, base: str, plan: DiffOutput) -> None:
+    with pytest.raises(ValueError, match="unknown change kinds \\['upserted'\\]"):
+        commit(tmp_path, base, plan, [], acted_on={"added", "upserted"})
+
+
+def test_rejected_rows_report(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.parquet", {"reason": ["r1", "r2"], "id": [1, 2], "v": ["a", "b"]})
+    source = write(
+        tmp_path / "s.parquet", {"reason": ["r1", "r3", "r4"], "id": [1, 3, 4], "v": ["A", "c", "d"]}
+    )
+    plan = diff(tmp_path, "plan", source, base, key=["reason", "id"])
+    # Rows: 0 adds (r3, 3), 1 adds (r4, 4), 2 changes (r1, 1), 3 removes (r2, 2).
+    first = outcomes(
+        tmp_path / "a.jsonl", (0, "failed", "create", "timeout"), (2, "rejected", "update", "bad v")
+    )
+    second = outcomes(
+        tmp_path / "b.jsonl",
+        (0, "succeeded", "create"),
+        (3, "failed", "delete", "503"),
+        (1, "succeeded", "create"),
+    )
+    out = tmp_path / "report" / "rejected.jsonl"
+
+    count = write_rejected_rows(
+        changes_path=plan.changes_path,
+        outcome_paths=[first, second],
+        primary_key=["reason", "id"],
+        out_path=str(out),
+    )
+
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert count == 2
+    assert lines == [
+        {
+            "key_reason": "r1",
+            "id": 1,
+            "change": "changed",
+            "operation": "update",
+            "outcome": "rejected",
+            "reason": "bad v",
+        },
+        {
+            "key_reason": "r2",
+            "id": 2,
+            "change": "removed",
+            "operation": "delete",
+            "outcome": "failed",
+            "reason": "503",
+        },
+    ]
+
+
+def test_no_rejected_rows_writes_no_file(tmp_path: Path, plan: DiffOutput) -> None:
+    report = outcomes(tmp_path / "o.jsonl", (0, "succeeded", "create"))
+    out = tmp_path / "rejected.jsonl"
+
+    assert (
+        write_rejected_rows(
+            changes_path=plan.changes_path, outcome_paths=[report], primary_key=["id"], out_path=str(out)
+        )
+        == 0
+    )
+    assert not out.exists()
+
+
+def test_count_outcomes_counts_each_row_once_by_its_final_outcome(tmp_path: Path) -> None:
+    first = outcomes(
+        tmp_path / "a.jsonl", (0, "failed", "upsert"), (1, "succeeded", "upsert"), (2, "rejected", "delete")
+    )
+    retry = outcomes(tmp_path / "b.jsonl", (0, "succeeded", "upsert"), (3, "failed", "delete"))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+
+    assert count_outcomes([first, retry, str(empty)]) == {
+        "upsert": {"succeeded": 2},
+        "delete": {"rejected": 1, "failed": 1},
+    }
+    assert count_outcomes([]) == {}
