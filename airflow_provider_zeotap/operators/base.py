@@ -32,6 +32,7 @@ class BaseSyncOperator(BaseOperator):
     :param allow_empty_source: allow an empty source to remove everything that was committed.
     :param batch_size: rows per batch (checkpoint unit); at most the destination's maximum.
     :param send_nulls: send null values (clearing the field) instead of leaving them out.
+    :param retry_rejected: re-send rows an earlier run found invalid even though they did not change.
     """
 
     template_fields: Sequence[str] = ("plan", "field_mapping")
@@ -50,6 +51,7 @@ class BaseSyncOperator(BaseOperator):
         allow_empty_source: bool = False,
         batch_size: int | None = None,
         send_nulls: bool = False,
+        retry_rejected: bool = False,
         progress_interval: float = 10.0,
         **kwargs: Any,
     ) -> None:
@@ -71,6 +73,7 @@ class BaseSyncOperator(BaseOperator):
         )
         self.batch_size = batch_size
         self.send_nulls = send_nulls
+        self.retry_rejected = retry_rejected
         self.progress_interval = progress_interval
 
     def check_settings(self) -> None:
@@ -126,6 +129,7 @@ class BaseSyncOperator(BaseOperator):
                 dry_run_sample=self.dry_run_sample,
                 batch_size=self.batch_size,
                 send_nulls=self.send_nulls,
+                retry_rejected=self.retry_rejected,
                 progress_interval=self.progress_interval,
             )
             result = runner.run()

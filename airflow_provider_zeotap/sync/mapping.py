@@ -34,7 +34,7 @@ def resolve_mapping(
     unknown = {dest: src for dest, src in mapping.items() if src not in source_columns}
     if unknown:
         raise ConfigurationError(
-            f"field_mapping names source columns that the plan does not have: "
+            "field_mapping names source columns that the plan does not have: "
             + ", ".join(f"{dest!r} <- {src!r}" for dest, src in unknown.items())
             + f". Source columns: {list(source_columns)}."
         )

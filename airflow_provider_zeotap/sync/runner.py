@@ -9,10 +9,8 @@ out the same.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ from airflow_provider_zeotap.destinations.base import (
 )
 from airflow_provider_zeotap.http import ApiError, ConfigurationError
 from airflow_provider_zeotap.sync.commit import commit_snapshot, count_outcomes, write_rejected_rows
-from airflow_provider_zeotap.sync.diff import quote_identifier, quote_literal
+from airflow_provider_zeotap.sync.diff import quote_identifier
 from airflow_provider_zeotap.sync.guards import Guards
 from airflow_provider_zeotap.sync.mapping import apply_mapping, resolve_mapping
 from airflow_provider_zeotap.sync.models import (
@@ -46,6 +44,8 @@ from airflow_provider_zeotap.sync.models import (
     SyncResult,
 )
 from airflow_provider_zeotap.sync.modes import OPERATION_ORDER, Operation, OperationTable
+from airflow_provider_zeotap.sync.progress import Progress
+from airflow_provider_zeotap.sync.remembered import fingerprint, load_remembered, write_remembered
 from airflow_provider_zeotap.sync.state import CommittedPointer, KeyValueStore
 from airflow_provider_zeotap.sync.storage import SyncStorage
 
@@ -59,54 +59,6 @@ class _Batch:
     index: int
     operation: Operation
     rows: list[dict[str, Any]]
-
-
-class _Progress:
-    """Rows done of total, rate and time left, logged every ``interval`` seconds by a ticker thread
-    (so a slow batch still shows signs of life) and once at the end."""
-
-    def __init__(self, name: str, total: int, interval: float) -> None:
-        self.name = name
-        self.total = total
-        self.interval = interval
-        self.started = time.monotonic()
-        self.done = 0
-        self.counts: dict[Outcome, int] = {o: 0 for o in Outcome}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._tick, name="zeotap-progress", daemon=True)
-
-    def __enter__(self) -> _Progress:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def add(self, outcomes: Sequence[RowOutcome]) -> None:
-        for outcome in outcomes:
-            self.counts[outcome.outcome] += 1
-        self.done += len(outcomes)
-
-    def _tick(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.log()
-
-    def log(self) -> None:
-        elapsed = max(time.monotonic() - self.started, 1e-9)
-        rate = self.done / elapsed
-        left = (self.total - self.done) / rate if rate > 0 else float("inf")
-        log.info(
-            "%s: %d of %d rows (%.0f%%), %.1f rows/s, about %s left; %d rejected, %d failed so far",
-            self.name,
-            self.done,
-            self.total,
-            100.0 * self.done / self.total if self.total else 100.0,
-            rate,
-            _duration(left),
-            self.counts[Outcome.REJECTED],
-            self.counts[Outcome.FAILED],
-        )
 
 
 class DeliveryRunner:
@@ -178,7 +130,7 @@ class DeliveryRunner:
         if resume_from:
             log.info("Resuming plan %s after batch %d (checkpoint of an earlier try)", self.plan.plan_id, resume_from)
         batches = 0
-        with _Progress(self.capabilities.name, selected, self.progress_interval) as progress:
+        with Progress(self.capabilities.name, selected, self.progress_interval) as progress:
             try:
                 for batch in self._batches():
                     batches = batch.index + 1
@@ -244,8 +196,8 @@ class DeliveryRunner:
         fingerprints: dict[int, str] = {}
         for raw in batch.rows:
             row = self._outbound(raw)
-            fingerprints[row.row_id] = fingerprint = _fingerprint(batch.operation, row)
-            known = None if self.retry_rejected else self._rejections.get(fingerprint)
+            fingerprints[row.row_id] = key = fingerprint(batch.operation, row)
+            known = None if self.retry_rejected else self._rejections.get(key)
             reason = self._rejection(batch.operation, row)
             if known:
                 outcomes.append(RowOutcome.rejected(row, known["reason"], permanent=True))
@@ -261,9 +213,7 @@ class DeliveryRunner:
         base = self.plan.base
         if base is None or not base.rejected_uri or not self.storage.exists(base.rejected_uri):
             return {}
-        with open(self.storage.fetch(base.rejected_uri), encoding="utf-8") as handle:
-            records = (json.loads(line) for line in handle if line.strip())
-            return {record["fingerprint"]: record for record in records}
+        return load_remembered(self.storage.fetch(base.rejected_uri))
 
     def _deliver(self, operation: Operation, rows: list[OutboundRow]) -> list[RowOutcome]:
         """Send; when the API refuses a whole batch, halve it until the rows at fault stand alone."""
@@ -367,15 +317,7 @@ class DeliveryRunner:
         if not paths:
             return None
         uri = self.storage.committed_uri(snapshot_id).removesuffix(".parquet") + ".rejected.jsonl"
-        path = self.storage.to_local(uri)
-        files = "[" + ", ".join(quote_literal(p) for p in paths) + "]"
-        with duckdb.connect() as con:
-            con.execute(
-                f"COPY (SELECT fingerprint, reason, since FROM read_json({files}, "
-                "format = 'newline_delimited', columns = {fingerprint: 'VARCHAR', reason: 'VARCHAR', "
-                "since: 'VARCHAR'}) WHERE fingerprint IS NOT NULL) TO "
-                f"{quote_literal(path)} (FORMAT json)"
-            )
+        write_remembered(paths, self.storage.to_local(uri))
         self.storage.publish(uri)
         return uri
 
@@ -495,16 +437,3 @@ def _batch_size(requested: int | None, default: int, maximum: int) -> int:
     if not isinstance(size, int) or size < 1 or size > maximum:
         raise ConfigurationError(f"batch_size must be an integer from 1 to {maximum} for this destination, got {requested!r}.")
     return size
-
-
-def _fingerprint(operation: Operation, row: OutboundRow) -> str:
-    """Identifies what was sent for a row: the same operation, key and payload give the same fingerprint."""
-    content = json.dumps([operation.value, row.key, row.payload], sort_keys=True, default=str, ensure_ascii=False)
-    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:32]
-
-
-def _duration(seconds: float) -> str:
-    if seconds == float("inf"):
-        return "unknown"
-    seconds = int(seconds)
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"

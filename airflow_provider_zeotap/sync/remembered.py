@@ -1,0 +1,42 @@
+"""Rows refused for their own data, remembered so they are not re-sent unchanged on every run.
+
+A row is remembered by a fingerprint of what was sent (operation, key, payload). When the row changes,
+its fingerprint changes and it is sent again; until then it is reported with the original reason.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import duckdb
+
+from airflow_provider_zeotap.destinations.base import OutboundRow
+from airflow_provider_zeotap.sync.diff import quote_literal
+from airflow_provider_zeotap.sync.modes import Operation
+
+
+def fingerprint(operation: Operation, row: OutboundRow) -> str:
+    """Identifies what was sent for a row: the same operation, key and payload give the same fingerprint."""
+    content = json.dumps([operation.value, row.key, row.payload], sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:32]
+
+
+
+def load_remembered(path: str) -> dict[str, dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        records = (json.loads(line) for line in handle if line.strip())
+        return {record["fingerprint"]: record for record in records}
+
+
+def write_remembered(outcome_paths: Sequence[str], path: str) -> None:
+    """Collect the fingerprinted rejections of a run's outcomes files into one JSON-lines file."""
+    files = "[" + ", ".join(quote_literal(p) for p in outcome_paths) + "]"
+    with duckdb.connect() as con:
+        con.execute(
+            f"COPY (SELECT fingerprint, reason, since FROM read_json({files}, format = 'newline_delimited', "
+            "columns = {fingerprint: 'VARCHAR', reason: 'VARCHAR', since: 'VARCHAR'}) WHERE fingerprint IS NOT NULL) "
+            f"TO {quote_literal(path)} (FORMAT json)"
+        )
