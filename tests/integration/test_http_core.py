@@ -239,3 +239,48 @@ def test_optimizely_connection_test_names_the_problem(optimizely_emulator, monke
         "optimizely", optimizely_emulator.url, optimizely_emulator.token, project_id="999999"))
     ok, message = OptimizelyHook().test_connection()
     assert not ok and "project '999999' was not found" in message
+
+
+def test_async_client_respects_the_in_flight_cap_and_retries(zeotap_emulator):
+    import asyncio
+
+    zeotap_emulator.set_faults(latency_ms=30, error_rate=0.2, error_status=503, seed=2, rate_per_second=None,
+                               rate_per_minute=None)
+    client = ApiClient(
+        vendor="Zeotap",
+        base_url=f"{zeotap_emulator.url}/cdp/v1",
+        headers={"apikey": zeotap_emulator.api_key, "scopes": "profile.read"},
+        retry=RetryPolicy(max_attempts=10, backoff_initial=0.01, backoff_max=0.05),
+        pacer=Pacer(Limits(max_in_flight=5)),
+    )
+    body = {"orgId": zeotap_emulator.org_id, "regions": [zeotap_emulator.region], "search": {"user_id": ["x"]}}
+
+    async def many():
+        try:
+            return await asyncio.gather(*(client.ajson("POST", "/users/_search", json=body) for _ in range(40)))
+        finally:
+            await client.aclose()
+
+    results = asyncio.run(many())
+    assert results == [[]] * 40
+    statuses = [r.status for r in zeotap_emulator.requests]
+    assert statuses.count(200) == 40 and 503 in statuses
+    assert zeotap_emulator.max_in_flight_seen() == 5
+
+
+def test_personyze_too_many_simultaneous_requests_is_retried(personyze_emulator, monkeypatch):
+    """Two hooks (two workers) POST users at once; Personyze refuses the one that waited over 1 s."""
+    monkeypatch.setenv("AIRFLOW_CONN_PERSONYZE_DEFAULT", connection_env(
+        "personyze", personyze_emulator.url, personyze_emulator.api_key, backoff_initial=0.2, backoff_max=0.5))
+    personyze_emulator.users_post_latency_ms = 1200
+    hooks = [PersonyzeHook(), PersonyzeHook()]
+    ids: list[int] = []
+    threads = [threading.Thread(target=lambda h=h, i=i: ids.append(h.create_user({"email": f"w{i}@example.com"})))
+               for i, h in enumerate(hooks)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    refused = [r for r in personyze_emulator.requests if r.status == 400]
+    assert len(ids) == 2 and refused, "the emulator did not refuse the waiting POST"
+    assert {u["email"] for u in personyze_emulator.users.values()} == {"w0@example.com", "w1@example.com"}

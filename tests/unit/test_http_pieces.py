@@ -1,0 +1,84 @@
+"""Small pieces of the HTTP core, tested alone."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+
+import httpx
+import pytest
+import respx
+
+from airflow_provider_zeotap.hooks.permutive import _elements, _next_token
+from airflow_provider_zeotap.http import ApiClient, RetryPolicy
+from airflow_provider_zeotap.http.client import parse_retry_after
+from airflow_provider_zeotap.http.errors import ConfigurationError
+from airflow_provider_zeotap.http.pacing import Pacer
+from airflow_provider_zeotap.http.settings import Limits
+from airflow_provider_zeotap.http.tls import build_ssl_context
+
+
+def test_retry_after_in_seconds_or_as_an_http_date():
+    assert parse_retry_after("7") == 7.0
+    assert parse_retry_after(" 0.5 ") == 0.5
+    in_ten = email.utils.formatdate(time.time() + 10, usegmt=True)
+    assert 8.0 <= parse_retry_after(in_ten) <= 10.5
+    assert parse_retry_after(email.utils.formatdate(time.time() - 60, usegmt=True)) == 0.0
+    assert parse_retry_after("soon") is None and parse_retry_after(None) is None
+
+
+def test_pacer_spacing_keeps_every_window_under_both_rates():
+    pacer = Pacer(Limits(rate_per_second=10, rate_per_minute=120))
+    assert pacer.interval == pytest.approx(0.5 * 1.1)  # the per-minute rate is the tighter one
+    waits = [pacer.reserve() for _ in range(4)]
+    assert waits[0] == pytest.approx(0, abs=0.01)
+    assert [round(b - a, 2) for a, b in zip(waits, waits[1:])] == [0.55, 0.55, 0.55]
+
+
+def test_pause_holds_every_caller():
+    pacer = Pacer()
+    pacer.pause(0.3)
+    assert 0.25 <= pacer.reserve() <= 0.3
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        {"elements": [{"code": "a"}], "pagination": {"next_token": "t2"}},
+        {"elements": [{"code": "a"}], "pagination": {"nextToken": "t2"}},
+        {"items": [{"code": "a"}], "next_page_token": "t2"},
+    ],
+)
+def test_permutive_paging_accepts_both_spellings(page):
+    assert _elements(page) == [{"code": "a"}]
+    assert _next_token(page) == "t2"
+
+
+def test_permutive_paging_ends_without_a_token():
+    assert _next_token({"elements": [], "pagination": {"total_count": 3}}) is None
+
+
+def test_tls_verification_cannot_be_turned_off():
+    with pytest.raises(ConfigurationError, match="cannot be turned off"):
+        build_ssl_context(verify=False)
+    with pytest.raises(ConfigurationError, match="needs both 'client_cert' and 'client_key'"):
+        build_ssl_context(client_cert="-----BEGIN CERTIFICATE-----\n")
+
+
+async def _gather(client: ApiClient, n: int):
+    import asyncio
+
+    return await asyncio.gather(*(client.ajson("GET", f"/items/{i}") for i in range(n)))
+
+
+def test_async_requests_share_the_retry_rules():
+    import asyncio
+
+    with respx.mock(base_url="https://api.example.com/v1") as router:
+        route = router.get(path__regex=r"/items/\d+").mock(
+            side_effect=[httpx.Response(503), httpx.Response(200, json={"ok": 1}), httpx.Response(200, json={"ok": 2})]
+        )
+        client = ApiClient(vendor="Example", base_url="https://api.example.com/v1",
+                           retry=RetryPolicy(backoff_initial=0.01, backoff_max=0.02))
+        results = asyncio.run(_gather(client, 2))
+    assert sorted(r["ok"] for r in results) == [1, 2] and route.call_count == 3
