@@ -10,7 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from airflow_provider_zeotap.http import ApiError, AuthenticationError, PermissionDeniedError
@@ -75,9 +75,12 @@ class Capabilities:
     max_batch_size: int
     required_fields: Sequence[str] = ()
     default_fields: Sequence[str] = ()
-    #: Rows an API refuses together can be isolated by splitting (batch APIs without per-row errors).
-    splits_refused_batches: bool = False
-    notes: Mapping[str, str] = field(default_factory=dict)
+    #: Schemaless objects take any field; others only their default fields.
+    accepts_any_field: bool = False
+    #: The fields that say which member a row is, first mapped one wins. A mode that removes must find
+    #: them in the primary key: a member whose identity changed would otherwise be added, and the old one
+    #: never removed.
+    identity_fields: Sequence[str] = ()
 
     def operations_for(self, mode: str) -> OperationTable:
         if mode not in self.modes:

@@ -17,7 +17,7 @@ from airflow_provider_zeotap.destinations.base import (
     RowOutcome,
 )
 from airflow_provider_zeotap.hooks.permutive import MAX_BATCH_OPERATIONS, PermutiveHook
-from airflow_provider_zeotap.http import ApiError, ConflictError, NotFoundError
+from airflow_provider_zeotap.http import ApiError, ConfigurationError, ConflictError, NotFoundError
 from airflow_provider_zeotap.sync.models import Change
 from airflow_provider_zeotap.sync.modes import Operation
 
@@ -47,13 +47,14 @@ class PermutiveSegments(Destination):
                 "add": {A: O.CREATE},
                 "upsert": {A: O.UPSERT, C: O.UPSERT},
                 "remove": {A: O.DELETE, C: O.DELETE},
-                "mirror": {A: O.UPSERT, C: O.UPSERT, R: O.DELETE},
+                # Mirror creates and never takes over a code someone else made, so it deletes only its own.
+                "mirror": {A: O.CREATE, C: O.UPDATE, R: O.DELETE},
             }
         ),
         batch_size=MAX_BATCH_OPERATIONS,
         max_batch_size=MAX_BATCH_OPERATIONS,
         default_fields=("segment_code", "segment_name", "description"),
-        splits_refused_batches=True,
+        identity_fields=("segment_code", "segment_name"),
     )
 
     def __init__(self, hook: PermutiveHook, *, import_id: str, segment_name: str | None = None) -> None:
@@ -61,6 +62,8 @@ class PermutiveSegments(Destination):
         self.import_id = import_id
         self.segment_name = segment_name
         self._codes: dict[tuple[bool, str], int] = {}
+        self._existing: dict[str, dict[str, Any]] | None = None
+        self._import_checked = False
 
     def prepare(self, *, dry_run: bool) -> None:
         if dry_run:
@@ -92,22 +95,28 @@ class PermutiveSegments(Destination):
             return f"segment_code {code!r} appears in more than one row of this sync; codes must be unique"
         return None
 
-    def _operation(self, operation: Operation, row: OutboundRow, *, fallback: bool = False) -> dict[str, Any]:
-        code = self._code(row)
+    def _verb(self, operation: Operation, row: OutboundRow) -> str:
         if operation.removes:
+            return "Delete"
+        if operation is O.UPSERT:
+            return "Create" if row.change is A else "Update"
+        return "Create" if operation is O.CREATE else "Update"
+
+    def _operation(self, verb: str, row: OutboundRow) -> dict[str, Any]:
+        code = self._code(row)
+        if verb == "Delete":
             return {"operation": "Delete", "code": code}
         data: dict[str, Any] = {"name": self._name(row)}
         if row.payload.get("description") not in (None, ""):
             data["description"] = str(row.payload["description"])
-        creates = operation is O.CREATE or (operation is O.UPSERT and (row.change is A) != fallback)
-        if creates:
+        if verb == "Create":
             return {"operation": "Create", "data": {"code": code, **data}}
         return {"operation": "Update", "code": code, "data": data}
 
     # -- sending -----------------------------------------------------------------------------------
     def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
         try:
-            self.hook.batch_segments(self.import_id, [self._operation(operation, row) for row in rows])
+            self.hook.batch_segments(self.import_id, [self._operation(self._verb(operation, row), row) for row in rows])
         except FATAL_ERRORS:
             raise
         except ApiError as error:
@@ -120,25 +129,55 @@ class PermutiveSegments(Destination):
 
     def _single_refusal(self, operation: Operation, row: OutboundRow, error: ApiError) -> RowOutcome:
         """One operation refused: some refusals mean the end state is already there, or call for the other verb."""
-        if operation.removes and isinstance(error, NotFoundError):
+        verb = self._verb(operation, row)
+        if verb == "Delete" and isinstance(error, NotFoundError):
+            self._require_import()
             return RowOutcome.ok(row)  # a Delete of a code already gone is done
-        if operation is O.UPSERT and isinstance(error, (ConflictError, NotFoundError)):
+        if verb == "Create" and isinstance(error, ConflictError) and self._already_there(row):
+            return RowOutcome.ok(row)  # an earlier send landed though its answer was lost
+        fallback = {("Create", ConflictError): "Update", ("Update", NotFoundError): "Create"}.get((verb, type(error)))
+        if fallback and (operation is O.UPSERT or fallback == "Create"):
             try:
-                self.hook.batch_segments(self.import_id, [self._operation(operation, row, fallback=True)])
+                self.hook.batch_segments(self.import_id, [self._operation(fallback, row)])
             except FATAL_ERRORS:
                 raise
             except ApiError as second:
                 if second.retryable:
                     raise
-                return RowOutcome.rejected(row, _reason(second))
+                return RowOutcome.rejected(row, _reason(second), permanent=_is_invalid_data(second))
             return RowOutcome.ok(row)
-        if operation is O.CREATE and isinstance(error, ConflictError):
+        if verb == "Create" and isinstance(error, ConflictError):
             return RowOutcome.rejected(
                 row,
-                f"segment code {self._code(row)!r} already exists in the import (AlreadyExists); add mode does not "
-                "overwrite segments: use audience_mode='upsert' or 'mirror' to update it",
+                f"segment code {self._code(row)!r} already exists in the import and this sync did not create it "
+                "(AlreadyExists); add and mirror never take over or delete a segment they did not create: use "
+                "audience_mode='upsert' to take it over, or another code",
             )
         return RowOutcome.rejected(row, _reason(error), permanent=_is_invalid_data(error))
+
+    def _already_there(self, row: OutboundRow) -> bool:
+        """Whether the import holds this code with this row's name and description.
+
+        A Create whose answer was lost (timeout, dropped connection) is sent again and meets its own
+        segment; that is success, not a conflict. The import's segments are listed once and cached.
+        """
+        code = self._code(row)
+        if self._existing is None or code not in self._existing:
+            self._existing = {s.get("code"): s for s in self.hook.iter_segments(self.import_id)}
+        found = self._existing.get(code)
+        wanted = self._operation("Create", row)["data"]
+        return found is not None and all(found.get(k) == v for k, v in wanted.items())
+
+    def _require_import(self) -> None:
+        """A 404 on a Delete means "gone" only while the import itself exists; check that once."""
+        if not self._import_checked:
+            try:
+                self.hook.get_import(self.import_id)
+            except NotFoundError:
+                raise ConfigurationError(
+                    f"Permutive import {self.import_id} disappeared during the sync; nothing more is sent."
+                ) from None
+            self._import_checked = True
 
     def close(self) -> None:
         self.hook.close()

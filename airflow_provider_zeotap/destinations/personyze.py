@@ -45,6 +45,7 @@ class PersonyzeUsers(Destination):
         max_batch_size=1000,
         required_fields=("email",),
         default_fields=USER_FIELDS,
+        accepts_any_field=True,  # profiles are schemaless: any mapped key/value is stored
     )
 
     def __init__(self, hook: PersonyzeHook, *, normalize_email: bool = False) -> None:
@@ -91,6 +92,7 @@ class PersonyzeListMembers(Destination):
         max_batch_size=1000,
         required_fields=("email",),
         default_fields=("email",),
+        identity_fields=("email",),
     )
 
     def __init__(

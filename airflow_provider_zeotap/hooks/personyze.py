@@ -9,7 +9,7 @@ that waited over 1 s is refused with ``400 Too many simultaneous requests``, whi
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -23,8 +23,6 @@ Condition = tuple[str, str, Any]
 OPERATORS = frozenset({"=", "!=", ">", ">=", "<", "<=", ":", "!:"})
 USERS_POST_LANE = "users_post"
 ROW_NOT_FOUND = "Row not found"
-#: Public client authors report that offset + limit over 1000 is refused.
-MAX_READ_WINDOW = 1000
 _EMAIL_IN_PATH = re.compile(r"[^/&|=:<>!,]*(?:%40|@)[^/&|,]*")
 
 
@@ -195,20 +193,6 @@ class PersonyzeHook(ApiHook):
         """Remove one membership; returns rows affected (0: it was not there)."""
         path = build_path("user_list_users", where=[("user_list_id", "=", int(list_id)), ("user_id", "=", int(user_id))])
         return _number(self.client.request("DELETE", path), "rows affected")
-
-    def iter_list_members(self, list_id: int, *, page_size: int = MAX_READ_WINDOW) -> Iterator[dict[str, Any]]:
-        """All members of a list. Pages by user_id (keyset), since offset + limit may not pass 1000."""
-        page_size = min(page_size, MAX_READ_WINDOW)
-        last = 0
-        while True:
-            where = [("user_list_id", "=", int(list_id)), ("user_id", ">", last)]
-            rows = self.client.json(
-                "GET", build_path("user_list_users", where=where, order_by="user_id", limit=page_size)
-            ) or []
-            yield from rows
-            if len(rows) < page_size:
-                return
-            last = int(rows[-1]["user_id"])
 
     def _explain(self, error: ApiError) -> str:
         if error.status == 401:

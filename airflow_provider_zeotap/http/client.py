@@ -163,7 +163,7 @@ class ApiClient:
         """Send with pacing and retries; return the 2xx response or raise an ``ApiError``."""
         budget = _Budget(self.retry)
         try:
-            for attempt in Retrying(**self._retry_kwargs(budget, method, path)):
+            for attempt in Retrying(**self._retry_kwargs(budget)):
                 with attempt:
                     with self._lane(lane), self.pacer.slot():
                         return self._send_once(method, path, kwargs)
@@ -176,7 +176,7 @@ class ApiClient:
     ) -> httpx.Response:
         budget = _Budget(self.retry)
         try:
-            async for attempt in AsyncRetrying(**self._retry_kwargs(budget, method, path)):
+            async for attempt in AsyncRetrying(**self._retry_kwargs(budget)):
                 with attempt:
                     async with self._alane(lane), self.pacer.aslot():
                         return await self._asend_once(method, path, kwargs)
@@ -230,7 +230,8 @@ class ApiClient:
             response=response,
         )
         if isinstance(error, RateLimitedError) and error.retry_after:
-            self.pacer.pause(error.retry_after)
+            # Everyone waits, but never longer than one request may spend retrying.
+            self.pacer.pause(min(error.retry_after, self.retry.max_retry_seconds))
         raise error
 
     def _transport_error(self, method: str, path: str, exc: httpx.TransportError) -> ApiConnectionError:
@@ -242,7 +243,7 @@ class ApiClient:
             path=self._describe_path(path),
         )
 
-    def _retry_kwargs(self, budget: _Budget, method: str, path: str) -> dict[str, Any]:
+    def _retry_kwargs(self, budget: _Budget) -> dict[str, Any]:
         policy = self.retry
 
         def wait(state: RetryCallState) -> float:
@@ -255,11 +256,8 @@ class ApiClient:
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None
             log.warning(
-                "%s %s %s: %s; retrying in %.1f s (attempt %d of %d)",
-                self.vendor,
-                method,
-                self._describe_path(path),
-                f"HTTP {error.status}" if isinstance(error, ApiError) and error.status else error,
+                "%s; retrying in %.1f s (attempt %d of %d)",
+                error,
                 state.upcoming_sleep,
                 budget.counted + 1,
                 policy.max_attempts,

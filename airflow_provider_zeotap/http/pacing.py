@@ -3,7 +3,8 @@
 Request starts are spaced evenly (a 10% margin under the tighter of the per-second and per-minute
 rates), which keeps every sliding window under its limit. A cap on requests in flight is a semaphore.
 One ``Pacer`` serves threads and coroutines alike: the spacing is reserved under a lock, and only the
-waiting differs.
+waiting differs. The in-flight cap is one semaphore for threads and one per event loop, so a hook
+should use one style per run (the sync engine does).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 
@@ -33,7 +35,9 @@ class Pacer:
         self._next_start = 0.0
         self._paused_until = 0.0
         self._threads = threading.BoundedSemaphore(limits.max_in_flight) if limits.max_in_flight else None
-        self._loop_semaphores: dict[int, asyncio.Semaphore] = {}
+        self._loop_semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def reserve(self) -> float:
         """Claim the next start time; return how long the caller must wait for it."""
@@ -78,8 +82,8 @@ class Pacer:
     def _async_semaphore(self) -> asyncio.Semaphore | None:
         if not self.limits.max_in_flight:
             return None
-        loop_id = id(asyncio.get_running_loop())
+        loop = asyncio.get_running_loop()
         with self._lock:
-            if loop_id not in self._loop_semaphores:
-                self._loop_semaphores[loop_id] = asyncio.Semaphore(self.limits.max_in_flight)
-            return self._loop_semaphores[loop_id]
+            if loop not in self._loop_semaphores:
+                self._loop_semaphores[loop] = asyncio.Semaphore(self.limits.max_in_flight)
+            return self._loop_semaphores[loop]

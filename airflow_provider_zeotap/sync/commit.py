@@ -9,8 +9,9 @@ Outcome files are JSON lines written by the delivery, one object per attempted r
 
     {"row_id": 17, "outcome": "succeeded", "operation": "upsert", "reason": null}
 
-A batch re-sent after a crash appears in a later file, so when a row id occurs more than once the
-last file in the given list wins, and within a file the last line.
+The runner writes one file per batch and rewrites it when a batch is re-sent after a crash; should a
+row id still occur more than once, the last file in the given list wins, and within a file the last
+line.
 """
 
 from __future__ import annotations

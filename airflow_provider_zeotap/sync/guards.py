@@ -20,9 +20,11 @@ class Guards:
 
     def check(self, plan: Plan, removals: int) -> None:
         committed = plan.base.rows if plan.base else 0
-        if plan.counts.total == 0 and committed > 0 and not self.allow_empty_source:
+        valid = plan.counts.total - plan.counts.invalid
+        if valid == 0 and committed > 0 and not self.allow_empty_source:
+            found = f"no rows ({plan.counts.invalid} with a null or duplicate key)" if plan.counts.invalid else "no rows"
             raise ConfigurationError(
-                f"Sync {plan.sync_id!r}: the source returned no rows but {committed} are committed; refusing to "
+                f"Sync {plan.sync_id!r}: the source returned {found} but {committed} are committed; refusing to "
                 "treat that as 'everything was removed'. If the source really is empty, set allow_empty_source=True."
             )
         if self.max_removals is not None and removals > self.max_removals:

@@ -20,6 +20,7 @@ def resolve_mapping(
     default_fields: Sequence[str],
     required_fields: Sequence[str],
     destination: str,
+    accepts_any_field: bool = True,
 ) -> dict[str, str]:
     """The mapping to use: the user's, or each default field that the source has under the same name."""
     if field_mapping is None:
@@ -38,6 +39,13 @@ def resolve_mapping(
             + ", ".join(f"{dest!r} <- {src!r}" for dest, src in unknown.items())
             + f". Source columns: {list(source_columns)}."
         )
+    if not accepts_any_field:
+        foreign = [name for name in mapping if name not in default_fields]
+        if foreign:
+            raise ConfigurationError(
+                f"{destination} has no field(s) {foreign}; its fields are {list(default_fields)}. "
+                "Fix the destination-field names (the keys) in field_mapping."
+            )
     missing = [name for name in required_fields if name not in mapping]
     if missing:
         raise ConfigurationError(

@@ -101,7 +101,22 @@ class DeliveryRunner:
             default_fields=self.capabilities.default_fields,
             required_fields=self.capabilities.required_fields,
             destination=self.capabilities.name,
+            accepts_any_field=self.capabilities.accepts_any_field,
         )
+        self._check_identity()
+
+    def _check_identity(self) -> None:
+        """A mode that removes must be keyed by what identifies a member (see ``identity_fields``)."""
+        if not any(op.removes for op in self.table.values()):
+            return
+        field = next((f for f in self.capabilities.identity_fields if f in self.mapping), None)
+        if field is not None and self.mapping[field] not in self.plan.primary_key:
+            raise ConfigurationError(
+                f"{self.capabilities.mode_argument}={self.mode!r} removes members, so the column mapped to {field!r} "
+                f"({self.mapping[field]!r}) must be the diff's primary key (now {self.plan.primary_key}): when it "
+                "changes under another key, the old member could never be removed. Set "
+                f"primary_key={self.mapping[field]!r} on the diff task."
+            )
 
     # -- the run -----------------------------------------------------------------------------------
     def run(self) -> SyncResult:
@@ -197,12 +212,12 @@ class DeliveryRunner:
         for raw in batch.rows:
             row = self._outbound(raw)
             fingerprints[row.row_id] = key = fingerprint(batch.operation, row)
-            known = None if self.retry_rejected else self._rejections.get(key)
             reason = self._rejection(batch.operation, row)
-            if known:
+            known = None if self.retry_rejected else self._rejections.get(key)
+            if reason:  # checked every run (it costs no request), so a fix in the settings takes effect
+                outcomes.append(RowOutcome.rejected(row, reason))
+            elif known:
                 outcomes.append(RowOutcome.rejected(row, known["reason"], permanent=True))
-            elif reason:
-                outcomes.append(RowOutcome.rejected(row, reason, permanent=True))
             else:
                 sendable.append(row)
         return outcomes + self._deliver(batch.operation, sendable), fingerprints

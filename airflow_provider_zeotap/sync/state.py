@@ -60,6 +60,10 @@ class CommittedPointer:
 
         The second case lets a retried sync task commit its plan again with more acknowledged rows: the
         new snapshot is computed from the plan's base either way, so nothing is applied twice.
+
+        The asset state store has no atomic swap, so this is a check just before the write: it catches a
+        run that committed while this one delivered, not two commits in the same instant. Sync DAGs keep
+        ``max_active_runs=1`` for that.
         """
         current = self.read()
         base_id = plan.base.snapshot_id if plan.base else None

@@ -19,7 +19,7 @@ def permutive(permutive_emulator, monkeypatch):
     monkeypatch.setenv(
         "AIRFLOW_CONN_PERMUTIVE_DEFAULT",
         connection_env("permutive", permutive_emulator.url, permutive_emulator.write_key,
-                       backoff_initial=0.01, backoff_max=0.05),
+                       backoff_initial=0.01, backoff_max=0.05, max_attempts=10),
     )
     return permutive_emulator
 
@@ -141,3 +141,27 @@ def test_an_import_id_that_is_not_a_uuid_fails_when_the_dag_is_parsed(dag_runner
     with pytest.raises(ConfigurationError, match="does not support audience_mode='insert'"):
         PermutiveSyncOperator(task_id="y", plan={}, sync_id="s", import_id=str(__import__("uuid").uuid4()),
                               audience_mode="insert")
+
+
+def test_mirror_never_takes_over_or_deletes_a_segment_it_did_not_create(dag_runner, warehouse, permutive):
+    import_id = permutive.create_import("Shared")
+    permutive.create_segment(import_id, code="seg-00001", name="Made by hand")
+    dag = mirror_dag(dag_runner, "permutive_shared_it", import_id)
+    warehouse.replace("segments", [segment(1), segment(2)], COLUMNS)
+    first = dag_runner.run(dag)
+    assert first.state == "success" and first.result("sync")["rejected"] == 1
+    warehouse.replace("segments", [segment(2)], COLUMNS)
+    second = dag_runner.run(dag)
+    assert second.state == "success"
+    assert permutive.segments(import_id)["seg-00001"]["name"] == "Made by hand"  # neither renamed nor deleted
+
+
+def test_a_create_whose_answer_was_lost_counts_as_done(dag_runner, warehouse, permutive):
+    import_id = permutive.create_import("Flaky network")
+    permutive.set_faults(drop_rate=0.4, seed=4, path_prefix=f"/audience-api/v1/imports/{import_id}/segments")
+    warehouse.replace("segments", [segment(i) for i in range(30)], COLUMNS)
+    run = dag_runner.run(mirror_dag(dag_runner, "permutive_lost_answer_it", import_id, mode="add"))
+    assert run.state == "success", run.task_states
+    assert any(r.fault == "dropped" and r.method == "PATCH" for r in permutive.requests)
+    assert (run.result("sync")["succeeded"], run.result("sync")["rejected"]) == (30, 0)
+    assert len(permutive.segments(import_id)) == 30

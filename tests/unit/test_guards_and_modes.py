@@ -54,3 +54,11 @@ def test_generated_segment_codes_are_stable_distinct_and_within_the_rules():
     assert len(long) <= 100
     for name in ("Sports Fans!", "Ünïcödé ☃", "", "   "):
         assert re.fullmatch(r"[A-Za-z0-9_.:-]{1,100}", code_from_name(name))
+
+
+def test_a_source_of_only_invalid_rows_counts_as_empty():
+    all_invalid = plan(total=50, committed=50, removed=50).model_copy(
+        update={"counts": PlanCounts(total=50, invalid=50, removed=50)}
+    )
+    with pytest.raises(ConfigurationError, match=r"no rows \(50 with a null or duplicate key\)"):
+        Guards().check(all_invalid, removals=50)

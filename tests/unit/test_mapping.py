@@ -54,3 +54,10 @@ def test_apply_mapping_drops_nulls_unless_asked():
 )
 def test_warehouse_types_become_json_values(value, expected):
     assert to_json_value(value) == expected
+
+
+def test_a_destination_with_fixed_fields_refuses_unknown_ones():
+    with pytest.raises(ConfigurationError, match=r"has no field\(s\) \['segment_nme'\]"):
+        resolve_mapping({"segment_code": "code", "segment_nme": "name"}, source_columns=["code", "name"],
+                        default_fields=("segment_code", "segment_name", "description"), required_fields=(),
+                        destination="Permutive segments", accepts_any_field=False)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -186,3 +187,31 @@ def test_rows_refused_for_their_own_data_are_not_resent_until_they_change(harnes
     fixed = RecordingDestination(invalid=invalid_name)
     _, last = harness.sync([dict(r, name="good") if r["id"] == 1 else r for r in ROWS], fixed)
     assert sent_ids(fixed) == [1] and last.rejected == 0
+
+
+class IdentifiedByEmail(RecordingDestination):
+    capabilities = dataclasses.replace(RecordingDestination.capabilities, identity_fields=("email",))
+
+
+class Validating(RecordingDestination):
+    strict = True
+
+    def validate(self, operation, row):
+        return "looks wrong" if self.strict and row.payload["name"] == "odd" else None
+
+
+def test_a_removing_mode_needs_the_identity_column_as_primary_key(harness):
+    plan = harness.plan(ROWS)
+    with pytest.raises(ConfigurationError, match="primary_key='email'"):
+        harness.runner(plan, IdentifiedByEmail(), mode="audience_mirror")
+    harness.runner(plan, IdentifiedByEmail(), mode="audience_add").run()  # adding alone is fine
+
+
+def test_rows_rejected_before_sending_are_checked_again_each_run(harness):
+    rows = [dict(r, name="odd") if r["id"] == 1 else r for r in ROWS]
+    _, first = harness.sync(rows, Validating())
+    assert first.rejected == 1
+    relaxed = Validating()
+    relaxed.strict = False  # the user fixed a setting; the row itself did not change
+    harness.sync(rows, relaxed)
+    assert sent_ids(relaxed) == [1]
