@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-import uuid
+import shutil
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -13,7 +13,14 @@ from airflow.sdk import BaseOperator
 from airflow_provider_zeotap.http.errors import ConfigurationError
 from airflow_provider_zeotap.sync.models import Plan
 from airflow_provider_zeotap.sync.state import CommittedPointer, asset_store, sync_asset
-from airflow_provider_zeotap.sync.storage import SyncStorage, default_state_uri, is_local, local_path, validate_sync_id
+from airflow_provider_zeotap.sync.storage import (
+    SyncStorage,
+    default_state_uri,
+    is_local,
+    local_path,
+    new_plan_id,
+    validate_sync_id,
+)
 
 
 class SyncDiffOperator(BaseOperator):
@@ -95,7 +102,7 @@ class SyncDiffOperator(BaseOperator):
                 f"Sync {self.sync_id!r} was committed with primary_key {base.primary_key}, now {self.primary_key}. "
                 "A new key means a new sync: use a new sync_id (and mirror removals start from scratch)."
             )
-        plan_id = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+        plan_id = new_plan_id()
         out_uri = storage.plan_uri(plan_id)
         out_dir = storage.local_dir(out_uri)
         try:
@@ -111,12 +118,16 @@ class SyncDiffOperator(BaseOperator):
             )
         except ValueError as error:
             raise ConfigurationError(f"Sync {self.sync_id!r}: {error}") from None
-        uris = {}
-        for name in ("snapshot_path", "changes_path", "invalid_path"):
-            path = getattr(output, name)
-            uri = _uri_for(out_uri, out_dir, path)
-            storage.publish(uri)
-            uris[name] = uri
+        finally:
+            # The snapshot now holds the valid rows; the extracted chunks would only double the disk used.
+            shutil.rmtree(os.path.join(out_dir, "source"), ignore_errors=True)
+        try:
+            uris = {name: _uri_for(out_uri, out_dir, getattr(output, name))
+                    for name in ("snapshot_path", "changes_path", "invalid_path")}
+            for uri in uris.values():
+                storage.publish(uri)
+        finally:
+            storage.cleanup()
         plan = Plan(
             sync_id=self.sync_id,
             plan_id=plan_id,
@@ -147,8 +158,9 @@ class SyncDiffOperator(BaseOperator):
             f"committed snapshot {base.snapshot_id}" if base else "nothing: first run",
         )
         if counts.invalid:
-            self.log.warning("%d rows set aside (null or duplicate primary key), never sent: %s", counts.invalid, plan.invalid_uri)
-        storage.cleanup()
+            self.log.warning(
+                "%d rows set aside (null or duplicate primary key), never sent: %s", counts.invalid, plan.invalid_uri
+            )
         return plan.model_dump(mode="json")
 
     def _extract(self, out_dir: str, storage: SyncStorage) -> list[str]:

@@ -324,6 +324,9 @@ class DeliveryRunner:
         )
         self.pointer.compare_and_set(plan, state)
         log.info("Committed snapshot %s of sync %r: %d rows", snapshot_id, plan.sync_id, rows)
+        keep = {snapshot_id} | ({plan.base.snapshot_id} if plan.base else set())
+        if removed := self.storage.prune(keep_plan=plan.plan_id, keep_snapshots=keep):
+            log.info("Removed %d old plan folders and snapshots of sync %r", len(removed), plan.sync_id)
         return state
 
     def _write_rejections(self, snapshot_id: str, batches: int) -> str | None:

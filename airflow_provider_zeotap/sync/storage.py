@@ -11,6 +11,8 @@ import os
 import re
 import shutil
 import tempfile
+import uuid
+from datetime import datetime, timezone
 from functools import cached_property
 from urllib.parse import urlsplit
 
@@ -27,6 +29,11 @@ def validate_sync_id(sync_id: str) -> str:
             "or digit. It names the sync's state folder and its Airflow asset, so keep it stable."
         )
     return sync_id
+
+
+def new_plan_id() -> str:
+    """Plan ids begin with their UTC time, so sorting them sorts the runs (pruning relies on it)."""
+    return f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}-{uuid.uuid4().hex[:8]}"
 
 
 def default_state_uri() -> str:
@@ -109,6 +116,49 @@ class SyncStorage:
         from airflow.sdk import ObjectStoragePath
 
         return ObjectStoragePath(uri).exists()
+
+    def prune(self, *, keep_plan: str, keep_snapshots: set[str], keep_recent_plans: int = 5) -> list[str]:
+        """Remove old plans and committed snapshots so the state folder does not grow with every run.
+
+        Kept: the ``keep_recent_plans`` newest plans (plan ids begin with their UTC time) and ``keep_plan``;
+        the committed snapshots named in ``keep_snapshots`` (the new baseline and the one before it).
+        """
+        removed: list[str] = []
+        plans = sorted(self._children(join(self.root, "plans")))
+        for name in plans[: max(0, len(plans) - keep_recent_plans)]:
+            if name != keep_plan:
+                self._remove(join(self.root, "plans", name))
+                removed.append(f"plans/{name}")
+        for name in self._children(join(self.root, "committed")):
+            if name.split(".", 1)[0] not in keep_snapshots:
+                self._remove(join(self.root, "committed", name))
+                removed.append(f"committed/{name}")
+        return removed
+
+    def _children(self, uri: str) -> list[str]:
+        if is_local(uri):
+            path = local_path(uri)
+            return os.listdir(path) if os.path.isdir(path) else []
+        from airflow.sdk import ObjectStoragePath
+
+        folder = ObjectStoragePath(uri)
+        return [child.name for child in folder.iterdir()] if folder.exists() else []
+
+    def _remove(self, uri: str) -> None:
+        if is_local(uri):
+            path = local_path(uri)
+            if os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+            elif os.path.exists(path):
+                os.remove(path)
+            return
+        from airflow.sdk import ObjectStoragePath
+
+        target = ObjectStoragePath(uri)
+        if target.is_dir():
+            target.rmdir(recursive=True)
+        else:
+            target.unlink(missing_ok=True)
 
     def cleanup(self) -> None:
         if "_staging" in self.__dict__:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from types import MappingProxyType
@@ -15,7 +14,7 @@ from airflow_provider_zeotap.sync.modes import AUDIENCE_MODES, RECORD_MODES, Ope
 from airflow_provider_zeotap.sync.runner import DeliveryRunner
 from airflow_provider_zeotap.sync.sources import rows_to_parts
 from airflow_provider_zeotap.sync.state import CommittedPointer
-from airflow_provider_zeotap.sync.storage import SyncStorage
+from airflow_provider_zeotap.sync.storage import SyncStorage, new_plan_id
 
 
 class DictStore:
@@ -101,7 +100,7 @@ class SyncHarness:
 
     def plan(self, rows: list[dict[str, Any]], *, full_refresh: bool = False, columns: list[str] | None = None) -> Plan:
         base = self.pointer.read()
-        plan_id = uuid.uuid4().hex[:12]
+        plan_id = new_plan_id()
         out_dir = self.storage.local_dir(self.storage.plan_uri(plan_id))
         parts = rows_to_parts(rows, f"{out_dir}/source")
         output = diff_snapshots(

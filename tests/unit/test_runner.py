@@ -215,3 +215,14 @@ def test_rows_rejected_before_sending_are_checked_again_each_run(harness):
     relaxed.strict = False  # the user fixed a setting; the row itself did not change
     harness.sync(rows, relaxed)
     assert sent_ids(relaxed) == [1]
+
+
+def test_old_plans_and_snapshots_are_pruned_after_a_commit(harness, tmp_path):
+    import os
+
+    for round_ in range(8):
+        _, result = harness.sync([dict(r, name=f"v{round_}") for r in ROWS], RecordingDestination())
+    plans = os.listdir(tmp_path / "test_sync" / "plans")
+    snapshots = {n.split(".")[0] for n in os.listdir(tmp_path / "test_sync" / "committed")}
+    assert len(plans) == 5 and result.plan_id in plans
+    assert len(snapshots) == 2 and harness.pointer.read().snapshot_id in snapshots
