@@ -173,10 +173,11 @@ class DeliveryRunner:
                 kinds = [change.value for change, op in self.table.items() if op == operation]
                 if not kinds:
                     continue
-                reader = con.execute(
-                    f"SELECT * FROM read_parquet(?) WHERE {quote_identifier(CHANGE_COLUMN)} IN ({', '.join('?' * len(kinds))}) "
+                placeholders = ", ".join("?" * len(kinds))
+                reader = con.sql(
+                    f"SELECT * FROM read_parquet(?) WHERE {quote_identifier(CHANGE_COLUMN)} IN ({placeholders}) "
                     f"ORDER BY {quote_identifier(ROW_ID_COLUMN)}",
-                    [path, *kinds],
+                    params=[path, *kinds],
                 ).to_arrow_reader(self.batch_size)
                 pending: list[dict[str, Any]] = []
                 for record_batch in reader:
