@@ -12,16 +12,9 @@ import pytest
 from airflow_provider_zeotap.sync.commit import commit_snapshot, count_outcomes, write_rejected_rows
 from airflow_provider_zeotap.sync.diff import DiffOutput, diff_snapshots
 from airflow_provider_zeotap.sync.models import CHANGE_COLUMN, ROW_ID_COLUMN
+from tests.support.parquet import write
 
 ALL_KINDS = {"added", "changed", "removed"}
-
-
-def write(path: Path, columns: dict[str, list], types: dict[str, pa.DataType] | None = None) -> str:
-    types = types or {}
-    arrays = [pa.array(values, type=types.get(name)) for name, values in columns.items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_arrays(arrays, names=list(columns)), path)
-    return str(path)
 
 
 def diff(

@@ -11,17 +11,9 @@ import pytest
 
 from airflow_provider_zeotap.sync.diff import DiffOutput, diff_snapshots
 from airflow_provider_zeotap.sync.models import CHANGE_COLUMN, ROW_ID_COLUMN, PlanCounts
+from tests.support.parquet import write
 
 REASON = "__reason"
-
-
-def write(path: Path, columns: dict[str, list], types: dict[str, pa.DataType] | None = None) -> str:
-    """One Parquet file from columns, with explicit Arrow types where given."""
-    types = types or {}
-    arrays = [pa.array(values, type=types.get(name)) for name, values in columns.items()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_arrays(arrays, names=list(columns)), path)
-    return str(path)
 
 
 def read(path: str, order_by: str | None = None) -> list[dict]:
