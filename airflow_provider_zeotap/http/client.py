@@ -25,6 +25,7 @@ from airflow_provider_zeotap.http.errors import (
     ApiConnectionError,
     ApiError,
     RateLimitedError,
+    ServerError,
     ThrottledError,
     error_class_for,
     redact,
@@ -251,7 +252,12 @@ class ApiClient:
             if isinstance(error, ApiError) and error.retry_after is not None:
                 return error.retry_after
             backoff = min(policy.backoff_max, policy.backoff_initial * 2 ** (state.attempt_number - 1))
-            return backoff / 2 + random.random() * backoff / 2
+            delay = backoff / 2 + random.random() * backoff / 2
+            if isinstance(error, (ServerError, ThrottledError, RateLimitedError)):
+                # "Slow down" answers slow the whole API down, not just this request: the other
+                # requests in flight wait too, so the caller backs off instead of piling on.
+                self.pacer.pause(delay)
+            return delay
 
         def before_sleep(state: RetryCallState) -> None:
             error = state.outcome.exception() if state.outcome else None

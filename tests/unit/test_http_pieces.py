@@ -82,3 +82,21 @@ def test_async_requests_share_the_retry_rules():
                            retry=RetryPolicy(backoff_initial=0.01, backoff_max=0.02))
         results = asyncio.run(_gather(client, 2))
     assert sorted(r["ok"] for r in results) == [1, 2] and route.call_count == 3
+
+
+def test_a_503_slows_every_caller_of_the_api_not_just_its_own_request():
+    import threading
+
+    with respx.mock(base_url="https://api.example.com/v1") as router:
+        router.get("/busy").mock(side_effect=[httpx.Response(503), httpx.Response(200, json={})])
+        router.get("/other").mock(return_value=httpx.Response(200, json={}))
+        client = ApiClient(vendor="Example", base_url="https://api.example.com/v1",
+                           retry=RetryPolicy(backoff_initial=0.6, backoff_max=0.6))
+        first = threading.Thread(target=client.json, args=("GET", "/busy"))
+        first.start()
+        time.sleep(0.1)  # the 503 has come back and the backoff (0.3 to 0.6 s) has begun
+        started = time.monotonic()
+        client.json("GET", "/other")
+        waited = time.monotonic() - started
+        first.join()
+    assert waited >= 0.15
