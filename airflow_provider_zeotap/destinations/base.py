@@ -46,6 +46,10 @@ class RowOutcome:
         return cls(row.row_id, Outcome.REJECTED, reason, permanent)
 
     @classmethod
+    def skipped(cls, row: OutboundRow, reason: str) -> RowOutcome:
+        return cls(row.row_id, Outcome.SKIPPED, reason)
+
+    @classmethod
     def failed(cls, row: OutboundRow, reason: str) -> RowOutcome:
         return cls(row.row_id, Outcome.FAILED, reason)
 

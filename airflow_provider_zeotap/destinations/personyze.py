@@ -14,6 +14,7 @@ from airflow_provider_zeotap.destinations.base import (
     send_each,
 )
 from airflow_provider_zeotap.hooks.personyze import PersonyzeHook
+from airflow_provider_zeotap.sync.models import Change
 from airflow_provider_zeotap.sync.modes import AUDIENCE_MODES, RECORD_MODES, Operation
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
@@ -96,12 +97,19 @@ class PersonyzeListMembers(Destination):
     )
 
     def __init__(
-        self, hook: PersonyzeHook, *, list_id: int, normalize_email: bool = False, max_in_flight: int = 4
+        self,
+        hook: PersonyzeHook,
+        *,
+        list_id: int,
+        normalize_email: bool = False,
+        max_in_flight: int = 4,
+        leave_existing_members: bool = False,
     ) -> None:
         self.hook = hook
         self.list_id = list_id
         self.normalize_email = normalize_email
         self.max_in_flight = max_in_flight
+        self.leave_existing_members = leave_existing_members
 
     def prepare(self, *, dry_run: bool) -> None:
         self.hook.require_user_list(self.list_id)
@@ -115,6 +123,9 @@ class PersonyzeListMembers(Destination):
     def _send_one(self, operation: Operation, row: OutboundRow) -> RowOutcome:
         email = _email(row, self.normalize_email)
         if operation is Operation.ADD:
+            if self.leave_existing_members and row.change is Change.ADDED and self._already_member(email):
+                # Mirror only ever removes members it added; one that was there first is not claimed.
+                return RowOutcome.skipped(row, "already on the list before this sync; mirror leaves it alone")
             self.hook.add_list_member(self.list_id, email=email)
             return RowOutcome.ok(row)
         user_id = self.hook.find_user_id(email)
@@ -122,6 +133,10 @@ class PersonyzeListMembers(Destination):
             self.hook.remove_list_member(self.list_id, user_id)
         # No such user, or no such membership: the member is gone either way, which is what was asked.
         return RowOutcome.ok(row)
+
+    def _already_member(self, email: str) -> bool:
+        user_id = self.hook.find_user_id(email)
+        return user_id is not None and self.hook.is_list_member(self.list_id, user_id)
 
     def close(self) -> None:
         self.hook.close()

@@ -189,6 +189,12 @@ class PersonyzeHook(ApiHook):
         response = self.client.request("POST", "/user_list_users", json=body)
         return _number(response, "membership")
 
+    def is_list_member(self, list_id: int, user_id: int) -> bool:
+        path = build_path(
+            "user_list_users", where=[("user_list_id", "=", int(list_id)), ("user_id", "=", int(user_id))], limit=1
+        )
+        return bool(self.client.json("GET", path))
+
     def remove_list_member(self, list_id: int, user_id: int) -> int:
         """Remove one membership; returns rows affected (0: it was not there)."""
         path = build_path("user_list_users", where=[("user_list_id", "=", int(list_id)), ("user_id", "=", int(user_id))])

@@ -91,6 +91,7 @@ class PersonyzeSyncOperator(BaseSyncOperator):
             list_id=_list_id(self.list_id),
             normalize_email=self.normalize_email,
             max_in_flight=self.max_in_flight,
+            leave_existing_members=self.audience_mode == "mirror",
         )
 
 

@@ -87,6 +87,8 @@ class Outcome(str, Enum):
     SUCCEEDED = "succeeded"
     REJECTED = "rejected"
     FAILED = "failed"
+    #: Left alone on purpose (say, a list member this sync did not add): not sent, not committed.
+    SKIPPED = "skipped"
 
 
 class OperationCounts(_Frozen):
@@ -94,6 +96,7 @@ class OperationCounts(_Frozen):
     succeeded: int = 0
     rejected: int = 0
     failed: int = 0
+    skipped: int = 0
 
 
 class SyncResult(_Frozen):
@@ -109,6 +112,7 @@ class SyncResult(_Frozen):
     succeeded: int = 0
     rejected: int = 0
     failed: int = 0
+    skipped: int = 0
     #: Changes the mode does not act on; committed as seen.
     not_acted_on: int = 0
     #: JSON-lines file of rejected and failed rows with their reasons (None when there are none).

@@ -363,6 +363,7 @@ class DeliveryRunner:
                 succeeded=by_outcome.get(Outcome.SUCCEEDED.value, 0),
                 rejected=by_outcome.get(Outcome.REJECTED.value, 0),
                 failed=by_outcome.get(Outcome.FAILED.value, 0),
+                skipped=by_outcome.get(Outcome.SKIPPED.value, 0),
             )
             for op, by_outcome in per_operation.items()
         }
@@ -388,6 +389,7 @@ class DeliveryRunner:
             succeeded=sum(c.succeeded for c in operations.values()),
             rejected=sum(c.rejected for c in operations.values()),
             failed=sum(c.failed for c in operations.values()),
+            skipped=sum(c.skipped for c in operations.values()),
             not_acted_on=not_acted_on,
             rejected_rows_uri=rejected_uri if bad else None,
             committed=committed,
@@ -396,11 +398,12 @@ class DeliveryRunner:
             duration_seconds=round(time.monotonic() - started, 3),
         )
         log.info(
-            "%s done: %d succeeded, %d rejected, %d failed in %d batches (%.1f s)%s",
+            "%s done: %d succeeded, %d rejected, %d failed, %d left alone in %d batches (%.1f s)%s",
             self.capabilities.name,
             result.succeeded,
             result.rejected,
             result.failed,
+            result.skipped,
             batches,
             result.duration_seconds,
             f"; rejected and failed rows with reasons: {rejected_uri}" if bad else "",

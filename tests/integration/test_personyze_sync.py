@@ -129,12 +129,14 @@ def test_list_mirror_tracks_the_source_and_never_removes_members_it_did_not_add(
         personyze.set_faults(error_rate=error_rate, error_status=503, seed=7, path_prefix="/rest/user_list")
     dag = members_dag(dag_runner, f"personyze_mirror_it_{int(error_rate * 100)}", list_id)
 
-    for audience in (["a", "b", "c"], ["b", "c", "d"], ["d", "e"]):
+    # "manual" was on the list before the sync; it joins the source in run 2 and leaves it in run 3.
+    for audience in (["a", "b", "c"], ["b", "c", "d", "manual"], ["d", "e"]):
         emails = [f"{name}@example.com" for name in audience]
         warehouse.replace("audience", [{"email": e} for e in emails], ["email"])
         run = dag_runner.run(dag)
         assert run.state == "success", run.task_states
         assert run.result("sync")["failed"] == 0
+        assert run.result("sync")["skipped"] == (1 if "manual" in audience else 0)
         assert personyze.list_member_emails(list_id) == set(emails) | {"manual@example.com"}
     if error_rate:
         assert any(r.status == 503 for r in personyze.requests), "the fault knob injected no 503"
