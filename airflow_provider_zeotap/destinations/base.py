@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -65,6 +66,18 @@ class BatchRefused(Exception):
 
 #: Errors that no row-level retry can fix: stop the task (after committing what was acknowledged).
 FATAL_ERRORS: tuple[type[Exception], ...] = (AuthenticationError, PermissionDeniedError)
+
+
+class DeliveryStopped(Exception):
+    """A fatal error stopped a batch part-way; ``outcomes`` holds the rows that were answered before it.
+
+    Those answers are kept (their rows are committed), so a bad key found mid-batch costs no resend.
+    """
+
+    def __init__(self, error: Exception, outcomes: Sequence[RowOutcome]) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.outcomes = list(outcomes)
 
 
 @dataclass(frozen=True)
@@ -124,15 +137,31 @@ def outcome_for_error(row: OutboundRow, error: Exception) -> RowOutcome:
 def send_each(
     rows: Sequence[OutboundRow], send_one: Callable[[OutboundRow], RowOutcome], *, max_in_flight: int
 ) -> list[RowOutcome]:
-    """Per-row APIs: one request per row, at most ``max_in_flight`` at once, an outcome for every row."""
+    """Per-row APIs: one request per row, at most ``max_in_flight`` at once, an outcome for every row.
 
-    def guarded(row: OutboundRow) -> RowOutcome:
+    A fatal error (bad key, no permission) stops the rows not yet started and raises ``DeliveryStopped``
+    with the outcomes of those that were answered.
+    """
+    stop = threading.Event()
+
+    def guarded(row: OutboundRow) -> RowOutcome | Exception | None:
+        if stop.is_set():
+            return None
         try:
             return send_one(row)
+        except FATAL_ERRORS as error:
+            stop.set()
+            return error
         except ApiError as error:
             return outcome_for_error(row, error)
 
     if max_in_flight <= 1 or len(rows) <= 1:
-        return [guarded(row) for row in rows]
-    with ThreadPoolExecutor(max_workers=min(max_in_flight, len(rows)), thread_name_prefix="zeotap-send") as pool:
-        return list(pool.map(guarded, rows))
+        results = [guarded(row) for row in rows]
+    else:
+        with ThreadPoolExecutor(max_workers=min(max_in_flight, len(rows)), thread_name_prefix="zeotap-send") as pool:
+            results = list(pool.map(guarded, rows))
+    fatal = next((r for r in results if isinstance(r, Exception)), None)
+    outcomes = [r for r in results if isinstance(r, RowOutcome)]
+    if fatal is not None:
+        raise DeliveryStopped(fatal, outcomes)
+    return outcomes

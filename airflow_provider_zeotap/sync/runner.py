@@ -23,6 +23,7 @@ import duckdb
 from airflow_provider_zeotap.destinations.base import (
     FATAL_ERRORS,
     BatchRefused,
+    DeliveryStopped,
     Destination,
     OutboundRow,
     RowOutcome,
@@ -52,6 +53,15 @@ from airflow_provider_zeotap.sync.storage import SyncStorage
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "delivery:"
+
+
+@dataclass
+class _BatchStopped(Exception):
+    """``DeliveryStopped`` with the batch's local rejections and fingerprints added."""
+
+    error: Exception
+    outcomes: list[RowOutcome]
+    fingerprints: dict[int, str]
 
 
 @dataclass
@@ -152,7 +162,11 @@ class DeliveryRunner:
                     if batch.index < resume_from:
                         progress.done += len(batch.rows)  # delivered by an earlier try
                         continue
-                    outcomes, fingerprints = self._deliver_batch(batch)
+                    try:
+                        outcomes, fingerprints = self._deliver_batch(batch)
+                    except _BatchStopped as stopped:
+                        self._write_outcomes(batch, stopped.outcomes, stopped.fingerprints)
+                        raise stopped.error from None
                     self._write_outcomes(batch, outcomes, fingerprints)
                     self._save_checkpoint(batch.index + 1)
                     progress.add(outcomes)
@@ -221,7 +235,10 @@ class DeliveryRunner:
                 outcomes.append(RowOutcome.rejected(row, known["reason"], permanent=True))
             else:
                 sendable.append(row)
-        return outcomes + self._deliver(batch.operation, sendable), fingerprints
+        try:
+            return outcomes + self._deliver(batch.operation, sendable), fingerprints
+        except DeliveryStopped as stopped:
+            raise _BatchStopped(stopped.error, outcomes + stopped.outcomes, fingerprints) from None
 
     @cached_property
     def _rejections(self) -> dict[str, dict[str, Any]]:

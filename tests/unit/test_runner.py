@@ -9,6 +9,7 @@ import pytest
 
 from airflow_provider_zeotap.http.errors import ConfigurationError
 from airflow_provider_zeotap.sync.state import StaleBaseError
+from airflow_provider_zeotap.destinations.base import RowOutcome
 from tests.support.sync_harness import DictStore, Killed, RecordingDestination, SyncHarness
 
 ROWS = [{"id": i, "email": f"user{i}@example.com", "name": f"User {i}"} for i in range(1, 11)]
@@ -226,3 +227,36 @@ def test_old_plans_and_snapshots_are_pruned_after_a_commit(harness, tmp_path):
     snapshots = {n.split(".")[0] for n in os.listdir(tmp_path / "test_sync" / "committed")}
     assert len(plans) == 5 and result.plan_id in plans
     assert len(snapshots) == 2 and harness.pointer.read().snapshot_id in snapshots
+
+
+class PerRowWithBadKeyAt(RecordingDestination):
+    """A per-row API whose key is revoked when row ``bad_id`` is sent."""
+
+    def __init__(self, bad_id: int) -> None:
+        super().__init__()
+        self.bad_id = bad_id
+
+    def send(self, operation, rows):
+        from airflow_provider_zeotap.destinations.base import send_each
+        from airflow_provider_zeotap.http import AuthenticationError
+
+        def one(row):
+            self.calls.append((operation, [dict(row.payload)]))
+            if row.key["id"] == self.bad_id:
+                raise AuthenticationError("Please, log in", vendor="Test", method="POST", path="/users", status=401)
+            return RowOutcome.ok(row)
+
+        return send_each(rows, one, max_in_flight=1)
+
+
+def test_a_revoked_key_mid_batch_keeps_the_rows_answered_before_it(harness):
+    from airflow_provider_zeotap.http import AuthenticationError
+
+    plan = harness.plan(ROWS)  # batches of 3: [1,2,3] [4,5,6] ...
+    with pytest.raises(AuthenticationError):
+        harness.runner(plan, PerRowWithBadKeyAt(5)).run()
+    assert harness.pointer.read().rows == 4  # 1-3 from the first batch, 4 from the stopped one
+    retry = RecordingDestination()
+    result = harness.runner(plan, retry).run()
+    assert result.resumed_from_batch == 1 and sent_ids(retry) == [4, 5, 6, 7, 8, 9, 10]
+    assert result.committed.rows == 10
