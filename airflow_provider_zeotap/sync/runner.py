@@ -174,8 +174,9 @@ class DeliveryRunner:
                 self._commit_after_failure(batches)
                 raise
             progress.log()
-        committed = self._commit(batches)
-        return self._result(batches, resume_from, not_acted_on, committed, started)
+        paths = self._outcome_paths(batches)
+        committed = self._commit(paths)
+        return self._result(paths, batches, resume_from, not_acted_on, committed, started)
 
     # -- batches -----------------------------------------------------------------------------------
     def _batches(self) -> Iterator[_Batch]:
@@ -312,7 +313,7 @@ class DeliveryRunner:
         uris = [self._outcomes_uri(i) for i in range(batches)]
         return [self.storage.fetch(uri) for uri in uris if self.storage.exists(uri)]
 
-    def _commit(self, batches: int) -> CommittedState | None:
+    def _commit(self, outcome_paths: list[str]) -> CommittedState | None:
         """Move the baseline forward by acknowledged rows (and rows this mode does not act on)."""
         plan = self.plan
         if self.pointer is None:
@@ -325,7 +326,7 @@ class DeliveryRunner:
         rows = commit_snapshot(
             base_snapshot=self.storage.fetch(plan.base.snapshot_uri) if plan.base else None,
             changes_path=self.storage.fetch(plan.changes_uri),
-            outcome_paths=self._outcome_paths(batches),
+            outcome_paths=outcome_paths,
             acted_on={change.value for change in self.table},
             primary_key=plan.primary_key,
             out_path=self.storage.to_local(uri),
@@ -338,7 +339,7 @@ class DeliveryRunner:
             rows=rows,
             committed_at=datetime.now(timezone.utc),
             primary_key=plan.primary_key,
-            rejected_uri=self._write_rejections(snapshot_id, batches),
+            rejected_uri=self._write_rejections(snapshot_id, outcome_paths),
         )
         self.pointer.compare_and_set(plan, state)
         log.info("Committed snapshot %s of sync %r: %d rows", snapshot_id, plan.sync_id, rows)
@@ -347,9 +348,8 @@ class DeliveryRunner:
             log.info("Removed %d old plan folders and snapshots of sync %r", len(removed), plan.sync_id)
         return state
 
-    def _write_rejections(self, snapshot_id: str, batches: int) -> str | None:
+    def _write_rejections(self, snapshot_id: str, paths: list[str]) -> str | None:
         """Remember this run's invalid rows beside the committed snapshot (see ``_rejections``)."""
-        paths = self._outcome_paths(batches)
         if not paths:
             return None
         uri = self.storage.committed_uri(snapshot_id).removesuffix(".parquet") + ".rejected.jsonl"
@@ -364,15 +364,20 @@ class DeliveryRunner:
         """
         log.error("Delivery stopped during batch %d; committing the rows acknowledged before it", batches)
         try:
-            self._commit(batches)
+            self._commit(self._outcome_paths(batches))
         except Exception:  # the original error matters more; this one is logged
             log.exception("Could not commit the acknowledged rows after the failure")
 
     # -- results -----------------------------------------------------------------------------------
     def _result(
-        self, batches: int, resumed_from: int, not_acted_on: int, committed: CommittedState | None, started: float
+        self,
+        paths: list[str],
+        batches: int,
+        resumed_from: int,
+        not_acted_on: int,
+        committed: CommittedState | None,
+        started: float,
     ) -> SyncResult:
-        paths = self._outcome_paths(batches)
         per_operation = count_outcomes(paths) if paths else {}
         operations = {
             op: OperationCounts(
