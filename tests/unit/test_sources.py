@@ -55,6 +55,14 @@ def read_parts(parts: list[str]) -> tuple[dict[str, str], list[tuple]]:
 # ------------------------------------------------------------------------------------------ rows
 
 
+
+def diff_of(parts: list[str], base: str | None, tmp_path: Path):
+    """The diff of extracted parts keyed by ``id``, against ``base``."""
+    return diff_snapshots(
+        source_parts=parts, base_snapshot=base, primary_key=["id"], columns=None, full_refresh=False,
+        out_dir=str(tmp_path / "plan"),
+    )
+
 def test_rows_union_keys_in_first_seen_order_and_fill_nulls(tmp_path: Path) -> None:
     parts = rows_to_parts(
         [{"id": 1, "b": "x"}, {"c": 2.5, "id": 2}, {"b": "é", "id": 3, "d": True}], str(tmp_path)
@@ -140,14 +148,7 @@ def test_sql_null_chunk_after_typed_chunk_keeps_that_type_and_diffs_clean(
         pa.table({"id": [1, 2, 3, 4, 5], "n": pa.array([10, 20, None, None, None], pa.int64())}), base
     )
 
-    result = diff_snapshots(
-        source_parts=parts,
-        base_snapshot=str(base),
-        primary_key=["id"],
-        columns=None,
-        full_refresh=False,
-        out_dir=str(tmp_path / "plan"),
-    )
+    result = diff_of(parts, str(base), tmp_path)
 
     assert result.counts.unchanged == 5 and result.counts.changed == 0
 
@@ -162,14 +163,7 @@ def test_sql_empty_result_still_carries_the_column_names(hook: SqliteHook, tmp_p
     parts = sql_to_parts(hook, 'SELECT id, "first name" FROM people WHERE id > 99', str(tmp_path / "src"))
 
     assert [pq.read_schema(part).names for part in parts] == [["id", "first name"]]
-    result = diff_snapshots(
-        source_parts=parts,
-        base_snapshot=None,
-        primary_key=["id"],
-        columns=None,
-        full_refresh=False,
-        out_dir=str(tmp_path / "plan"),
-    )
+    result = diff_of(parts, None, tmp_path)
     assert result.counts.total == 0 and result.source_columns == ["id", "first name"]
 
 
@@ -180,14 +174,7 @@ def test_sql_empty_result_against_a_base_removes_every_committed_key(
     base = tmp_path / "base.parquet"
     pq.write_table(pa.table({"id": [1, 2], "first name": ["a", "b"]}), base)
 
-    result = diff_snapshots(
-        source_parts=parts,
-        base_snapshot=str(base),
-        primary_key=["id"],
-        columns=None,
-        full_refresh=False,
-        out_dir=str(tmp_path / "plan"),
-    )
+    result = diff_of(parts, str(base), tmp_path)
 
     # The empty extract has no types; the removed rows keep the committed ones, keys included.
     assert result.counts.removed == 2 and result.counts.total == 0
