@@ -8,16 +8,11 @@ from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
 
-from airflow_provider_zeotap.destinations.base import (
-    FATAL_ERRORS,
-    BatchRefused,
-    Capabilities,
-    Destination,
-    OutboundRow,
-    RowOutcome,
-)
+from airflow_provider_zeotap.destinations.base import outcomes_for_error
+from airflow_provider_zeotap.errors import ConfigurationError, FatalError
+from airflow_provider_zeotap.sync.destination import BatchRefused, Capabilities, Destination, OutboundRow, RowOutcome
 from airflow_provider_zeotap.hooks.permutive import MAX_BATCH_OPERATIONS, PermutiveHook
-from airflow_provider_zeotap.http import ApiError, ConfigurationError, ConflictError, NotFoundError
+from airflow_provider_zeotap.http import ApiError, ConflictError, NotFoundError
 from airflow_provider_zeotap.sync.models import Change
 from airflow_provider_zeotap.sync.modes import Operation
 
@@ -117,11 +112,11 @@ class PermutiveSegments(Destination):
     def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
         try:
             self.hook.batch_segments(self.import_id, [self._operation(self._verb(operation, row), row) for row in rows])
-        except FATAL_ERRORS:
+        except FatalError:
             raise
         except ApiError as error:
             if error.retryable:
-                raise
+                return outcomes_for_error(rows, error)
             if len(rows) > 1:
                 raise BatchRefused(_reason(error), permanent=_is_invalid_data(error)) from None
             return [self._single_refusal(operation, rows[0], error)]
@@ -139,11 +134,11 @@ class PermutiveSegments(Destination):
         if fallback and (operation is O.UPSERT or fallback == "Create"):
             try:
                 self.hook.batch_segments(self.import_id, [self._operation(fallback, row)])
-            except FATAL_ERRORS:
+            except FatalError:
                 raise
             except ApiError as second:
                 if second.retryable:
-                    raise
+                    return RowOutcome.failed(row, str(second))
                 return RowOutcome.rejected(row, _reason(second), permanent=_is_invalid_data(second))
             return RowOutcome.ok(row)
         if verb == "Create" and isinstance(error, ConflictError):

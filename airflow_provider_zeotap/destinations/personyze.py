@@ -6,13 +6,8 @@ import re
 from collections.abc import Sequence
 from types import MappingProxyType
 
-from airflow_provider_zeotap.destinations.base import (
-    Capabilities,
-    Destination,
-    OutboundRow,
-    RowOutcome,
-    send_each,
-)
+from airflow_provider_zeotap.destinations.base import send_each
+from airflow_provider_zeotap.sync.destination import Capabilities, Destination, OutboundRow, RowOutcome
 from airflow_provider_zeotap.hooks.personyze import PersonyzeHook
 from airflow_provider_zeotap.sync.models import Change
 from airflow_provider_zeotap.sync.modes import AUDIENCE_MODES, RECORD_MODES, Operation

@@ -11,6 +11,8 @@ from collections.abc import Iterable
 
 import httpx
 
+from airflow_provider_zeotap.errors import ConfigurationError, FatalError, ZeotapProviderError
+
 BODY_EXCERPT_CHARS = 500
 REDACTED = "***"
 
@@ -21,14 +23,6 @@ def redact(text: str, secrets: Iterable[str]) -> str:
         if secret and len(secret) >= 4:
             text = text.replace(secret, REDACTED)
     return text
-
-
-class ZeotapProviderError(Exception):
-    """Base class of every error this provider raises on purpose."""
-
-
-class ConfigurationError(ZeotapProviderError, ValueError):
-    """A setting is wrong; the message names the setting and the fix. Nothing was sent."""
 
 
 class InsecureURLError(ConfigurationError):
@@ -92,11 +86,11 @@ class BadRequestError(ApiError):
     """400: the request (or one row in it) is not acceptable. Sending it again changes nothing."""
 
 
-class AuthenticationError(ApiError):
+class AuthenticationError(ApiError, FatalError):
     """401: the key or token is wrong or revoked."""
 
 
-class PermissionDeniedError(ApiError):
+class PermissionDeniedError(ApiError, FatalError):
     """403: the key is valid but may not do this (read-only key, wrong project)."""
 
 

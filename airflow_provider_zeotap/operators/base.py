@@ -9,8 +9,8 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_zeotap.destinations.base import Capabilities, Destination
-from airflow_provider_zeotap.http.errors import ConfigurationError
+from airflow_provider_zeotap.sync.destination import Capabilities, Destination
+from airflow_provider_zeotap.errors import ConfigurationError
 from airflow_provider_zeotap.sync.models import Plan
 from airflow_provider_zeotap.sync.guards import Guards
 from airflow_provider_zeotap.sync.state import CommittedPointer, asset_store, sync_asset

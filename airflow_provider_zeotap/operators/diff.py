@@ -10,7 +10,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_provider_zeotap.http.errors import ConfigurationError
+from airflow_provider_zeotap.errors import ConfigurationError
 from airflow_provider_zeotap.sync.models import Plan
 from airflow_provider_zeotap.sync.state import CommittedPointer, asset_store, sync_asset
 from airflow_provider_zeotap.sync.storage import (

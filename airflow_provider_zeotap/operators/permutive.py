@@ -6,10 +6,10 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from airflow_provider_zeotap.destinations.base import Capabilities, Destination
+from airflow_provider_zeotap.sync.destination import Capabilities, Destination
 from airflow_provider_zeotap.destinations.permutive import PermutiveSegments
 from airflow_provider_zeotap.hooks.permutive import PermutiveHook
-from airflow_provider_zeotap.http.errors import ConfigurationError
+from airflow_provider_zeotap.errors import ConfigurationError
 from airflow_provider_zeotap.operators.base import BaseSyncOperator
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from airflow_provider_zeotap.destinations.base import Capabilities, Destination
+from airflow_provider_zeotap.sync.destination import Capabilities, Destination
 from airflow_provider_zeotap.destinations.personyze import PersonyzeListMembers, PersonyzeUsers
 from airflow_provider_zeotap.hooks.personyze import PersonyzeHook
-from airflow_provider_zeotap.http.errors import ConfigurationError
+from airflow_provider_zeotap.errors import ConfigurationError
 from airflow_provider_zeotap.operators.base import BaseSyncOperator
 
 OBJECT_TYPES = ("users", "user_list_members")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from airflow_provider_zeotap.http.errors import ConfigurationError
+from airflow_provider_zeotap.errors import ConfigurationError
 from airflow_provider_zeotap.sync.models import Plan
 
 

@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from airflow_provider_zeotap.http.errors import ConfigurationError
+from airflow_provider_zeotap.errors import ConfigurationError
 
 
 def resolve_mapping(

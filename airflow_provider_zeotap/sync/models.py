@@ -6,6 +6,8 @@ ten-million-row sync costs the metadata database a few hundred bytes.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from datetime import datetime
 from enum import Enum
 
@@ -16,6 +18,14 @@ from pydantic import BaseModel, ConfigDict, Field
 CHANGE_COLUMN = "__change"
 ROW_ID_COLUMN = "__row_id"
 INTERNAL_PREFIX = "__"
+#: Columns the commit keeps beside each committed row: what the destination was given for it.
+#: ``__identity`` is the record the row became (a normalised email, a segment code);
+#: ``__payload_hash`` fingerprints the payload that was acknowledged; ``__payload_fields`` lists the
+#: fields it held with a value (so a value that becomes empty later is sent as a clear).
+IDENTITY_COLUMN = "__identity"
+PAYLOAD_HASH_COLUMN = "__payload_hash"
+PAYLOAD_FIELDS_COLUMN = "__payload_fields"
+DELIVERY_COLUMNS = (IDENTITY_COLUMN, PAYLOAD_HASH_COLUMN, PAYLOAD_FIELDS_COLUMN)
 
 
 class Change(str, Enum):
@@ -24,6 +34,8 @@ class Change(str, Enum):
     ADDED = "added"
     CHANGED = "changed"
     REMOVED = "removed"
+    #: Unchanged, sent again on request (``full_refresh``, or a baseline bound to a new target).
+    REFRESH = "refresh"
 
 
 class _Frozen(BaseModel):
@@ -34,10 +46,48 @@ class PlanCounts(_Frozen):
     added: int = 0
     changed: int = 0
     removed: int = 0
+    #: Unchanged rows a full refresh sends again; counted apart from real changes.
+    refresh: int = 0
     unchanged: int = 0
     invalid: int = 0
     #: Rows read from the source, invalid ones included.
     total: int = 0
+
+
+class Binding(_Frozen):
+    """What a baseline was delivered to. A baseline is only ever used for the target it describes.
+
+    Two DAGs sharing a ``sync_id``, or one sync task re-pointed at another list, would otherwise read
+    a baseline that says "already delivered" about rows the new target never received, and send
+    removals to a target that never had those rows.
+    """
+
+    dag_id: str
+    task_id: str
+    operator: str
+    conn_id: str
+    destination: str
+    #: Vendor object and target, e.g. {"list_id": "12"} or {"import_id": "..."}; values as text.
+    target: dict[str, str] = Field(default_factory=dict)
+    #: "delivers" for modes that create or add, "removes" for the remove mode: a baseline of removed
+    #: members means the opposite of one of delivered members.
+    mode_family: str
+
+    def describe(self) -> str:
+        target = ", ".join(f"{k}={v}" for k, v in sorted(self.target.items()))
+        return (
+            f"DAG {self.dag_id!r} task {self.task_id!r} ({self.operator}) -> {self.destination}"
+            f"{' ' + target if target else ''} via connection {self.conn_id!r}, {self.mode_family} rows"
+        )
+
+    def differences(self, other: Binding) -> list[str]:
+        mine, theirs = self.model_dump(), other.model_dump()
+        return [name for name in mine if mine[name] != theirs[name]]
+
+    def target_key(self) -> str:
+        """Names the destination target alone (not the DAG or task): ownership records follow the target."""
+        content = json.dumps([self.conn_id, self.destination, self.target, self.mode_family], sort_keys=True)
+        return hashlib.sha256(content.encode("utf-8")).hexdigest()[:16]
 
 
 class CommittedState(_Frozen):
@@ -55,6 +105,11 @@ class CommittedState(_Frozen):
     primary_key: list[str]
     #: JSON lines of rows refused for their own data ({fingerprint, reason, since}): not re-sent unchanged.
     rejected_uri: str | None = None
+    #: What this baseline was delivered to (None only for baselines written before bindings existed).
+    binding: Binding | None = None
+    #: The Airflow run that committed it, for messages about stale plans.
+    run_id: str | None = None
+    mode: str | None = None
 
 
 class Plan(_Frozen):
@@ -89,6 +144,14 @@ class Outcome(str, Enum):
     FAILED = "failed"
     #: Left alone on purpose (say, a list member this sync did not add): not sent, not committed.
     SKIPPED = "skipped"
+    #: A changed row whose payload equals the one the destination acknowledged: committed, not sent.
+    UNCHANGED_PAYLOAD = "unchanged_payload"
+    #: A removal not sent because a current row has the same identity (the record is still wanted).
+    IDENTITY_KEPT = "identity_kept"
+
+
+#: Outcomes that move the baseline forward: the destination holds what the row says.
+APPLIED_OUTCOMES = (Outcome.SUCCEEDED, Outcome.UNCHANGED_PAYLOAD, Outcome.IDENTITY_KEPT)
 
 
 class OperationCounts(_Frozen):
@@ -97,6 +160,8 @@ class OperationCounts(_Frozen):
     rejected: int = 0
     failed: int = 0
     skipped: int = 0
+    unchanged_payload: int = 0
+    identity_kept: int = 0
 
 
 class SyncResult(_Frozen):
@@ -113,6 +178,12 @@ class SyncResult(_Frozen):
     rejected: int = 0
     failed: int = 0
     skipped: int = 0
+    unchanged_payload: int = 0
+    identity_kept: int = 0
+    #: Rows sent again by a full refresh or a rebind (also counted in the outcomes above).
+    refreshed: int = 0
+    #: The baseline was bound to another target and ``rebind=True`` started this one afresh.
+    rebound: bool = False
     #: Changes the mode does not act on; committed as seen.
     not_acted_on: int = 0
     #: JSON-lines file of rejected and failed rows with their reasons (None when there are none).

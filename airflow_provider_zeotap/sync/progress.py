@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from airflow_provider_zeotap.destinations.base import RowOutcome
+from airflow_provider_zeotap.sync.destination import RowOutcome
 from airflow_provider_zeotap.sync.models import Outcome
 
 log = logging.getLogger(__name__)

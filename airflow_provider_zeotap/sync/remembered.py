@@ -13,7 +13,7 @@ from typing import Any
 
 import duckdb
 
-from airflow_provider_zeotap.destinations.base import OutboundRow
+from airflow_provider_zeotap.sync.destination import OutboundRow
 from airflow_provider_zeotap.sync.diff import quote_literal
 from airflow_provider_zeotap.sync.modes import Operation
 

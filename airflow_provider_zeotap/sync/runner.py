@@ -20,16 +20,14 @@ from typing import Any
 
 import duckdb
 
-from airflow_provider_zeotap.destinations.base import (
-    FATAL_ERRORS,
+from airflow_provider_zeotap.errors import ConfigurationError, FatalError
+from airflow_provider_zeotap.sync.destination import (
     BatchRefused,
     DeliveryStopped,
     Destination,
     OutboundRow,
     RowOutcome,
-    outcome_for_error,
 )
-from airflow_provider_zeotap.http import ApiError, ConfigurationError
 from airflow_provider_zeotap.sync.commit import commit_snapshot, count_outcomes, write_rejected_rows
 from airflow_provider_zeotap.sync.diff import quote_identifier
 from airflow_provider_zeotap.sync.guards import Guards
@@ -267,10 +265,6 @@ class DeliveryRunner:
             )
             middle = len(rows) // 2
             return self._deliver(operation, rows[:middle]) + self._deliver(operation, rows[middle:])
-        except FATAL_ERRORS:
-            raise
-        except ApiError as error:
-            return [outcome_for_error(row, error) for row in rows]
         return _complete(rows, outcomes)
 
     # -- files, checkpoints, commit ----------------------------------------------------------------

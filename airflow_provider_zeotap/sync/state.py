@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from airflow.sdk import Asset
 
-from airflow_provider_zeotap.http.errors import ZeotapProviderError
+from airflow_provider_zeotap.errors import StaleBaseError, ZeotapProviderError
 from airflow_provider_zeotap.sync.models import CommittedState, Plan
 from airflow_provider_zeotap.sync.storage import validate_sync_id
 
@@ -25,10 +25,6 @@ class KeyValueStore(Protocol):
     def get(self, key: str, default: Any = None) -> Any: ...
 
     def set(self, key: str, value: Any) -> None: ...
-
-
-class StaleBaseError(ZeotapProviderError):
-    """Another run committed since this plan was computed; committing would overwrite its work."""
 
 
 def sync_asset(sync_id: str) -> Asset:

@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from functools import cached_property
 from urllib.parse import urlsplit
 
-from airflow_provider_zeotap.http.errors import ConfigurationError
+from airflow_provider_zeotap.errors import ConfigurationError
 
 SYNC_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 STATE_DIR_NAME = "zeotap_sync_state"

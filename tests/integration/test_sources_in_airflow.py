@@ -67,7 +67,7 @@ def test_a_parquet_file_source_and_a_dry_run_that_sends_and_commits_nothing(dag_
     assert first.state == "success", first.task_states
     result = first.result("sync")
     assert result["dry_run"] and result["operations"]["upsert"] == {"selected": 3, "succeeded": 0, "rejected": 1,
-                                                                     "failed": 0, "skipped": 0}
+                                                                     "failed": 0, "skipped": 0, "unchanged_payload": 0, "identity_kept": 0}
     payloads = [json.loads(line) for line in open(result["dry_run_payloads_uri"].removeprefix("file://"))]
     assert [p["payload"]["email"] for p in payloads] == ["a@x.com", "b@x.com"]
     assert not [r for r in personyze.requests if r.method in ("POST", "PUT", "DELETE")]

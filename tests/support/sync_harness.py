@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from types import MappingProxyType
 from typing import Any
 
-from airflow_provider_zeotap.destinations.base import BatchRefused, Capabilities, Destination, OutboundRow, RowOutcome
+from airflow_provider_zeotap.sync.destination import BatchRefused, Capabilities, Destination, OutboundRow, RowOutcome
 from airflow_provider_zeotap.sync.diff import diff_snapshots
 from airflow_provider_zeotap.sync.models import Plan
 from airflow_provider_zeotap.sync.modes import AUDIENCE_MODES, RECORD_MODES, Operation

@@ -9,7 +9,7 @@ import pytest
 
 from airflow_provider_zeotap.http.errors import ConfigurationError
 from airflow_provider_zeotap.sync.state import StaleBaseError
-from airflow_provider_zeotap.destinations.base import RowOutcome
+from airflow_provider_zeotap.sync.destination import RowOutcome
 from tests.support.sync_harness import DictStore, Killed, RecordingDestination, SyncHarness
 
 ROWS = [{"id": i, "email": f"user{i}@example.com", "name": f"User {i}"} for i in range(1, 11)]
