@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from types import MappingProxyType
+from typing import Any
 
 from airflow_provider_zeotap.destinations.base import send_each
 from airflow_provider_zeotap.sync.destination import Capabilities, Destination, OutboundRow, RowOutcome
 from airflow_provider_zeotap.hooks.personyze import PersonyzeHook
-from airflow_provider_zeotap.sync.models import Change
 from airflow_provider_zeotap.sync.modes import AUDIENCE_MODES, RECORD_MODES, Operation
 
 EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
@@ -19,6 +19,18 @@ USER_FIELDS = ("email", "first_name", "last_name", "internal_id", "phone", "comp
 def _email(row: OutboundRow, normalize: bool) -> str:
     value = str(row.payload.get("email") or "")
     return value.strip().lower() if normalize else value
+
+
+def _identity(row: OutboundRow, normalize: bool) -> str | None:
+    """The user an email names. Surrounding spaces never make two users, so they never make two identities."""
+    email = _email(row, normalize).strip()
+    return email or None
+
+
+def _cleared(fields: dict[str, Any]) -> dict[str, Any]:
+    """A field to clear is sent as an empty string: Personyze stores it as given, and a JSON null may be
+    read as "not given"."""
+    return {name: "" if value is None else value for name, value in fields.items()}
 
 
 def _email_problem(row: OutboundRow, normalize: bool) -> str | None:
@@ -42,6 +54,7 @@ class PersonyzeUsers(Destination):
         required_fields=("email",),
         default_fields=USER_FIELDS,
         accepts_any_field=True,  # profiles are schemaless: any mapped key/value is stored
+        clears_with="empty string",
     )
 
     def __init__(self, hook: PersonyzeHook, *, normalize_email: bool = False) -> None:
@@ -54,13 +67,19 @@ class PersonyzeUsers(Destination):
     def validate(self, operation: Operation, row: OutboundRow) -> str | None:
         return _email_problem(row, self.normalize_email)
 
+    def identity(self, row: OutboundRow) -> str | None:
+        return _identity(row, self.normalize_email)
+
+    def target(self) -> dict[str, Any]:
+        return {"object": "users"}
+
     def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
         # POST /rest/users is one-at-a-time per account; PUTs follow the same rhythm to stay gentle.
         return send_each(rows, lambda row: self._send_one(operation, row), max_in_flight=1)
 
     def _send_one(self, operation: Operation, row: OutboundRow) -> RowOutcome:
         email = _email(row, self.normalize_email)
-        fields = {**row.payload, "email": email}
+        fields = _cleared({**row.payload, "email": email})
         if operation is Operation.UPDATE:
             fields.pop("email")
             if not fields:
@@ -98,13 +117,13 @@ class PersonyzeListMembers(Destination):
         list_id: int,
         normalize_email: bool = False,
         max_in_flight: int = 4,
-        leave_existing_members: bool = False,
+        leave_foreign_members: bool = False,
     ) -> None:
         self.hook = hook
         self.list_id = list_id
         self.normalize_email = normalize_email
         self.max_in_flight = max_in_flight
-        self.leave_existing_members = leave_existing_members
+        self.leave_foreign_members = leave_foreign_members
 
     def prepare(self, *, dry_run: bool) -> None:
         self.hook.require_user_list(self.list_id)
@@ -112,16 +131,27 @@ class PersonyzeListMembers(Destination):
     def validate(self, operation: Operation, row: OutboundRow) -> str | None:
         return _email_problem(row, self.normalize_email)
 
+    def identity(self, row: OutboundRow) -> str | None:
+        return _identity(row, self.normalize_email)
+
+    def target(self) -> dict[str, Any]:
+        return {"object": "user_list_members", "list_id": self.list_id}
+
     def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
         return send_each(rows, lambda row: self._send_one(operation, row), max_in_flight=self.max_in_flight)
 
     def _send_one(self, operation: Operation, row: OutboundRow) -> RowOutcome:
         email = _email(row, self.normalize_email)
         if operation is Operation.ADD:
-            if self.leave_existing_members and row.change is Change.ADDED and self._already_member(email):
-                # Mirror only ever removes members it added; one that was there first is not claimed.
-                return RowOutcome.skipped(row, "already on the list before this sync; mirror leaves it alone")
-            self.hook.add_list_member(self.list_id, email=email)
+            # Mirror only ever removes members it added. A member this sync never recorded as its own (not in
+            # its baseline, not attempted by an earlier send) that is already on the list is someone else's.
+            if self.leave_foreign_members and not row.ours and self._already_member(email):
+                return RowOutcome.skipped(
+                    row,
+                    "already on the list, and this sync did not put it there: mirror leaves it alone and will never "
+                    "remove it (take_over_existing=True claims such members)",
+                )
+            self.hook.add_list_member(self.list_id, email=email)  # adding a member already there changes nothing
             return RowOutcome.ok(row)
         user_id = self.hook.find_user_id(email)
         if user_id is not None:

@@ -33,6 +33,12 @@ class BaseSyncOperator(BaseOperator):
     :param batch_size: rows per batch (checkpoint unit); at most the destination's maximum.
     :param send_nulls: send null values (clearing the field) instead of leaving them out.
     :param retry_rejected: re-send rows an earlier run found invalid even though they did not change.
+    :param rebind: the sync's baseline was delivered to another target (another DAG, task, connection, list or
+        import); treat this task's target as new: every current row is sent, nothing is removed, and the baseline
+        is bound to this task. Without it such a run is refused before anything is sent.
+    :param take_over_existing: in a mirror, a record already at the target that this sync did not create is
+        claimed (and so may later be removed) instead of left alone.
+    :param memory_limit: DuckDB memory limit for delivery and commit, e.g. ``"1GB"`` (it spills to disk beyond).
     """
 
     template_fields: Sequence[str] = ("plan", "field_mapping")
@@ -52,6 +58,9 @@ class BaseSyncOperator(BaseOperator):
         batch_size: int | None = None,
         send_nulls: bool = False,
         retry_rejected: bool = False,
+        rebind: bool = False,
+        take_over_existing: bool = False,
+        memory_limit: str | None = None,
         progress_interval: float = 10.0,
         **kwargs: Any,
     ) -> None:
@@ -64,6 +73,7 @@ class BaseSyncOperator(BaseOperator):
         self.sync_id = validate_sync_id(resolved)
         kwargs.setdefault("outlets", [sync_asset(self.sync_id)])
         super().__init__(**kwargs)
+        _take_plan(plan, self.task_id)
         self.plan = plan
         self.field_mapping = field_mapping
         self.dry_run = dry_run
@@ -74,6 +84,9 @@ class BaseSyncOperator(BaseOperator):
         self.batch_size = batch_size
         self.send_nulls = send_nulls
         self.retry_rejected = retry_rejected
+        self.rebind = rebind
+        self.take_over_existing = take_over_existing
+        self.memory_limit = memory_limit
         self.progress_interval = progress_interval
 
     def check_settings(self) -> None:
@@ -104,6 +117,11 @@ class BaseSyncOperator(BaseOperator):
     def make_destination(self) -> Destination:
         """The destination adapter, with its hook."""
 
+    @property
+    @abstractmethod
+    def connection_id(self) -> str:
+        """The Airflow connection this task writes through (part of the sync's binding)."""
+
     def execute(self, context: Any) -> dict[str, Any]:
         plan = _load_plan(self.plan)
         if plan.sync_id != self.sync_id:
@@ -111,7 +129,7 @@ class BaseSyncOperator(BaseOperator):
                 f"The plan is for sync {plan.sync_id!r} but this task writes sync {self.sync_id!r}; pass the matching "
                 "diff task's output."
             )
-        from airflow_provider_zeotap.sync.runner import DeliveryRunner  # DuckDB loads at run time, not parse time
+        from airflow_provider_zeotap.sync.runner import DeliveryRunner, binding_for  # DuckDB loads at run time
 
         storage = SyncStorage(plan.state_uri, plan.sync_id)
         destination = self.make_destination()
@@ -123,6 +141,18 @@ class BaseSyncOperator(BaseOperator):
                 storage=storage,
                 pointer=CommittedPointer(asset_store(context, self.sync_id)),
                 checkpoints=context.get("task_state_store"),
+                binding=binding_for(
+                    destination,
+                    self.mode,
+                    dag_id=self.dag_id,
+                    task_id=self.task_id,
+                    operator=type(self).__name__,
+                    conn_id=self.connection_id,
+                ),
+                rebind=self.rebind,
+                take_over_existing=self.take_over_existing,
+                run_id=context.get("run_id"),
+                memory_limit=self.memory_limit,
                 field_mapping=self.field_mapping,
                 guards=self.guards,
                 dry_run=self.dry_run,
@@ -142,6 +172,24 @@ class BaseSyncOperator(BaseOperator):
                 result.failed,
             )
         return result.model_dump(mode="json")
+
+
+def _take_plan(plan: Any, task_id: str) -> None:
+    """Refuse, when the DAG is parsed, a second sync task fed by the same diff task's plan.
+
+    Two consumers of one plan would each commit their own outcomes over the other's baseline. The
+    runner also refuses it at run time (a plan can come from elsewhere than ``diff.output``).
+    """
+    diff_task = getattr(plan, "operator", None)
+    if diff_task is None or not hasattr(diff_task, "sync_id"):
+        return
+    taken_by = diff_task.__dict__.setdefault("_plan_taken_by", task_id)
+    if taken_by != task_id:
+        raise ConfigurationError(
+            f"Task {task_id!r} and task {taken_by!r} both take the plan of diff task {diff_task.task_id!r}; one plan "
+            "feeds exactly one sync task. To send one source to several destinations, give each destination its own "
+            "diff task with its own sync_id (see the README's fan-out example)."
+        )
 
 
 def _sync_id_of(plan: Any) -> str | None:

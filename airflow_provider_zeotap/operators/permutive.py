@@ -46,6 +46,10 @@ class PermutiveSyncOperator(BaseSyncOperator):
         self.check_settings()
 
     @property
+    def connection_id(self) -> str:
+        return self.permutive_conn_id
+
+    @property
     def mode(self) -> str:
         return self.audience_mode
 

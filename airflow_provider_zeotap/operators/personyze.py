@@ -76,6 +76,10 @@ class PersonyzeSyncOperator(BaseSyncOperator):
         self.check_settings()
 
     @property
+    def connection_id(self) -> str:
+        return self.personyze_conn_id
+
+    @property
     def mode(self) -> str:
         return str(self.sync_mode if self.object_type == "users" else self.audience_mode)
 
@@ -91,7 +95,7 @@ class PersonyzeSyncOperator(BaseSyncOperator):
             list_id=_list_id(self.list_id),
             normalize_email=self.normalize_email,
             max_in_flight=self.max_in_flight,
-            leave_existing_members=self.audience_mode == "mirror",
+            leave_foreign_members=self.audience_mode == "mirror",
         )
 
 

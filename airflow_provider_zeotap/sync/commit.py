@@ -7,7 +7,11 @@ would come back in every later diff.
 
 Outcome files are JSON lines written by the delivery, one object per attempted row::
 
-    {"row_id": 17, "outcome": "succeeded", "operation": "upsert", "reason": null}
+    {"row_id": 17, "outcome": "succeeded", "operation": "upsert", "reason": null,
+     "identity": "jo@example.com", "payload_hash": "…", "payload_fields": ["email", "plan"]}
+
+An applied row keeps ``identity``, ``payload_hash`` and ``payload_fields`` in the snapshot's delivery
+columns: what the destination was given, which the next run compares its payload against.
 
 The runner writes one file per batch and rewrites it when a batch is re-sent after a crash; should a
 row id still occur more than once, the last file in the given list wins, and within a file the last
@@ -24,6 +28,7 @@ from contextlib import closing, contextmanager
 import duckdb
 
 from airflow_provider_zeotap.sync.diff import (
+    DELIVERY_TYPES,
     conform_columns,
     fetch_row,
     open_duckdb,
@@ -34,6 +39,7 @@ from airflow_provider_zeotap.sync.diff import (
     settle_null_types,
 )
 from airflow_provider_zeotap.sync.models import (
+    APPLIED_OUTCOMES,
     CHANGE_COLUMN,
     INTERNAL_PREFIX,
     ROW_ID_COLUMN,
@@ -43,7 +49,12 @@ from airflow_provider_zeotap.sync.models import (
 
 #: Fields of the rejected-rows report next to the primary-key columns.
 _REPORT_FIELDS = ("change", "operation", "outcome", "reason")
-_OUTCOME_SCHEMA = "{row_id: 'BIGINT', outcome: 'VARCHAR', operation: 'VARCHAR', reason: 'VARCHAR'}"
+_OUTCOME_SCHEMA = (
+    "{row_id: 'BIGINT', outcome: 'VARCHAR', operation: 'VARCHAR', reason: 'VARCHAR', "
+    "identity: 'VARCHAR', payload_hash: 'VARCHAR', payload_fields: 'VARCHAR[]'}"
+)
+#: Outcome-file fields kept per row id, and the delivery column each one fills.
+_DELIVERY_FIELDS = {"identity": "__identity", "payload_hash": "__payload_hash", "payload_fields": "__payload_fields"}
 _CHANGE_KINDS = frozenset(change.value for change in Change)
 
 
@@ -60,7 +71,8 @@ def commit_snapshot(
     """Write the next committed snapshot to ``out_path`` and return its row count.
 
     Per key in the changes file: a change of a kind in ``acted_on`` is applied only when its final
-    outcome is 'succeeded' (no outcome means it was never attempted); a change of any other kind is
+    outcome is applied (succeeded, unchanged payload, identity kept; no outcome means it was never
+    attempted); a change of any other kind is
     applied as seen. Applying 'added' or 'changed' takes the new row, applying 'removed' drops the key;
     a change not applied leaves the base row as it was (or absent). Keys without a change keep their
     base row.
@@ -136,7 +148,8 @@ def count_outcomes(outcome_paths: list[str]) -> dict[str, dict[str, int]]:
 
 
 def final_outcomes_sql(outcome_paths: Sequence[str]) -> str:
-    """``(row_id, outcome, operation, reason)``, one row per row id: its last report wins.
+    """``(row_id, outcome, operation, reason, identity, payload_hash, payload_fields)``, one row per row
+    id: its last report wins.
 
     Each file is read on its own with its position in the list, so "last" follows the caller's order
     and not however a glob or the reader would order the files.
@@ -144,20 +157,25 @@ def final_outcomes_sql(outcome_paths: Sequence[str]) -> str:
     if not outcome_paths:
         return (
             'SELECT NULL::BIGINT AS "row_id", NULL::VARCHAR AS "outcome", '
-            'NULL::VARCHAR AS "operation", NULL::VARCHAR AS "reason" WHERE false'
+            'NULL::VARCHAR AS "operation", NULL::VARCHAR AS "reason", NULL::VARCHAR AS "identity", '
+            'NULL::VARCHAR AS "payload_hash", NULL::VARCHAR[] AS "payload_fields" WHERE false'
         )
     reads = "\n                UNION ALL ".join(
-        f"""SELECT {index} AS "file_index", "ordinality" AS "line", "row_id", "outcome", "operation", "reason"
+        f"""SELECT {index} AS "file_index", "ordinality" AS "line", "row_id", "outcome", "operation", "reason",
+                       "identity", "payload_hash", "payload_fields"
                 FROM read_json({quote_literal(path)}, format = 'newline_delimited',
                                columns = {_OUTCOME_SCHEMA}) WITH ORDINALITY"""
         for index, path in enumerate(outcome_paths)
     )
     return f"""
         SELECT "row_id", "last"."outcome" AS "outcome", "last"."operation" AS "operation",
-               "last"."reason" AS "reason"
+               "last"."reason" AS "reason", "last"."identity" AS "identity",
+               "last"."payload_hash" AS "payload_hash", "last"."payload_fields" AS "payload_fields"
         FROM (
             SELECT "row_id",
-                   arg_max({{'outcome': "outcome", 'operation': "operation", 'reason': "reason"}},
+                   arg_max({{'outcome': "outcome", 'operation': "operation", 'reason': "reason",
+                             'identity': "identity", 'payload_hash': "payload_hash",
+                             'payload_fields': "payload_fields"}},
                            ["file_index", "line"]) AS "last"
             FROM ({reads})
             GROUP BY "row_id"
@@ -183,15 +201,22 @@ def _commit_sql(
     base = parquet_relation([base_snapshot]) if base_snapshot is not None else None
     base_schema = relation_schema(con, base) if base is not None else {}
     target = settle_null_types(changes_schema, base_schema)
+    # What this run delivered wins; a change not sent keeps what the base said was delivered.
+    delivered = ", ".join(
+        f'coalesce("a"."o_{field}", "a".{quote_identifier(column)}) AS {quote_identifier(column)}'
+        if column in _delivery_columns_of(con, changes)
+        else f'"a"."o_{field}" AS {quote_identifier(column)}'
+        for field, column in _DELIVERY_FIELDS.items()
+    )
     new_rows = f"""
-            SELECT {conform_columns('"a"', target, changes_schema)}
+            SELECT {conform_columns('"a"', target, changes_schema)}, {delivered}
             FROM "applied" AS "a"
             WHERE "a"."{CHANGE_COLUMN}" <> '{Change.REMOVED.value}'"""
     kept_rows = ""
     if base is not None:
         kept_rows = f"""
-            SELECT {conform_columns('"b"', target, base_schema)}
-            FROM {base} AS "b" ANTI JOIN "applied" AS "a" ON {_key_match(primary_key, base_schema, target)}
+            SELECT {conform_columns('"b"', {**target, **DELIVERY_TYPES}, base_schema)}
+            FROM {base} AS "b" ANTI JOIN "applied" AS "a" ON {key_match(primary_key, base_schema, target)}
             UNION ALL"""
     return f"""
         COPY (
@@ -203,17 +228,23 @@ def _commit_sql(
     """
 
 
+def _delivery_columns_of(con: duckdb.DuckDBPyConnection, relation: str) -> set[str]:
+    return {name for name in relation_schema(con, relation) if name in DELIVERY_TYPES}
+
+
 def _applied_sql(changes: str, outcome_paths: Sequence[str], acted_on: Iterable[str]) -> str:
     """Change rows that take effect: acknowledged ones, and all of a kind the mode does not send."""
     sent = ", ".join(quote_literal(kind) for kind in sorted(acted_on))
     not_sent = f'"c"."{CHANGE_COLUMN}" NOT IN ({sent})' if sent else "true"
-    return f"""SELECT "c".*
+    applied = ", ".join(quote_literal(outcome.value) for outcome in APPLIED_OUTCOMES)
+    delivered = ", ".join(f'"o"."{field}" AS "o_{field}"' for field in _DELIVERY_FIELDS)
+    return f"""SELECT "c".*, {delivered}
                 FROM {changes} AS "c"
                 LEFT JOIN ({final_outcomes_sql(outcome_paths)}) AS "o" ON "c"."{ROW_ID_COLUMN}" = "o"."row_id"
-                WHERE {not_sent} OR "o"."outcome" = '{Outcome.SUCCEEDED.value}'"""
+                WHERE {not_sent} OR "o"."outcome" IN ({applied})"""
 
 
-def _key_match(primary_key: Sequence[str], base_schema: dict[str, str], target: dict[str, str]) -> str:
+def key_match(primary_key: Sequence[str], base_schema: dict[str, str], target: dict[str, str]) -> str:
     """Base key = change key; on their text form where the key's type changed between runs."""
     missing = [column for column in primary_key if column not in base_schema or column not in target]
     if missing:

@@ -43,7 +43,11 @@ import duckdb
 
 from airflow_provider_zeotap.sync.models import (
     CHANGE_COLUMN,
+    DELIVERY_COLUMNS,
+    IDENTITY_COLUMN,
     INTERNAL_PREFIX,
+    PAYLOAD_FIELDS_COLUMN,
+    PAYLOAD_HASH_COLUMN,
     ROW_ID_COLUMN,
     Change,
     PlanCounts,
@@ -64,7 +68,10 @@ DEFAULT_MEMORY_LIMIT = "1GB"
 _NULL_TYPE = '"NULL"'
 
 #: Order of the change kinds in the changes file (and so of ``__row_id``).
-_KIND_ORDER = (Change.ADDED.value, Change.CHANGED.value, Change.REMOVED.value)
+_KIND_ORDER = (Change.ADDED.value, Change.CHANGED.value, Change.REMOVED.value, Change.REFRESH.value)
+
+#: Types of the delivery columns a committed snapshot keeps beside each row (see ``models``).
+DELIVERY_TYPES = {IDENTITY_COLUMN: "VARCHAR", PAYLOAD_HASH_COLUMN: "VARCHAR", PAYLOAD_FIELDS_COLUMN: "VARCHAR[]"}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,7 +266,7 @@ def diff_snapshots(
 ) -> DiffOutput:
     """Write the snapshot, changes and invalid-rows files of one sync run into ``out_dir``.
 
-    ``full_refresh`` re-sends every valid row (unchanged ones as 'changed') and removes nothing, so a
+    ``full_refresh`` re-sends every valid row (unchanged ones as 'refresh') and removes nothing, so a
     destination can be rebuilt without losing rows the source no longer has. No ``source_parts`` at
     all is an empty source whose columns are unknown (an empty list of rows): it is read as no rows in
     the committed snapshot's columns, so the plan can show every key as removed and a guard can judge.
@@ -344,7 +351,8 @@ def _plan_counts(kinds: dict[str, int], *, total: int, invalid: int, full_refres
         added=added,
         changed=changed,
         removed=kinds.get(Change.REMOVED.value, 0),
-        unchanged=0 if full_refresh else total - invalid - added - changed,
+        refresh=kinds.get(Change.REFRESH.value, 0),
+        unchanged=total - invalid - added - changed - kinds.get(Change.REFRESH.value, 0),
         invalid=invalid,
         total=total,
     )
@@ -360,7 +368,7 @@ def _inputs(
     """Read both schemas and check the requested columns before any data is touched."""
     base = parquet_relation([base_snapshot]) if base_snapshot is not None else None
     base_schema = relation_schema(con, base) if base is not None else {}
-    source = _source_relation(source_parts, base, primary_key)
+    source = _source_relation(source_parts, base, base_schema, primary_key)
     source_schema = relation_schema(con, source)
     check_column_names(source_schema)
     _require_columns(source_schema, primary_key, "primary-key column", "the source")
@@ -385,12 +393,15 @@ def _inputs(
     )
 
 
-def _source_relation(source_parts: list[str], base: str | None, primary_key: list[str]) -> str:
+def _source_relation(
+    source_parts: list[str], base: str | None, base_schema: dict[str, str], primary_key: list[str]
+) -> str:
     """The source parts; without any, no rows in the committed columns (or just the key on a first run)."""
     if source_parts:
         return parquet_relation(source_parts)
     if base is not None:
-        return f"(SELECT * FROM {base} LIMIT 0)"
+        user_columns = ", ".join(quote_identifier(c) for c in base_schema if not c.startswith(INTERNAL_PREFIX))
+        return f"(SELECT {user_columns} FROM {base} LIMIT 0)"
     return f"(SELECT {', '.join(f'NULL AS {quote_identifier(c)}' for c in primary_key)} LIMIT 0)"
 
 
@@ -404,8 +415,9 @@ def _require_columns(schema: dict[str, str], wanted: Iterable[str], role: str, w
 def _pending_sql(inputs: _Inputs, full_refresh: bool) -> str:
     """Every key that may need sending or removing, before duplicated keys are set aside.
 
-    That is keys present on one side only, and keys on both whose hash differs (all of them on a full
-    refresh). Removed keys stay here even on a full refresh: their count feeds the duplicate check.
+    That is keys present on one side only, and keys on both whose hash differs; on a full refresh also
+    the unchanged keys, as 'refresh'. Removed keys stay here even on a full refresh: their count feeds
+    the duplicate check.
     """
     keys = inputs.key_aliases()
     on = " AND ".join(f'"cur".{k} = "com".{k}' for k in keys)
@@ -419,7 +431,8 @@ def _pending_sql(inputs: _Inputs, full_refresh: bool) -> str:
         SELECT {merged},
             CASE WHEN "com"."h" IS NULL THEN '{Change.ADDED.value}'
                  WHEN "cur"."h" IS NULL THEN '{Change.REMOVED.value}'
-                 ELSE '{Change.CHANGED.value}' END AS "kind"
+                 WHEN "cur"."h" IS DISTINCT FROM "com"."h" THEN '{Change.CHANGED.value}'
+                 ELSE '{Change.REFRESH.value}' END AS "kind"
         FROM "cur" FULL OUTER JOIN "com" ON {on}
         {wanted}
     """
@@ -482,7 +495,7 @@ def _duplicates_sql(inputs: _Inputs, *, possible: bool) -> str:
 def _delta_sql(inputs: _Inputs, full_refresh: bool) -> str:
     """Every key to send (or remove), numbered in a stable order: kind, then key.
 
-    A full refresh sends every valid current key (unchanged ones as 'changed') and removes nothing.
+    A full refresh sends every valid current key (unchanged ones as 'refresh') and removes nothing.
     """
     keys = ", ".join(inputs.key_aliases())
     rank = " ".join(f"WHEN {quote_literal(kind)} THEN {i}" for i, kind in enumerate(_KIND_ORDER))
@@ -568,17 +581,29 @@ def _invalid_sql(inputs: _Inputs, path: str, *, empty: bool) -> str:
 
 
 def _changes_sql(inputs: _Inputs, path: str) -> str:
-    """Full rows of the delta: current values for added and changed keys, base values for removed."""
+    """Full rows of the delta: current values for added and changed keys, base values for removed.
+
+    Every row also carries what the committed snapshot says was delivered for its key (the delivery
+    columns: identity, payload hash, fields with a value), so the runner can tell a clear from a null
+    that was never sent, and a payload that did not change from one that did. Added keys have none.
+    """
     change_columns = f'"d"."kind" AS "{CHANGE_COLUMN}", "d"."row_id" AS "{ROW_ID_COLUMN}"'
+    delivered = inputs.base is not None and all(c in inputs.base_schema for c in DELIVERY_COLUMNS)
+    if delivered:
+        current_from = f"""{inputs.source} AS "s" JOIN "delta" AS "d" ON {inputs.key_match('"s"', '"d"')}
+            LEFT JOIN (SELECT * FROM {inputs.base} AS "b" SEMI JOIN "delta" AS "d" ON {inputs.key_match('"b"', '"d"')}
+                       WHERE "d"."kind" <> '{Change.ADDED.value}') AS "b" ON {inputs.key_match('"b"', '"d"')}"""
+    else:
+        current_from = f"""{inputs.source} AS "s" JOIN "delta" AS "d" ON {inputs.key_match('"s"', '"d"')}"""
     current = f"""
-            SELECT {inputs.source_projection('"s"')}, {change_columns}
-            FROM {inputs.source} AS "s" JOIN "delta" AS "d" ON {inputs.key_match('"s"', '"d"')}
+            SELECT {inputs.source_projection('"s"')}, {_delivery_projection('"b"' if delivered else None)}, {change_columns}
+            FROM {current_from}
             WHERE "d"."kind" <> '{Change.REMOVED.value}'"""
     removed = ""
     if inputs.base is not None:
         removed = f"""
             UNION ALL
-            SELECT {inputs.base_projection('"b"')}, {change_columns}
+            SELECT {inputs.base_projection('"b"')}, {_delivery_projection('"b"' if delivered else None)}, {change_columns}
             FROM {inputs.base} AS "b" JOIN "delta" AS "d" ON {inputs.key_match('"b"', '"d"')}
             WHERE "d"."kind" = '{Change.REMOVED.value}'"""
     return f"""
@@ -587,6 +612,15 @@ def _changes_sql(inputs: _Inputs, path: str) -> str:
             ORDER BY "{ROW_ID_COLUMN}"
         ) TO {quote_literal(path)} (FORMAT parquet)
     """
+
+
+def _delivery_projection(alias: str | None) -> str:
+    """The delivery columns of the committed row ``alias`` (typed nulls when there is none)."""
+    return ", ".join(
+        f"{alias}.{quote_identifier(name)} AS {quote_identifier(name)}" if alias
+        else f"CAST(NULL AS {type_}) AS {quote_identifier(name)}"
+        for name, type_ in DELIVERY_TYPES.items()
+    )
 
 
 def _write_snapshot(

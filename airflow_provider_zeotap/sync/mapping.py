@@ -7,7 +7,8 @@ import datetime as dt
 import decimal
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_zeotap.errors import ConfigurationError
@@ -61,25 +62,61 @@ def resolve_mapping(
     return mapping
 
 
-def apply_mapping(mapping: Mapping[str, str], row: Mapping[str, Any], *, send_nulls: bool) -> dict[str, Any]:
-    """One source row as the destination's fields, values made JSON-safe."""
+class UnsendableValue(ValueError):
+    """A value JSON cannot carry as it is; the row is rejected with this reason, never changed silently."""
+
+
+@dataclass(frozen=True)
+class MappedRow:
+    """One source row as destination fields, or the reasons it cannot be sent as it is."""
+
+    payload: dict[str, Any]
+    problems: list[str]
+
+
+def apply_mapping(
+    mapping: Mapping[str, str],
+    row: Mapping[str, Any],
+    *,
+    send_nulls: bool,
+    delivered_fields: Collection[str] = (),
+) -> MappedRow:
+    """One source row as the destination's fields, values made JSON-safe.
+
+    A null is left out (the destination keeps what it has) unless ``send_nulls``, or unless the field
+    is in ``delivered_fields``: it had a value the destination acknowledged, so the null is a clear and
+    must arrive as one (the adapter sends it the way its API clears a field).
+    """
     payload: dict[str, Any] = {}
+    problems: list[str] = []
     for dest, src in mapping.items():
-        value = to_json_value(row.get(src))
-        if value is None and not send_nulls:
+        try:
+            value = to_json_value(row.get(src))
+        except UnsendableValue as problem:
+            problems.append(f"field {dest!r} (from column {src!r}): {problem}")
+            continue
+        if value is None and not (send_nulls or dest in delivered_fields):
             continue
         payload[dest] = value
-    return payload
+    return MappedRow(payload, problems)
 
 
 def to_json_value(value: Any) -> Any:
-    """Warehouse types (dates, decimals, bytes, NaN) as values a JSON API accepts."""
+    """Warehouse types as values a JSON API accepts; see the README's conversion table.
+
+    Raises ``UnsendableValue`` for what has no faithful JSON form (NaN, infinities, a decimal with more
+    digits than a JSON number keeps): changing it quietly would deliver a value nobody wrote.
+    """
     if value is None or isinstance(value, (bool, int, str)):
         return value
     if isinstance(value, float):
-        return None if math.isnan(value) or math.isinf(value) else value
+        if math.isnan(value) or math.isinf(value):
+            raise UnsendableValue(
+                f"{value} has no JSON form; replace it in the source (e.g. NULLIF / CASE WHEN ... THEN NULL)"
+            )
+        return value
     if isinstance(value, decimal.Decimal):
-        return int(value) if value == value.to_integral_value() else float(value)
+        return _decimal(value)
     if isinstance(value, (dt.datetime, dt.date, dt.time)):
         return value.isoformat()
     if isinstance(value, dt.timedelta):
@@ -93,3 +130,18 @@ def to_json_value(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [to_json_value(v) for v in value]
     return str(value)
+
+
+def _decimal(value: decimal.Decimal) -> int | float:
+    """An integral decimal as an integer; another as the float with exactly its value, or refused."""
+    if not value.is_finite():
+        raise UnsendableValue(f"decimal {value} has no JSON form; replace it in the source")
+    if value == value.to_integral_value():
+        return int(value)
+    as_float = float(value)
+    if decimal.Decimal(repr(as_float)) != value.normalize():
+        raise UnsendableValue(
+            f"decimal {value} has more digits than a JSON number keeps exactly; round it in the source "
+            "(ROUND(x, n)) or send it as text (CAST(x AS VARCHAR))"
+        )
+    return as_float

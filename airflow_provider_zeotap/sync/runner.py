@@ -1,26 +1,35 @@
 """The delivery runner every destination operator uses.
 
-plan + mode -> the changes that mode sends -> field mapping -> batches -> the destination -> one outcome
-per row -> outcomes files -> commit. Batches are cut in a deterministic order, and after each one the
-next batch index is checkpointed, so a task retried after a crash resumes where it stopped: at most
-one batch is sent twice, and the commit (computed from the plan's base and every outcomes file) comes
-out the same.
+plan + mode -> the changes that mode sends -> field mapping -> identity checks -> batches -> ownership
+records -> the destination -> one outcome per row -> outcomes files -> commit. Batches are cut in a
+deterministic order, and after each one the next batch index is checkpointed, so a task retried after
+a crash resumes where it stopped: at most one batch is sent twice, and the commit (computed from the
+plan's base and every outcomes file) comes out the same.
+
+Before anything is sent, three checks stand between a plan and the destination: the baseline must
+have been delivered to this task's target (the binding), the plan's base must still be the committed
+state (a stale plan sends nothing), and no other task may have taken the plan.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import os
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
-from functools import cached_property
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any
 
 import duckdb
 
-from airflow_provider_zeotap.errors import ConfigurationError, FatalError
+from airflow_provider_zeotap.errors import BindingError, ConfigurationError
+from airflow_provider_zeotap.sync.commit import commit_snapshot, count_outcomes, write_rejected_rows
 from airflow_provider_zeotap.sync.destination import (
     BatchRefused,
     DeliveryStopped,
@@ -28,13 +37,16 @@ from airflow_provider_zeotap.sync.destination import (
     OutboundRow,
     RowOutcome,
 )
-from airflow_provider_zeotap.sync.commit import commit_snapshot, count_outcomes, write_rejected_rows
-from airflow_provider_zeotap.sync.diff import quote_identifier
+from airflow_provider_zeotap.sync.diff import open_duckdb, parquet_relation, quote_identifier, quote_literal
 from airflow_provider_zeotap.sync.guards import Guards
-from airflow_provider_zeotap.sync.mapping import apply_mapping, resolve_mapping
+from airflow_provider_zeotap.sync.identity import IdentityCheck, identity_verdicts
+from airflow_provider_zeotap.sync.mapping import MappedRow, apply_mapping, resolve_mapping
 from airflow_provider_zeotap.sync.models import (
     CHANGE_COLUMN,
+    PAYLOAD_FIELDS_COLUMN,
+    PAYLOAD_HASH_COLUMN,
     ROW_ID_COLUMN,
+    Binding,
     Change,
     CommittedState,
     OperationCounts,
@@ -43,6 +55,7 @@ from airflow_provider_zeotap.sync.models import (
     SyncResult,
 )
 from airflow_provider_zeotap.sync.modes import OPERATION_ORDER, Operation, OperationTable
+from airflow_provider_zeotap.sync.ownership import OwnershipLog
 from airflow_provider_zeotap.sync.progress import Progress
 from airflow_provider_zeotap.sync.remembered import fingerprint, load_remembered, write_remembered
 from airflow_provider_zeotap.sync.state import CommittedPointer, KeyValueStore
@@ -51,15 +64,44 @@ from airflow_provider_zeotap.sync.storage import SyncStorage
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "delivery:"
+#: Ownership records of runs without a binding (the engine used outside Airflow, in tests).
+_UNBOUND_TARGET = "unbound"
+
+
+def binding_for(
+    destination: Destination, mode: str, *, dag_id: str, task_id: str, operator: str, conn_id: str
+) -> Binding:
+    """The binding of a sync task: who delivers, through which connection, to which target, in which family."""
+    table = destination.capabilities.operations_for(mode)
+    added = table.get(Change.ADDED)
+    return Binding(
+        dag_id=dag_id,
+        task_id=task_id,
+        operator=operator,
+        conn_id=conn_id,
+        destination=destination.capabilities.name,
+        target={str(k): str(v) for k, v in destination.target().items()},
+        mode_family="removes" if added is not None and added.removes else "delivers",
+    )
+
+
+def payload_fingerprint(payload: Mapping[str, Any]) -> tuple[str, list[str]]:
+    """What a payload gives the destination: a hash of its values, and the fields that have one.
+
+    Nulls are left out of both: a field left out and a field cleared leave the destination alike, so a
+    payload that only differs in them is the same payload.
+    """
+    held = {k: v for k, v in payload.items() if v is not None}
+    content = json.dumps(held, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(content.encode("utf-8")).hexdigest()[:32], sorted(held)
 
 
 @dataclass
 class _BatchStopped(Exception):
-    """``DeliveryStopped`` with the batch's local rejections and fingerprints added."""
+    """``DeliveryStopped`` with the batch's local outcomes added."""
 
     error: Exception
     outcomes: list[RowOutcome]
-    fingerprints: dict[int, str]
 
 
 @dataclass
@@ -67,6 +109,20 @@ class _Batch:
     index: int
     operation: Operation
     rows: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    """A change row ready for the wire, with what the commit keeps about it."""
+
+    row: OutboundRow
+    mapped: MappedRow
+    identity: str
+    payload_hash: str
+    payload_fields: list[str]
+
+    def record(self) -> dict[str, Any]:
+        return {"identity": self.identity, "payload_hash": self.payload_hash, "payload_fields": self.payload_fields}
 
 
 class DeliveryRunner:
@@ -79,6 +135,10 @@ class DeliveryRunner:
         storage: SyncStorage,
         pointer: CommittedPointer | None,
         checkpoints: KeyValueStore | None = None,
+        binding: Binding | None = None,
+        rebind: bool = False,
+        take_over_existing: bool = False,
+        run_id: str | None = None,
         field_mapping: Mapping[str, str] | None = None,
         guards: Guards | None = None,
         dry_run: bool = False,
@@ -87,6 +147,7 @@ class DeliveryRunner:
         send_nulls: bool = False,
         retry_rejected: bool = False,
         progress_interval: float = 10.0,
+        memory_limit: str | None = None,
     ) -> None:
         self.plan = plan
         self.destination = destination
@@ -96,6 +157,10 @@ class DeliveryRunner:
         self.storage = storage
         self.pointer = pointer
         self.checkpoints = checkpoints
+        self.binding = binding
+        self.rebind = rebind
+        self.take_over_existing = take_over_existing
+        self.run_id = run_id
         self.guards = guards or Guards()
         self.dry_run = dry_run
         self.dry_run_sample = dry_run_sample
@@ -103,6 +168,7 @@ class DeliveryRunner:
         self.send_nulls = send_nulls
         self.retry_rejected = retry_rejected
         self.progress_interval = progress_interval
+        self.memory_limit = memory_limit
         self.mapping = resolve_mapping(
             field_mapping,
             source_columns=plan.source_columns,
@@ -112,6 +178,12 @@ class DeliveryRunner:
             accepts_any_field=self.capabilities.accepts_any_field,
         )
         self._check_identity()
+        self.ownership = OwnershipLog(storage, binding.target_key() if binding else _UNBOUND_TARGET)
+        #: True when the baseline belongs to another target and ``rebind`` starts this one afresh.
+        self.rebinding = False
+        self.changes_path = ""
+        self.verdicts: dict[int, tuple[Outcome, str]] = {}
+        self.attempted: set[str] = set()
 
     def _check_identity(self) -> None:
         """A mode that removes must be keyed by what identifies a member (see ``identity_fields``)."""
@@ -126,10 +198,36 @@ class DeliveryRunner:
                 f"primary_key={self.mapping[field]!r} on the diff task."
             )
 
+    def _check_binding(self) -> bool:
+        """Refuse a baseline delivered to another target; with ``rebind``, start this target afresh."""
+        base = self.plan.base
+        if self.binding is None or base is None or base.binding is None:
+            return False
+        differences = base.binding.differences(self.binding)
+        if not differences:
+            return False
+        if self.rebind:
+            log.warning(
+                "Sync %r: rebinding. Its baseline was delivered to %s; this task delivers to %s. Every current row is "
+                "sent as new (a full refresh that removes nothing), and the baseline is bound to this task.",
+                self.plan.sync_id, base.binding.describe(), self.binding.describe(),
+            )
+            return True
+        raise BindingError(
+            f"Sync {self.plan.sync_id!r} has a baseline that was delivered to {base.binding.describe()}, but this task "
+            f"delivers to {self.binding.describe()} (different: {', '.join(differences)}). That baseline says nothing "
+            "about what this target holds, so nothing was sent. If this is a second sync, give its diff task its own "
+            "sync_id (one sync_id per destination). If the target really changed, pass rebind=True to this task once: "
+            "every current row is sent to the new target as new, nothing is removed, and the baseline is bound to it."
+        )
+
     # -- the run -----------------------------------------------------------------------------------
     def run(self) -> SyncResult:
         started = time.monotonic()
-        counts = self.plan.counts.model_dump()
+        self.rebinding = self._check_binding()
+        if self.pointer is not None:
+            self.pointer.check(self.plan)  # a stale plan sends nothing
+        self.changes_path, counts = self._changes()
         removals = sum(counts[change.value] for change, op in self.table.items() if op.removes)
         selected = sum(counts[change.value] for change in self.table)
         not_acted_on = sum(counts[c.value] for c in Change if c not in self.table)
@@ -144,11 +242,15 @@ class DeliveryRunner:
             not_acted_on,
             " (dry run: nothing is sent or committed)" if self.dry_run else "",
         )
+        if self.pointer is not None and self.binding is not None and not self.dry_run:
+            self.pointer.claim(self.plan, self.binding)
         if selected:
             self.destination.prepare(dry_run=self.dry_run)
+        self.verdicts = self._identity_verdicts()
         if self.dry_run:
-            return self._dry_run(selected, not_acted_on, started)
+            return self._dry_run(selected, not_acted_on, counts, started)
 
+        self.attempted = self.ownership.load()  # before this try records anything of its own
         resume_from = self._checkpoint()
         if resume_from:
             log.info("Resuming plan %s after batch %d (checkpoint of an earlier try)", self.plan.plan_id, resume_from)
@@ -160,12 +262,13 @@ class DeliveryRunner:
                     if batch.index < resume_from:
                         progress.done += len(batch.rows)  # delivered by an earlier try
                         continue
+                    prepared = [self._prepare(raw) for raw in batch.rows]
                     try:
-                        outcomes, fingerprints = self._deliver_batch(batch)
+                        outcomes = self._deliver_batch(batch, prepared)
                     except _BatchStopped as stopped:
-                        self._write_outcomes(batch, stopped.outcomes, stopped.fingerprints)
+                        self._write_outcomes(batch, stopped.outcomes, prepared)
                         raise stopped.error from None
-                    self._write_outcomes(batch, outcomes, fingerprints)
+                    self._write_outcomes(batch, outcomes, prepared)
                     self._save_checkpoint(batch.index + 1)
                     progress.add(outcomes)
             except BaseException:
@@ -174,23 +277,43 @@ class DeliveryRunner:
             progress.log()
         paths = self._outcome_paths(batches)
         committed = self._commit(paths)
-        return self._result(paths, batches, resume_from, not_acted_on, committed, started)
+        return self._result(paths, batches, resume_from, not_acted_on, counts, committed, started)
 
-    # -- batches -----------------------------------------------------------------------------------
+    # -- what to send ------------------------------------------------------------------------------
+    def _changes(self) -> tuple[str, dict[str, int]]:
+        """The changes file to deliver and its counts per kind: the plan's, or on a rebind every row as new."""
+        if not self.rebinding:
+            return self.storage.fetch(self.plan.changes_uri), self.plan.counts.model_dump()
+        path = self.storage.to_local(self.storage.plan_uri(self.plan.plan_id, "delivery", "rebind_changes.parquet"))
+        rows = _refresh_changes(
+            self.storage.fetch(self.plan.snapshot_uri), self.plan.primary_key, path, self.memory_limit
+        )
+        counts = {change.value: 0 for change in Change}
+        counts[Change.REFRESH.value] = rows
+        return path, counts
+
+    @property
+    def _base_snapshot(self) -> str | None:
+        """The baseline this delivery moves forward: none when the target is new (rebind)."""
+        base = self.plan.base
+        return None if base is None or self.rebinding else self.storage.fetch(base.snapshot_uri)
+
     def _batches(self) -> Iterator[_Batch]:
-        """Selected changes, removals first, each operation in row-id order, cut every ``batch_size`` rows."""
-        path = self.storage.fetch(self.plan.changes_uri)
+        """Selected changes, removals first, each operation in row-id order, cut every ``batch_size`` rows.
+
+        The changes file is written in row-id order and read back in that order (insertion order kept),
+        so no sort runs here and memory stays at one batch whatever the file's size.
+        """
         index = 0
-        with duckdb.connect() as con:
+        with self._duckdb() as con:
             for operation in OPERATION_ORDER:
                 kinds = [change.value for change, op in self.table.items() if op == operation]
                 if not kinds:
                     continue
                 placeholders = ", ".join("?" * len(kinds))
                 reader = con.sql(
-                    f"SELECT * FROM read_parquet(?) WHERE {quote_identifier(CHANGE_COLUMN)} IN ({placeholders}) "
-                    f"ORDER BY {quote_identifier(ROW_ID_COLUMN)}",
-                    params=[path, *kinds],
+                    f"SELECT * FROM read_parquet(?) WHERE {quote_identifier(CHANGE_COLUMN)} IN ({placeholders})",
+                    params=[self.changes_path, *kinds],
                 ).to_arrow_reader(self.batch_size)
                 pending: list[dict[str, Any]] = []
                 for record_batch in reader:
@@ -203,41 +326,115 @@ class DeliveryRunner:
                     yield _Batch(index, operation, pending)
                     index += 1
 
-    def _outbound(self, row: dict[str, Any]) -> OutboundRow:
-        return OutboundRow(
-            row_id=int(row[ROW_ID_COLUMN]),
-            change=Change(row[CHANGE_COLUMN]),
-            key={k: row.get(k) for k in self.plan.primary_key},
-            payload=apply_mapping(self.mapping, row, send_nulls=self.send_nulls),
-        )
+    @contextmanager
+    def _duckdb(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A DuckDB connection under the task's memory limit, spilling into a folder removed afterwards."""
+        folder = self.storage.local_dir(self.storage.plan_uri(self.plan.plan_id, "delivery"))
+        with (
+            tempfile.TemporaryDirectory(prefix=".duckdb-", dir=folder) as spill,
+            closing(open_duckdb(spill, memory_limit=self.memory_limit, preserve_order=True)) as con,
+        ):
+            yield con
 
-    def _rejection(self, operation: Operation, row: OutboundRow) -> str | None:
-        missing = [f for f in self.capabilities.required_fields if row.payload.get(f) in (None, "")]
-        if missing:
-            sources = ", ".join(f"{f} <- {self.mapping[f]}" for f in missing)
-            return f"missing required field(s) {missing} (mapped from: {sources})"
+    def _prepare(self, raw: dict[str, Any]) -> _Prepared:
+        """Map one change row; work out its identity, payload fingerprint, and whether its record is ours."""
+        change = Change(raw[CHANGE_COLUMN])
+        delivered = raw.get(PAYLOAD_FIELDS_COLUMN) or () if change is not Change.ADDED else ()
+        mapped = apply_mapping(self.mapping, raw, send_nulls=self.send_nulls, delivered_fields=delivered)
+        row = OutboundRow(
+            row_id=int(raw[ROW_ID_COLUMN]),
+            change=change,
+            key={k: raw.get(k) for k in self.plan.primary_key},
+            payload=mapped.payload,
+        )
+        identity = self._identity(row)
+        ours = (
+            (change is not Change.ADDED and not self.rebinding)
+            or identity in self.attempted
+            or self.take_over_existing
+        )
+        payload_hash, fields = payload_fingerprint(row.payload)
+        return _Prepared(replace(row, ours=ours), mapped, identity, payload_hash, fields)
+
+    def _identity(self, row: OutboundRow) -> str:
+        """The record a row becomes; by default its primary key (as JSON)."""
+        identity = self.destination.identity(row)
+        return identity if identity is not None else json.dumps(dict(row.key), sort_keys=True, default=str)
+
+    def _identity_verdicts(self) -> dict[int, tuple[Outcome, str]]:
+        """Rows two of which would become one record (rejected), and removals of a record still wanted."""
+        def identities() -> Iterator[IdentityCheck]:
+            with self._duckdb() as con:
+                reader = con.sql(
+                    f"SELECT * FROM read_parquet(?) WHERE {quote_identifier(CHANGE_COLUMN)} IN "
+                    f"({', '.join(quote_literal(c.value) for c in self.table)})",
+                    params=[self.changes_path],
+                ).to_arrow_reader(10_000)
+                for record_batch in reader:
+                    for raw in record_batch.to_pylist():
+                        prepared = self._prepare(raw)
+                        yield IdentityCheck(prepared.row.row_id, prepared.row.change.value,
+                                            prepared.identity, json.dumps(dict(prepared.row.key), default=str))
+
+        folder = self.storage.local_dir(self.storage.plan_uri(self.plan.plan_id, "delivery"))
+        verdicts = identity_verdicts(
+            identities(),
+            base_snapshot=self._base_snapshot,
+            changes_path=self.changes_path,
+            primary_key=self.plan.primary_key,
+            work_dir=folder,
+            memory_limit=self.memory_limit,
+        )
+        if verdicts:
+            log.warning("%d rows share their identity with another row or keep a record another row still has; "
+                        "see the rejected-rows file", len(verdicts))
+        return verdicts
+
+    def _rejection(self, operation: Operation, item: _Prepared) -> str | None:
+        if item.mapped.problems:
+            return "; ".join(item.mapped.problems)
+        row = item.row
+        if not operation.removes:
+            missing = [f for f in self.capabilities.required_fields if row.payload.get(f) in (None, "")]
+            if missing:
+                sources = ", ".join(f"{f} <- {self.mapping[f]}" for f in missing)
+                return f"missing required field(s) {missing} (mapped from: {sources})"
         return self.destination.validate(operation, row)
 
-    def _deliver_batch(self, batch: _Batch) -> tuple[list[RowOutcome], dict[int, str]]:
-        """Outcomes of one batch, and the fingerprint of every row in it (for remembering rejections)."""
+    def _local_outcome(self, operation: Operation, item: _Prepared, raw_hash: Any) -> RowOutcome | None:
+        """The outcome of a row that needs no request, or None to send it."""
+        row = item.row
+        verdict = self.verdicts.get(row.row_id)
+        if verdict is not None and verdict[0] is Outcome.REJECTED:
+            return RowOutcome.rejected(row, verdict[1])
+        reason = self._rejection(operation, item)
+        if reason:  # checked every run (it costs no request), so a fix in the settings takes effect
+            return RowOutcome.rejected(row, reason)
+        known = None if self.retry_rejected else self._rejections.get(fingerprint(operation, row))
+        if known:
+            return RowOutcome.rejected(row, known["reason"], permanent=True)
+        if verdict is not None:
+            return RowOutcome(row.row_id, verdict[0], verdict[1])
+        if row.change is Change.CHANGED and not operation.removes and raw_hash == item.payload_hash:
+            return RowOutcome(row.row_id, Outcome.UNCHANGED_PAYLOAD, "the payload equals the one delivered")
+        return None
+
+    def _deliver_batch(self, batch: _Batch, prepared: list[_Prepared]) -> list[RowOutcome]:
         outcomes: list[RowOutcome] = []
         sendable: list[OutboundRow] = []
-        fingerprints: dict[int, str] = {}
-        for raw in batch.rows:
-            row = self._outbound(raw)
-            fingerprints[row.row_id] = key = fingerprint(batch.operation, row)
-            reason = self._rejection(batch.operation, row)
-            known = None if self.retry_rejected else self._rejections.get(key)
-            if reason:  # checked every run (it costs no request), so a fix in the settings takes effect
-                outcomes.append(RowOutcome.rejected(row, reason))
-            elif known:
-                outcomes.append(RowOutcome.rejected(row, known["reason"], permanent=True))
+        for raw, item in zip(batch.rows, prepared):
+            local = self._local_outcome(batch.operation, item, raw.get(PAYLOAD_HASH_COLUMN))
+            if local is not None:
+                outcomes.append(local)
             else:
-                sendable.append(row)
+                sendable.append(item.row)
+        if sendable and not batch.operation.removes:
+            by_id = {item.row.row_id: item.identity for item in prepared}
+            self.ownership.record(self.plan.plan_id, batch.index, (by_id[row.row_id] for row in sendable))
         try:
-            return outcomes + self._deliver(batch.operation, sendable), fingerprints
+            return outcomes + self._deliver(batch.operation, sendable)
         except DeliveryStopped as stopped:
-            raise _BatchStopped(stopped.error, outcomes + stopped.outcomes, fingerprints) from None
+            raise _BatchStopped(stopped.error, outcomes + stopped.outcomes) from None
 
     @cached_property
     def _rejections(self) -> dict[str, dict[str, Any]]:
@@ -271,21 +468,24 @@ class DeliveryRunner:
     def _outcomes_uri(self, index: int) -> str:
         return self.storage.plan_uri(self.plan.plan_id, "delivery", f"outcomes-{index:06d}.jsonl")
 
-    def _write_outcomes(self, batch: _Batch, outcomes: Sequence[RowOutcome], fingerprints: dict[int, str]) -> None:
+    def _write_outcomes(self, batch: _Batch, outcomes: Sequence[RowOutcome], prepared: Sequence[_Prepared]) -> None:
         uri = self._outcomes_uri(batch.index)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        by_id = {item.row.row_id: item for item in prepared}
         with open(self.storage.to_local(uri), "w", encoding="utf-8") as handle:
             for outcome in outcomes:
+                item = by_id[outcome.row_id]
                 record: dict[str, Any] = {
                     "row_id": outcome.row_id,
                     "outcome": outcome.outcome.value,
                     "operation": batch.operation.value,
                     "reason": outcome.reason,
+                    **item.record(),
                 }
                 if outcome.permanent:
-                    fingerprint = fingerprints[outcome.row_id]
-                    record["fingerprint"] = fingerprint
-                    record["since"] = self._rejections.get(fingerprint, {}).get("since", now)
+                    fingerprint_ = fingerprint(batch.operation, item.row)
+                    record["fingerprint"] = fingerprint_
+                    record["since"] = self._rejections.get(fingerprint_, {}).get("since", now)
                 handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         self.storage.publish(uri)
 
@@ -312,18 +512,21 @@ class DeliveryRunner:
         plan = self.plan
         if self.pointer is None:
             return None
-        if not (plan.counts.added or plan.counts.changed or plan.counts.removed):
+        nothing = not (plan.counts.added or plan.counts.changed or plan.counts.removed or plan.counts.refresh)
+        if nothing and not self.rebinding and (plan.base is None or plan.base.binding is not None or not self.binding):
             log.info("Nothing changed since the committed snapshot; the baseline stays as it is")
             return plan.base
         snapshot_id = f"{plan.plan_id}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"
         uri = self.storage.committed_uri(snapshot_id)
+        local = self.storage.to_local(uri)
         rows = commit_snapshot(
-            base_snapshot=self.storage.fetch(plan.base.snapshot_uri) if plan.base else None,
-            changes_path=self.storage.fetch(plan.changes_uri),
+            base_snapshot=self._base_snapshot,
+            changes_path=self.changes_path,
             outcome_paths=outcome_paths,
             acted_on={change.value for change in self.table},
             primary_key=plan.primary_key,
-            out_path=self.storage.to_local(uri),
+            out_path=local,
+            memory_limit=self.memory_limit,
         )
         self.storage.publish(uri)
         state = CommittedState(
@@ -334,9 +537,13 @@ class DeliveryRunner:
             committed_at=datetime.now(timezone.utc),
             primary_key=plan.primary_key,
             rejected_uri=self._write_rejections(snapshot_id, outcome_paths),
+            binding=self.binding,
+            run_id=self.run_id,
+            mode=self.mode,
         )
         self.pointer.compare_and_set(plan, state)
         log.info("Committed snapshot %s of sync %r: %d rows", snapshot_id, plan.sync_id, rows)
+        self.ownership.compact(snapshot_path=local, outcome_paths=outcome_paths, snapshot_id=snapshot_id)
         keep = {snapshot_id} | ({plan.base.snapshot_id} if plan.base else set())
         if removed := self.storage.prune(keep_plan=plan.plan_id, keep_snapshots=keep):
             log.info("Removed %d old plan folders and snapshots of sync %r", len(removed), plan.sync_id)
@@ -369,24 +576,19 @@ class DeliveryRunner:
         batches: int,
         resumed_from: int,
         not_acted_on: int,
+        counts: Mapping[str, int],
         committed: CommittedState | None,
         started: float,
     ) -> SyncResult:
         per_operation = count_outcomes(paths) if paths else {}
         operations = {
-            op: OperationCounts(
-                selected=sum(by_outcome.values()),
-                succeeded=by_outcome.get(Outcome.SUCCEEDED.value, 0),
-                rejected=by_outcome.get(Outcome.REJECTED.value, 0),
-                failed=by_outcome.get(Outcome.FAILED.value, 0),
-                skipped=by_outcome.get(Outcome.SKIPPED.value, 0),
-            )
+            op: OperationCounts(selected=sum(by_outcome.values()), **{o.value: by_outcome.get(o.value, 0) for o in Outcome})
             for op, by_outcome in per_operation.items()
         }
         rejected_uri = self.storage.plan_uri(self.plan.plan_id, "rejected_rows.jsonl")
         bad = (
             write_rejected_rows(
-                changes_path=self.storage.fetch(self.plan.changes_uri),
+                changes_path=self.changes_path,
                 outcome_paths=paths,
                 primary_key=self.plan.primary_key,
                 out_path=self.storage.to_local(rejected_uri),
@@ -396,16 +598,16 @@ class DeliveryRunner:
         )
         if bad:
             self.storage.publish(rejected_uri)
+        totals = {o.value: sum(getattr(c, o.value) for c in operations.values()) for o in Outcome}
         result = SyncResult(
             sync_id=self.plan.sync_id,
             plan_id=self.plan.plan_id,
             destination=self.capabilities.name,
             mode=self.mode,
             operations=operations,
-            succeeded=sum(c.succeeded for c in operations.values()),
-            rejected=sum(c.rejected for c in operations.values()),
-            failed=sum(c.failed for c in operations.values()),
-            skipped=sum(c.skipped for c in operations.values()),
+            **totals,
+            refreshed=counts.get(Change.REFRESH.value, 0) if Change.REFRESH in self.table else 0,
+            rebound=self.rebinding,
             not_acted_on=not_acted_on,
             rejected_rows_uri=rejected_uri if bad else None,
             committed=committed,
@@ -414,19 +616,22 @@ class DeliveryRunner:
             duration_seconds=round(time.monotonic() - started, 3),
         )
         log.info(
-            "%s done: %d succeeded, %d rejected, %d failed, %d left alone in %d batches (%.1f s)%s",
+            "%s done: %d succeeded, %d unchanged payload (not sent), %d rejected, %d failed, %d left alone, "
+            "%d removals not sent (identity still wanted) in %d batches (%.1f s)%s",
             self.capabilities.name,
             result.succeeded,
+            result.unchanged_payload,
             result.rejected,
             result.failed,
             result.skipped,
+            result.identity_kept,
             batches,
             result.duration_seconds,
             f"; rejected and failed rows with reasons: {rejected_uri}" if bad else "",
         )
         return result
 
-    def _dry_run(self, selected: int, not_acted_on: int, started: float) -> SyncResult:
+    def _dry_run(self, selected: int, not_acted_on: int, counts: Mapping[str, int], started: float) -> SyncResult:
         """Everything up to the wire: mapping, validation, batching. The first payloads go to a file."""
         uri = self.storage.plan_uri(self.plan.plan_id, "dry_run_payloads.jsonl")
         per_operation: dict[str, dict[str, int]] = {}
@@ -435,15 +640,16 @@ class DeliveryRunner:
         with open(self.storage.to_local(uri), "w", encoding="utf-8") as handle:
             for batch in self._batches():
                 batches += 1
-                counts = per_operation.setdefault(batch.operation.value, {"selected": 0, "rejected": 0})
+                tally = per_operation.setdefault(batch.operation.value, {"selected": 0, "rejected": 0})
                 for raw in batch.rows:
-                    row = self._outbound(raw)
-                    counts["selected"] += 1
-                    reason = self._rejection(batch.operation, row)
-                    counts["rejected"] += bool(reason)
+                    item = self._prepare(raw)
+                    tally["selected"] += 1
+                    verdict = self.verdicts.get(item.row.row_id)
+                    reason = verdict[1] if verdict and verdict[0] is Outcome.REJECTED else self._rejection(batch.operation, item)
+                    tally["rejected"] += bool(reason)
                     if written < self.dry_run_sample:
-                        record = {"operation": batch.operation.value, "change": row.change.value,
-                                  "key": row.key, "payload": row.payload, "would_reject": reason}
+                        record = {"operation": batch.operation.value, "change": item.row.change.value,
+                                  "key": item.row.key, "payload": item.row.payload, "would_reject": reason}
                         handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
                         written += 1
         self.storage.publish(uri)
@@ -456,12 +662,45 @@ class DeliveryRunner:
             dry_run=True,
             operations={op: OperationCounts(selected=c["selected"], rejected=c["rejected"]) for op, c in per_operation.items()},
             rejected=sum(c["rejected"] for c in per_operation.values()),
+            refreshed=counts.get(Change.REFRESH.value, 0) if Change.REFRESH in self.table else 0,
+            rebound=self.rebinding,
             not_acted_on=not_acted_on,
             dry_run_payloads_uri=uri,
             committed=self.plan.base,
             batches=batches,
             duration_seconds=round(time.monotonic() - started, 3),
         )
+
+
+def _refresh_changes(snapshot_path: str, primary_key: Sequence[str], out_path: str, memory_limit: str | None) -> int:
+    """Every row of a snapshot as a 'refresh' change, numbered in key order: a target that is new gets all.
+
+    Written once per plan to a fixed name, so a retried task cuts the same batches and resumes.
+    """
+    if os.path.exists(out_path):
+        with closing(duckdb.connect()) as con:
+            row = con.execute("SELECT count(*) FROM read_parquet(?)", [out_path]).fetchone()
+        return int(row[0]) if row else 0
+    keys = ", ".join(quote_identifier(c) for c in primary_key)
+    folder = os.path.dirname(out_path)
+    os.makedirs(folder, exist_ok=True)
+    partial = out_path + ".partial"
+    with (
+        tempfile.TemporaryDirectory(prefix=".duckdb-", dir=folder) as spill,
+        closing(open_duckdb(spill, memory_limit=memory_limit, preserve_order=True)) as con,
+    ):
+        (rows,) = con.execute(
+            f"""COPY (
+                SELECT *, CAST(NULL AS VARCHAR) AS "__identity", CAST(NULL AS VARCHAR) AS "__payload_hash",
+                       CAST(NULL AS VARCHAR[]) AS "__payload_fields",
+                       '{Change.REFRESH.value}' AS {quote_identifier(CHANGE_COLUMN)},
+                       row_number() OVER (ORDER BY {keys}) - 1 AS {quote_identifier(ROW_ID_COLUMN)}
+                FROM {parquet_relation([snapshot_path])}
+                ORDER BY {quote_identifier(ROW_ID_COLUMN)}
+            ) TO {quote_literal(partial)} (FORMAT parquet)"""
+        ).fetchone() or (0,)
+    os.replace(partial, out_path)
+    return int(rows)
 
 
 def _complete(rows: Sequence[OutboundRow], outcomes: Sequence[RowOutcome]) -> list[RowOutcome]:

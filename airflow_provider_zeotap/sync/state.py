@@ -11,12 +11,14 @@ from typing import Any, Protocol
 
 from airflow.sdk import Asset
 
-from airflow_provider_zeotap.errors import StaleBaseError, ZeotapProviderError
-from airflow_provider_zeotap.sync.models import CommittedState, Plan
+from airflow_provider_zeotap.errors import ConfigurationError, StaleBaseError, ZeotapProviderError
+from airflow_provider_zeotap.sync.models import Binding, CommittedState, Plan
 from airflow_provider_zeotap.sync.storage import validate_sync_id
 
 ASSET_SCHEME = "zeotap-sync"
 POINTER_KEY = "committed"
+#: Which sync task took which plan: one plan feeds exactly one sync task.
+CLAIM_KEY = "plan_claim"
 
 
 class KeyValueStore(Protocol):
@@ -51,6 +53,25 @@ class CommittedPointer:
         value = self.store.get(POINTER_KEY)
         return CommittedState.model_validate(value) if value else None
 
+    def check(self, plan: Plan) -> CommittedState | None:
+        """Refuse a plan whose base is no longer the committed state; return the current state.
+
+        Runs before the first write as well as at commit: a cleared and re-run old sync task must not
+        deliver a stale plan (its writes would never be recorded, and would undo the newer run's).
+        A commit of this same plan (a retried task) is the plan's own and passes.
+        """
+        current = self.read()
+        base_id = plan.base.snapshot_id if plan.base else None
+        current_id = current.snapshot_id if current else None
+        if current_id != base_id and not (current and current.plan_id == plan.plan_id):
+            raise StaleBaseError(
+                f"Sync {plan.sync_id!r}: plan {plan.plan_id} is stale. It was computed against "
+                f"{_describe(plan.base)}, but since then {_describe(current)} was committed. Nothing was sent "
+                "or overwritten. Run the DAG again (a new run diffs against the new baseline) instead of "
+                "clearing an old sync task, and keep max_active_runs=1 for sync DAGs."
+            )
+        return current
+
     def compare_and_set(self, plan: Plan, new: CommittedState) -> None:
         """Move the pointer only if it still is the plan's base, or a commit of this same plan.
 
@@ -61,15 +82,33 @@ class CommittedPointer:
         run that committed while this one delivered, not two commits in the same instant. Sync DAGs keep
         ``max_active_runs=1`` for that.
         """
-        current = self.read()
-        base_id = plan.base.snapshot_id if plan.base else None
-        current_id = current.snapshot_id if current else None
-        if current_id != base_id and not (current and current.plan_id == plan.plan_id):
-            raise StaleBaseError(
-                f"Sync {plan.sync_id!r}: the committed state moved since plan {plan.plan_id} was computed "
-                f"(expected base {base_id!r}, found {current_id!r}, written by plan "
-                f"{current.plan_id if current else None!r}). Another run committed in between; nothing was "
-                "overwritten. Re-run the DAG so the diff starts from the new base, and keep max_active_runs=1 "
-                "for sync DAGs."
-            )
+        self.check(plan)
         self.store.set(POINTER_KEY, new.model_dump(mode="json"))
+
+    def claim(self, plan: Plan, binding: Binding) -> None:
+        """Take the plan for this sync task; refuse if another task already took it.
+
+        Two tasks delivering one plan would each commit their own outcomes over the other's: rows one
+        of them failed would be recorded as delivered by the other's commit, and never sent again.
+        """
+        claim = self.store.get(CLAIM_KEY) or {}
+        holder = claim.get("task") if isinstance(claim, dict) else None
+        me = f"{binding.dag_id}.{binding.task_id}"
+        if claim.get("plan_id") == plan.plan_id and holder and holder != me:
+            raise ConfigurationError(
+                f"Sync {plan.sync_id!r}: plan {plan.plan_id} is already delivered by task {holder}; one plan feeds "
+                f"exactly one sync task, so {me} sends nothing. To send one source to several destinations, give "
+                "each destination its own diff task with its own sync_id (see the README's fan-out example)."
+            )
+        self.store.set(CLAIM_KEY, {"plan_id": plan.plan_id, "task": me})
+
+
+def _describe(state: CommittedState | None) -> str:
+    if state is None:
+        return "no committed state (a first run)"
+    who = ""
+    if state.binding is not None:
+        who = f" by DAG {state.binding.dag_id!r} task {state.binding.task_id!r}"
+    if state.run_id:
+        who += f" in run {state.run_id!r}"
+    return f"snapshot {state.snapshot_id} (plan {state.plan_id}, committed{who} at {state.committed_at:%Y-%m-%d %H:%M:%S} UTC)"

@@ -78,6 +78,17 @@ class SyncStorage:
     def committed_uri(self, snapshot_id: str) -> str:
         return join(self.root, "committed", f"{snapshot_id}.parquet")
 
+    def attempted_uri(self, target_key: str, *names: str) -> str:
+        """Ownership records of one destination target (see ``sync/ownership.py``)."""
+        return join(self.root, "attempted", target_key, *names)
+
+    def list_names(self, uri: str) -> list[str]:
+        """Names of the entries of the folder ``uri``, sorted; none if it does not exist."""
+        return sorted(self._children(uri))
+
+    def remove(self, uri: str) -> None:
+        self._remove(uri)
+
     @cached_property
     def _staging(self) -> str:
         return tempfile.mkdtemp(prefix=f"zeotap-sync-{self.sync_id}-")

@@ -11,7 +11,7 @@ import pytest
 
 from airflow_provider_zeotap.sync.commit import commit_snapshot, count_outcomes, write_rejected_rows
 from airflow_provider_zeotap.sync.diff import DiffOutput, diff_snapshots
-from airflow_provider_zeotap.sync.models import CHANGE_COLUMN, ROW_ID_COLUMN
+from airflow_provider_zeotap.sync.models import CHANGE_COLUMN, DELIVERY_COLUMNS, ROW_ID_COLUMN
 from tests.support.parquet import write
 
 ALL_KINDS = {"added", "changed", "removed"}
@@ -67,7 +67,7 @@ def commit(
     )
     table = pq.read_table(out).to_pylist()
     assert rows == len(table)
-    return {row["id"]: row for row in table}
+    return {row["id"]: {k: v for k, v in row.items() if k not in DELIVERY_COLUMNS} for row in table}
 
 
 @pytest.fixture
@@ -208,7 +208,7 @@ def test_schema_follows_the_changes_file(tmp_path: Path) -> None:
     snapshot = commit(tmp_path, base, plan, [], acted_on={"changed"})  # nothing acknowledged yet
 
     schema = pq.read_schema(tmp_path / "committed.parquet")
-    assert schema.names == ["id", "n", "new"]
+    assert schema.names == ["id", "n", "new", *DELIVERY_COLUMNS]
     assert schema.field("n").type == pa.int64()
     assert snapshot == {1: {"id": 1, "n": 1, "new": None}, 2: {"id": 2, "n": 2, "new": None}}
 

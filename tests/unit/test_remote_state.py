@@ -25,6 +25,10 @@ class RecordingSyncOperator(BaseSyncOperator):
     def mode(self) -> str:
         return "upsert"
 
+    @property
+    def connection_id(self) -> str:
+        return "recording_default"
+
     def capabilities(self):
         return RecordingDestination.capabilities
 

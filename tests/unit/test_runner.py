@@ -132,8 +132,10 @@ def test_commit_is_compare_and_set(harness):
     harness.sync(ROWS[:3], RecordingDestination())
     stale = harness.plan(ROWS[:5])
     harness.sync(ROWS[:4], RecordingDestination())  # another run commits in between
-    with pytest.raises(StaleBaseError, match="moved since plan"):
-        harness.runner(stale, RecordingDestination()).run()
+    late = RecordingDestination()
+    with pytest.raises(StaleBaseError, match="is stale.*Nothing was sent"):
+        harness.runner(stale, late).run()
+    assert late.calls == []  # checked before the first write, not only at commit
 
 
 def test_resume_after_a_kill_sends_at_most_one_batch_twice_and_commits_everything(harness):

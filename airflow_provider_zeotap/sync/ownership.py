@@ -1,0 +1,99 @@
+"""Write-ahead ownership: which records this sync may have created at a target.
+
+"Ours" is decided by what this sync recorded before sending, never inferred from what the target
+holds. Before a batch goes out, the identities it may create are written to a file beside the sync's
+state, so the record survives a kill, a lost answer and the next DAG run (a task state store would
+only survive a retry). When a later send meets "already there", the adapter counts it as done only
+for an identity recorded here, or one in the committed baseline; anything else is someone else's.
+
+At each commit the records are folded into one file, less what the new baseline now holds (it is
+ours by the baseline) and what this run removed for good.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from contextlib import closing
+from collections.abc import Iterable, Sequence
+
+from airflow_provider_zeotap.sync.commit import final_outcomes_sql
+from airflow_provider_zeotap.sync.diff import fetch_row, open_duckdb, quote_literal
+from airflow_provider_zeotap.sync.models import APPLIED_OUTCOMES, IDENTITY_COLUMN
+from airflow_provider_zeotap.sync.storage import SyncStorage
+
+log = logging.getLogger(__name__)
+
+
+class OwnershipLog:
+    def __init__(self, storage: SyncStorage, target_key: str) -> None:
+        self.storage = storage
+        self.target_key = target_key
+        self.folder = storage.attempted_uri(target_key)
+
+    def load(self) -> set[str]:
+        """Identities recorded as attempted by earlier tries and runs (read once, before this try sends)."""
+        identities: set[str] = set()
+        for name in self._files():
+            with open(self.storage.fetch(self.storage.attempted_uri(self.target_key, name)), encoding="utf-8") as handle:
+                identities.update(json.loads(line)["identity"] for line in handle if line.strip())
+        return identities
+
+    def record(self, plan_id: str, batch_index: int, identities: Iterable[str]) -> None:
+        """Durably note the identities a batch is about to create, before it is sent."""
+        lines = [json.dumps({"identity": identity}, ensure_ascii=False) + "\n" for identity in identities]
+        if not lines:
+            return
+        uri = self.storage.attempted_uri(self.target_key, f"{plan_id}-{batch_index:06d}.jsonl")
+        path = self.storage.to_local(uri)
+        with open(path, "w", encoding="utf-8") as handle:
+            handle.writelines(lines)
+            handle.flush()
+            os.fsync(handle.fileno())
+        self.storage.publish(uri)
+
+    def compact(self, *, snapshot_path: str, outcome_paths: Sequence[str], snapshot_id: str) -> int:
+        """Fold the records into one file, less what the baseline holds and what was removed; return its size."""
+        names = self._files()
+        if not names:
+            return 0
+        paths = [self.storage.fetch(self.storage.attempted_uri(self.target_key, name)) for name in names]
+        uri = self.storage.attempted_uri(self.target_key, f"compacted-{snapshot_id}.jsonl")
+        out = self.storage.to_local(uri)
+        files = "[" + ", ".join(quote_literal(p) for p in paths) + "]"
+        removed = _removed_identities_sql(outcome_paths)
+        work = os.path.dirname(out)
+        with closing(open_duckdb(work)) as con:
+            (rows,) = fetch_row(
+                con,
+                f"""
+                COPY (
+                    SELECT DISTINCT "identity" FROM read_json({files}, format = 'newline_delimited',
+                                                                columns = {{identity: 'VARCHAR'}}) AS "a"
+                    WHERE "identity" IS NOT NULL
+                      AND "identity" NOT IN (SELECT "{IDENTITY_COLUMN}" FROM read_parquet({quote_literal(snapshot_path)})
+                                             WHERE "{IDENTITY_COLUMN}" IS NOT NULL)
+                      AND "identity" NOT IN ({removed})
+                ) TO {quote_literal(out)} (FORMAT json)
+                """,
+            )
+        if rows:
+            self.storage.publish(uri)
+        elif os.path.exists(out):
+            os.remove(out)
+        for name in names:
+            if name != os.path.basename(out):
+                self.storage.remove(self.storage.attempted_uri(self.target_key, name))
+        log.info("Ownership records of this target: %d identities attempted but not in the baseline", rows)
+        return int(rows)
+
+    def _files(self) -> list[str]:
+        return [name for name in self.storage.list_names(self.folder) if name.endswith(".jsonl")]
+
+
+def _removed_identities_sql(outcome_paths: Sequence[str]) -> str:
+    """Identities this run removed for good: their records are no longer anyone's at the target."""
+    applied = ", ".join(quote_literal(outcome.value) for outcome in APPLIED_OUTCOMES)
+    return f"""SELECT "identity" FROM ({final_outcomes_sql(outcome_paths)})
+               WHERE "operation" IN ('delete', 'remove') AND "outcome" IN ({applied}) AND "identity" IS NOT NULL"""
