@@ -184,6 +184,9 @@ class DeliveryRunner:
         self.changes_path = ""
         self.verdicts: dict[int, tuple[Outcome, str]] = {}
         self.attempted: set[str] = set()
+        #: Identities of rows this run removes: a current row with one of them takes over a record that
+        #: is this sync's own (say, the same email under a new spelling), so "already there" is done.
+        self.handed_over: set[str] = set()
 
     def _check_identity(self) -> None:
         """A mode that removes must be keyed by what identifies a member (see ``identity_fields``)."""
@@ -351,6 +354,7 @@ class DeliveryRunner:
         ours = (
             (change is not Change.ADDED and not self.rebinding)
             or identity in self.attempted
+            or identity in self.handed_over
             or self.take_over_existing
         )
         payload_hash, fields = payload_fingerprint(row.payload)
@@ -373,6 +377,8 @@ class DeliveryRunner:
                 for record_batch in reader:
                     for raw in record_batch.to_pylist():
                         prepared = self._prepare(raw)
+                        if prepared.row.change is Change.REMOVED and not self.rebinding:
+                            self.handed_over.add(prepared.identity)
                         yield IdentityCheck(prepared.row.row_id, prepared.row.change.value,
                                             prepared.identity, json.dumps(dict(prepared.row.key), default=str))
 
