@@ -38,8 +38,11 @@ class FaultConfig(BaseModel):
     )
     seed: Annotated[int | None, Field(description="Seed of the random draws; None: from the OS.")] = None
     path_prefix: Annotated[str | None, Field(description="Only paths starting with it are affected.")] = None
+    method: Annotated[str | None, Field(description="Only requests of this method are affected.")] = None
 
-    def applies_to(self, path: str) -> bool:
+    def applies_to(self, path: str, method: str | None = None) -> bool:
+        if self.method is not None and method is not None and method.upper() != self.method.upper():
+            return False
         return self.path_prefix is None or path.startswith(self.path_prefix)
 
 
@@ -56,6 +59,7 @@ class FaultSettings(TypedDict, total=False):
     rate_per_minute: float | None
     seed: int | None
     path_prefix: str | None
+    method: str | None
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ class FaultInjector:
             self._rng = random.Random(config.seed)
             self._windows = windows
 
-    def judge(self, path: str, now: float) -> Verdict:
+    def judge(self, path: str, now: float, method: str | None = None) -> Verdict:
         """Decide the fate of a request that arrived at ``now`` (monotonic seconds).
 
         Draws happen in a fixed order (jitter, error, drop) and only for knobs that are on, so the same
@@ -131,7 +135,7 @@ class FaultInjector:
         """
         with self._lock:
             config = self._config
-            if not config.applies_to(path):
+            if not config.applies_to(path, method):
                 return HEALTHY
             jitter = self._rng.uniform(0, config.latency_jitter_ms) if config.latency_jitter_ms else 0.0
             delay = (config.latency_ms + jitter) / 1000
