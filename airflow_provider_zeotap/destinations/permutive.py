@@ -10,7 +10,14 @@ from typing import Any
 
 from airflow_provider_zeotap.destinations.base import outcomes_for_error
 from airflow_provider_zeotap.errors import ConfigurationError, FatalError
-from airflow_provider_zeotap.sync.destination import BatchRefused, Capabilities, Destination, OutboundRow, RowOutcome
+from airflow_provider_zeotap.sync.destination import (
+    BatchRefused,
+    Capabilities,
+    DeliveryStopped,
+    Destination,
+    OutboundRow,
+    RowOutcome,
+)
 from airflow_provider_zeotap.hooks.permutive import MAX_BATCH_OPERATIONS, PermutiveHook
 from airflow_provider_zeotap.http import ApiError, ConflictError, NotFoundError
 from airflow_provider_zeotap.sync.models import Change
@@ -34,6 +41,15 @@ def code_from_name(name: str) -> str:
 
 
 class PermutiveSegments(Destination):
+    """Rows become segments of one import; each batch is one atomic ``PATCH``.
+
+    A batch refused because of the import's state (409 AlreadyExists, 404 DoesNotExist) is settled, not
+    split: the import's segments are read, each row is decided against them, and what is left goes out
+    again as one batch. That keeps a resumed run at about one request per batch, where halving a batch
+    whose rows had all landed cost two requests per row. Only a batch refused for its rows' data
+    reaches the engine's splitting.
+    """
+
     capabilities = Capabilities(
         name="Permutive segments",
         mode_argument="audience_mode",
@@ -42,7 +58,7 @@ class PermutiveSegments(Destination):
                 "add": {A: O.CREATE},
                 "upsert": {A: O.UPSERT, C: O.UPSERT},
                 "remove": {A: O.DELETE, C: O.DELETE},
-                # Mirror creates and never takes over a code someone else made, so it deletes only its own.
+                # Mirror claims an existing code only when the row is ours, so it deletes only its own.
                 "mirror": {A: O.CREATE, C: O.UPDATE, R: O.DELETE},
             }
         ),
@@ -50,6 +66,7 @@ class PermutiveSegments(Destination):
         max_batch_size=MAX_BATCH_OPERATIONS,
         default_fields=("segment_code", "segment_name", "description"),
         identity_fields=("segment_code", "segment_name"),
+        clears_with="empty string",
     )
 
     def __init__(self, hook: PermutiveHook, *, import_id: str, segment_name: str | None = None) -> None:
@@ -57,14 +74,23 @@ class PermutiveSegments(Destination):
         self.import_id = import_id
         self.segment_name = segment_name
         self._codes: dict[tuple[bool, str], int] = {}
-        self._existing: dict[str, dict[str, Any]] | None = None
-        self._import_checked = False
+        #: code -> {"name", "description"} as read from the import after a refusal, then kept current with
+        #: this task's own accepted operations, so one read serves every later refused batch. None: not
+        #: read yet, or found out of date.
+        self._segments: dict[str, dict[str, str]] | None = None
 
     def prepare(self, *, dry_run: bool) -> None:
         if dry_run:
             self.hook.get_import(self.import_id)
         else:
             self.hook.require_write_access(self.import_id)
+
+    def identity(self, row: OutboundRow) -> str | None:
+        """The segment code, as sent: a blank code is generated from the name, so two names may meet."""
+        return self._code(row)
+
+    def target(self) -> dict[str, Any]:
+        return {"import_id": self.import_id}
 
     # -- rows -> operations ------------------------------------------------------------------------
     def _name(self, row: OutboundRow) -> str | None:
@@ -77,6 +103,26 @@ class PermutiveSegments(Destination):
             return str(code)
         name = self._name(row)
         return code_from_name(name) if name else None
+
+    def _description(self, row: OutboundRow) -> str | None:
+        """The description to send: None when the row does not carry it (leave it as it is).
+
+        A clear (None) is sent as "": the API's optional-string fields may read JSON null as "no change",
+        and an empty string can mean only one thing.
+        """
+        if "description" not in row.payload:
+            return None
+        value = row.payload["description"]
+        return "" if value is None else str(value)
+
+    def _wanted(self, row: OutboundRow) -> dict[str, str]:
+        """What this row says of its segment, in the shape it is compared with what the import holds.
+
+        Only the fields the row carries: a description left out (not mapped, or a null not sent) says
+        nothing, so an existing segment's description is not cleared on that account.
+        """
+        description = self._description(row)
+        return {"name": self._name(row) or "", **({"description": description} if description is not None else {})}
 
     def validate(self, operation: Operation, row: OutboundRow) -> str | None:
         code = self._code(row)
@@ -101,81 +147,170 @@ class PermutiveSegments(Destination):
         code = self._code(row)
         if verb == "Delete":
             return {"operation": "Delete", "code": code}
-        data: dict[str, Any] = {"name": self._name(row)}
-        if row.payload.get("description") not in (None, ""):
-            data["description"] = str(row.payload["description"])
+        description = self._description(row)
         if verb == "Create":
-            return {"operation": "Create", "data": {"code": code, **data}}
+            data = {"code": code, "name": self._name(row)}
+            return {"operation": "Create", "data": {**data, **({"description": description} if description else {})}}
+        data = {"name": self._name(row), **({"description": description} if description is not None else {})}
         return {"operation": "Update", "code": code, "data": data}
 
     # -- sending -----------------------------------------------------------------------------------
     def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
+        """One PATCH; if the import's state refused it, settle the rows against the import, send the rest.
+
+        What was read of the import serves later refusals too. If the rest is refused again for the
+        import's state, what was read is out of date (someone else changed the import): it is read afresh
+        once and the rows settled again. So a batch costs at most three PATCHes and one read.
+        """
+        pending = [(row, self._operation(self._verb(operation, row), row)) for row in rows]
+        settled: list[RowOutcome] = []
         try:
-            self.hook.batch_segments(self.import_id, [self._operation(self._verb(operation, row), row) for row in rows])
+            error = self._patch(pending)
+            read_afresh = False
+            while error is not None and _about_the_import(error) and not read_afresh:
+                try:
+                    read_afresh = self._read_segments(error, [op for _, op in pending])
+                except ApiError as read_error:
+                    return settled + outcomes_for_error([row for row, _ in pending], read_error)
+                done, pending = self._settle(operation, pending)
+                settled += done
+                error = self._patch(pending)
+                if error is not None and _about_the_import(error):
+                    self._segments = None  # the import changed since it was read
+        except (FatalError, ConfigurationError) as stop:
+            if settled:  # keep the answers already known, so those rows are committed
+                raise DeliveryStopped(stop, settled) from None
+            raise
+        if error is None:
+            return settled + [RowOutcome.ok(row) for row, _ in pending]
+        return self._refused(settled, pending, error)
+
+    def _patch(self, pending: Sequence[tuple[OutboundRow, dict[str, Any]]]) -> ApiError | None:
+        """Send the operations as one batch; the refusal, or None once they landed (nothing to send: None)."""
+        if not pending:
+            return None
+        operations = [op for _, op in pending]
+        try:
+            self.hook.batch_segments(self.import_id, operations)
         except FatalError:
             raise
         except ApiError as error:
-            if error.retryable:
-                return outcomes_for_error(rows, error)
-            if len(rows) > 1:
-                raise BatchRefused(_reason(error), permanent=_is_invalid_data(error)) from None
-            return [self._single_refusal(operation, rows[0], error)]
-        return [RowOutcome.ok(row) for row in rows]
+            return error
+        if self._segments is not None:
+            for op in operations:
+                _apply(self._segments, op)
+        return None
 
-    def _single_refusal(self, operation: Operation, row: OutboundRow, error: ApiError) -> RowOutcome:
-        """One operation refused: some refusals mean the end state is already there, or call for the other verb."""
-        verb = self._verb(operation, row)
-        if verb == "Delete" and isinstance(error, NotFoundError):
-            self._require_import()
-            return RowOutcome.ok(row)  # a Delete of a code already gone is done
-        if verb == "Create" and isinstance(error, ConflictError) and self._already_there(row):
-            return RowOutcome.ok(row)  # an earlier send landed though its answer was lost
-        fallback = {("Create", ConflictError): "Update", ("Update", NotFoundError): "Create"}.get((verb, type(error)))
-        if fallback and (operation is O.UPSERT or fallback == "Create"):
-            try:
-                self.hook.batch_segments(self.import_id, [self._operation(fallback, row)])
-            except FatalError:
-                raise
-            except ApiError as second:
-                if second.retryable:
-                    return RowOutcome.failed(row, str(second))
-                return RowOutcome.rejected(row, _reason(second), permanent=_is_invalid_data(second))
-            return RowOutcome.ok(row)
-        if verb == "Create" and isinstance(error, ConflictError):
-            return RowOutcome.rejected(
-                row,
-                f"segment code {self._code(row)!r} already exists in the import and this sync did not create it "
-                "(AlreadyExists); add and mirror never take over or delete a segment they did not create: use "
-                "audience_mode='upsert' to take it over, or another code",
-            )
-        return RowOutcome.rejected(row, _reason(error), permanent=_is_invalid_data(error))
+    def _refused(
+        self, settled: list[RowOutcome], pending: Sequence[tuple[OutboundRow, dict[str, Any]]], error: ApiError
+    ) -> list[RowOutcome]:
+        """Outcomes for the rows of a refused batch; several rows refused together go back for splitting."""
+        rows = [row for row, _ in pending]
+        if error.retryable:
+            return settled + outcomes_for_error(rows, error)
+        if len(rows) > 1:
+            raise BatchRefused(_reason(error), permanent=_is_invalid_data(error))
+        return settled + [RowOutcome.rejected(rows[0], _reason(error), permanent=_is_invalid_data(error))]
 
-    def _already_there(self, row: OutboundRow) -> bool:
-        """Whether the import holds this code with this row's name and description.
+    def _read_segments(self, error: ApiError, operations: Sequence[dict[str, Any]]) -> bool:
+        """Read the import's segments, unless what was read before explains the refusal; True if read now.
 
-        A Create whose answer was lost (timeout, dropped connection) is sent again and meets its own
-        segment; that is success, not a conflict. The import's segments are listed once and cached.
+        A 409 is explained when a code the batch creates is known to exist; a 404 when a code it updates
+        or deletes is known to be absent. Otherwise the import changed behind this task: read it again.
         """
-        code = self._code(row)
-        if self._existing is None or code not in self._existing:
-            self._existing = {s.get("code"): s for s in self.hook.iter_segments(self.import_id)}
-        found = self._existing.get(code)
-        wanted = self._operation("Create", row)["data"]
-        return found is not None and all(found.get(k) == v for k, v in wanted.items())
+        known = self._segments
+        if known is not None:
+            if isinstance(error, ConflictError) and any(_code_of(op) in known for op in operations if _creates(op)):
+                return False
+            if isinstance(error, NotFoundError) and any(
+                _code_of(op) not in known for op in operations if not _creates(op)
+            ):
+                return False
+        try:
+            segments = list(self.hook.iter_segments(self.import_id))
+        except NotFoundError:
+            raise ConfigurationError(
+                f"Permutive import {self.import_id} disappeared during the sync; nothing more is sent."
+            ) from None
+        self._segments = {
+            str(s["code"]): {"name": s.get("name") or "", "description": s.get("description") or ""}
+            for s in segments
+            if s.get("code") is not None
+        }
+        return True
 
-    def _require_import(self) -> None:
-        """A 404 on a Delete means "gone" only while the import itself exists; check that once."""
-        if not self._import_checked:
-            try:
-                self.hook.get_import(self.import_id)
-            except NotFoundError:
-                raise ConfigurationError(
-                    f"Permutive import {self.import_id} disappeared during the sync; nothing more is sent."
-                ) from None
-            self._import_checked = True
+    def _settle(
+        self, operation: Operation, pending: Sequence[tuple[OutboundRow, dict[str, Any]]]
+    ) -> tuple[list[RowOutcome], list[tuple[OutboundRow, dict[str, Any]]]]:
+        """Decide each row against the segments read: done, rejected, or an operation to send again.
+
+        Whether a segment that is already there is this sync's own comes from the row (``ours``: the sync
+        recorded it), never from what the segment holds: a segment someone else made with the same name
+        is still someone else's. Upsert claims existing codes by definition.
+        """
+        assert self._segments is not None
+        known = self._segments
+        settled: list[RowOutcome] = []
+        again: list[tuple[OutboundRow, dict[str, Any]]] = []
+        for row, op in pending:
+            code = _code_of(op)
+            found = known.get(code)
+            verb = op["operation"]
+            if verb == "Delete":
+                if found is None:
+                    settled.append(RowOutcome.ok(row))  # already gone
+                else:
+                    again.append((row, op))
+            elif found is None:
+                again.append((row, self._operation("Create", row)))  # never made, or vanished since
+            elif verb == "Update":
+                again.append((row, op))
+            elif row.ours or operation is O.UPSERT:
+                changes = {k: v for k, v in self._wanted(row).items() if found.get(k, "") != v}
+                if changes:  # ours, but not (or no longer) as this row says: bring it to the row's values
+                    again.append((row, {"operation": "Update", "code": code, "data": changes}))
+                else:
+                    settled.append(RowOutcome.ok(row))  # an earlier send landed
+            else:
+                settled.append(RowOutcome.rejected(row, _conflict(code)))
+        return settled, again
 
     def close(self) -> None:
         self.hook.close()
+
+
+def _code_of(op: dict[str, Any]) -> str:
+    return str(op["data"]["code"] if _creates(op) else op["code"])
+
+
+def _creates(op: dict[str, Any]) -> bool:
+    return op["operation"] == "Create"
+
+
+def _apply(segments: dict[str, dict[str, str]], op: dict[str, Any]) -> None:
+    """What an accepted operation did to the import, applied to what this task read of it."""
+    code = _code_of(op)
+    if op["operation"] == "Delete":
+        segments.pop(code, None)
+        return
+    data = {k: str(op["data"][k]) for k in ("name", "description") if k in op["data"]}
+    if _creates(op):
+        segments[code] = {"name": "", "description": "", **data}
+    else:
+        segments.setdefault(code, {"name": "", "description": ""}).update(data)
+
+
+def _conflict(code: str) -> str:
+    return (
+        f"segment code {code!r} already exists in the import and this sync did not create it (AlreadyExists); "
+        "it is left alone: pass take_over_existing=True to claim it (the sync then updates it, and mirror may "
+        "delete it; audience_mode='upsert' claims existing codes too), or give the row another code"
+    )
+
+
+def _about_the_import(error: ApiError) -> bool:
+    """A conflict or a missing code is about what the import holds, which a read can settle."""
+    return isinstance(error, (ConflictError, NotFoundError))
 
 
 def _is_invalid_data(error: ApiError) -> bool:

@@ -30,6 +30,9 @@ class FaultConfig(BaseModel):
     error_status: Annotated[int, Field(ge=400, le=599)] = 503
     retry_after: Annotated[int | None, Field(ge=0, description="Retry-After (s) of injected errors.")] = None
     drop_rate: Annotated[float, Field(ge=0, le=1, description="Fraction cut off after the headers.")] = 0
+    drop_first: Annotated[
+        int, Field(ge=0, description="The first N requests (after this config is set) are cut off.")
+    ] = 0
     rate_per_second: Annotated[float | None, Field(gt=0, description="Admitted per second; more: 429.")] = (
         None
     )
@@ -55,6 +58,7 @@ class FaultSettings(TypedDict, total=False):
     error_status: int
     retry_after: int | None
     drop_rate: float
+    drop_first: int
     rate_per_second: float | None
     rate_per_minute: float | None
     seed: int | None
@@ -125,13 +129,17 @@ class FaultInjector:
             self._config = config
             self._rng = random.Random(config.seed)
             self._windows = windows
+            #: ``drop_first`` counted down: exactly the answers a test means to lose, where a rate would
+            #: lose some at random (and, with a rate of 1, the client's retries too).
+            self._drops_left = config.drop_first
 
     def judge(self, path: str, now: float, method: str | None = None) -> Verdict:
         """Decide the fate of a request that arrived at ``now`` (monotonic seconds).
 
         Draws happen in a fixed order (jitter, error, drop) and only for knobs that are on, so the same
         config and the same request sequence give the same verdicts. Rate limits count admitted requests
-        only: a client that backs off for Retry-After seconds gets through.
+        only: a client that backs off for Retry-After seconds gets through. ``drop_first`` draws nothing:
+        the first admitted requests are cut off before any error is drawn.
         """
         with self._lock:
             config = self._config
@@ -144,6 +152,9 @@ class FaultInjector:
                 return Verdict(delay, "rate_limited", 429, retry_after=max(1, math.ceil(wait)))
             for window in self._windows:
                 window.admit(now)
+            if self._drops_left:
+                self._drops_left -= 1
+                return Verdict(delay, "dropped")
             if config.error_rate and self._rng.random() < config.error_rate:
                 return Verdict(delay, "error", config.error_status, retry_after=config.retry_after)
             if config.drop_rate and self._rng.random() < config.drop_rate:
