@@ -73,11 +73,14 @@ class PermutiveSegments(Destination):
         self.hook = hook
         self.import_id = import_id
         self.segment_name = segment_name
-        self._codes: dict[tuple[bool, str], int] = {}
         #: code -> {"name", "description"} as read from the import after a refusal, then kept current with
         #: this task's own accepted operations, so one read serves every later refused batch. None: not
         #: read yet, or found out of date.
         self._segments: dict[str, dict[str, str]] | None = None
+        #: Codes the import held before this task first sent a Create that was not already its own. A
+        #: later "already exists" for a code outside this set is this task's own send whose answer was
+        #: lost (the HTTP retry met it); for a code inside it, the segment is someone else's.
+        self._before: set[str] | None = None
 
     def prepare(self, *, dry_run: bool) -> None:
         if dry_run:
@@ -130,10 +133,7 @@ class PermutiveSegments(Destination):
             return "no segment_code, and no segment_name to generate one from: map segment_code or segment_name"
         if not operation.removes and self._name(row) is None:
             return "no segment_name: map segment_name or set the task's segment_name default"
-        # Deletes run in batches of their own before creates, so one code may be deleted and re-created.
-        first = self._codes.setdefault((operation.removes, code), row.row_id)
-        if first != row.row_id:
-            return f"segment_code {code!r} appears in more than one row of this sync; codes must be unique"
+        # Two rows with one code are caught by the engine's identity check (``identity`` is the code).
         return None
 
     def _verb(self, operation: Operation, row: OutboundRow) -> str:
@@ -162,8 +162,13 @@ class PermutiveSegments(Destination):
         import's state, what was read is out of date (someone else changed the import): it is read afresh
         once and the rows settled again. So a batch costs at most three PATCHes and one read.
         """
-        pending = [(row, self._operation(self._verb(operation, row), row)) for row in rows]
         settled: list[RowOutcome] = []
+        try:
+            foreign, rows = self._foreign_creates(operation, rows)
+        except ApiError as read_error:
+            return outcomes_for_error(rows, read_error)
+        settled += [RowOutcome.rejected(row, _conflict(str(self._code(row)))) for row in foreign]
+        pending = [(row, self._operation(self._verb(operation, row), row)) for row in rows]
         try:
             error = self._patch(pending)
             read_afresh = False
@@ -184,6 +189,26 @@ class PermutiveSegments(Destination):
         if error is None:
             return settled + [RowOutcome.ok(row) for row, _ in pending]
         return self._refused(settled, pending, error)
+
+    def _foreign_creates(
+        self, operation: Operation, rows: Sequence[OutboundRow]
+    ) -> tuple[list[OutboundRow], list[OutboundRow]]:
+        """Creates of codes that were in the import before this task's first send and are not ours; the rest.
+
+        Read once, before the first Create that is not already the sync's own goes out: "already exists"
+        can only be told apart from "my own send landed but its answer was lost" by knowing what was
+        there before sending. Such rows are rejected without a request.
+        """
+        fresh = [row for row in rows if not row.ours and operation is not O.UPSERT and self._verb(operation, row) == "Create"]
+        if not fresh:
+            return [], list(rows)
+        if self._before is None:
+            # Read now, not reused from an earlier read: a segment made by hand since then must count as
+            # someone else's. What is read also serves later refusals.
+            self._segments = self._list_import()
+            self._before = set(self._segments)
+        foreign = {row.row_id for row in fresh if self._code(row) in self._before}
+        return [row for row in rows if row.row_id in foreign], [row for row in rows if row.row_id not in foreign]
 
     def _patch(self, pending: Sequence[tuple[OutboundRow, dict[str, Any]]]) -> ApiError | None:
         """Send the operations as one batch; the refusal, or None once they landed (nothing to send: None)."""
@@ -226,18 +251,21 @@ class PermutiveSegments(Destination):
                 _code_of(op) not in known for op in operations if not _creates(op)
             ):
                 return False
+        self._segments = self._list_import()
+        return True
+
+    def _list_import(self) -> dict[str, dict[str, str]]:
         try:
             segments = list(self.hook.iter_segments(self.import_id))
         except NotFoundError:
             raise ConfigurationError(
                 f"Permutive import {self.import_id} disappeared during the sync; nothing more is sent."
             ) from None
-        self._segments = {
+        return {
             str(s["code"]): {"name": s.get("name") or "", "description": s.get("description") or ""}
             for s in segments
             if s.get("code") is not None
         }
-        return True
 
     def _settle(
         self, operation: Operation, pending: Sequence[tuple[OutboundRow, dict[str, Any]]]
@@ -245,8 +273,9 @@ class PermutiveSegments(Destination):
         """Decide each row against the segments read: done, rejected, or an operation to send again.
 
         Whether a segment that is already there is this sync's own comes from the row (``ours``: the sync
-        recorded it), never from what the segment holds: a segment someone else made with the same name
-        is still someone else's. Upsert claims existing codes by definition.
+        recorded it), or from its absence before this task's first send (a lost answer), never from what
+        the segment holds: a segment someone else made with the same name is still someone else's. Upsert
+        claims existing codes by definition.
         """
         assert self._segments is not None
         known = self._segments
@@ -265,7 +294,7 @@ class PermutiveSegments(Destination):
                 again.append((row, self._operation("Create", row)))  # never made, or vanished since
             elif verb == "Update":
                 again.append((row, op))
-            elif row.ours or operation is O.UPSERT:
+            elif row.ours or operation is O.UPSERT or (self._before is not None and code not in self._before):
                 changes = {k: v for k, v in self._wanted(row).items() if found.get(k, "") != v}
                 if changes:  # ours, but not (or no longer) as this row says: bring it to the row's values
                     again.append((row, {"operation": "Update", "code": code, "data": changes}))

@@ -165,7 +165,9 @@ def test_resuming_a_killed_12_batch_create_costs_one_patch_per_batch_plus_the_tw
         {"operation": "Update", "code": code(renamed), "data": {"name": "Renamed"}}
     ]
     assert [code(170)] in [codes_of(ops) for ops in sent]
-    assert listing_reads(permutive_emulator, import_id) == 3  # one read of 299 segments, 100 a page
+    # One read of 299 segments (100 a page) settles the refused batches; one more, just before the first
+    # batch that is not yet the sync's own, tells its codes from someone else's.
+    assert listing_reads(permutive_emulator, import_id) == 6
     stored = permutive_emulator.segments(import_id)
     assert sorted(stored) == [code(i) for i in range(600)]
     assert stored[code(renamed)]["name"] == "Renamed"
@@ -250,10 +252,9 @@ def test_a_segment_made_by_someone_else_after_the_read_is_found_by_one_fresh_rea
 
     assert outcomes[1].outcome is Outcome.SUCCEEDED and outcomes[3].outcome is Outcome.SUCCEEDED
     assert outcomes[2].outcome is Outcome.REJECTED and "take_over_existing=True" in outcomes[2].reason
-    # Settled from the old read, the rest met 409 again; one fresh read settled it.
-    assert [codes_of(ops) for ops in patches(permutive_emulator)] == [
-        [code(1), code(2), code(3)], [code(2), code(3)], [code(3)]
-    ]
+    # Rows that are not the sync's own are judged against a read taken just before the first of them is
+    # sent: code 2 is someone else's and never sent; code 1 (ours) meets 409 and is settled from that read.
+    assert [codes_of(ops) for ops in patches(permutive_emulator)] == [[code(1), code(3)], [code(3)]]
     assert listing_reads(permutive_emulator, import_id) == 1
     assert permutive_emulator.segments(import_id)[code(2)]["name"] == "Made by hand"
 
@@ -295,7 +296,7 @@ def test_server_errors_after_retries_fail_the_rows_and_a_bad_key_stops(
 ):
     permutive_emulator.set_faults(error_rate=1.0, error_status=503)
     adapter = PermutiveSegments(hook, import_id=import_id)
-    outcomes = adapter.send(Operation.CREATE, [row(1), row(2)])
+    outcomes = adapter.send(Operation.CREATE, [row(1, ours=True), row(2, ours=True)])
     assert [o.outcome for o in outcomes] == [Outcome.FAILED] * 2 and "503" in outcomes[0].reason
     assert len(patches(permutive_emulator)) == 3  # max_attempts
 
