@@ -42,9 +42,12 @@ class FaultConfig(BaseModel):
     seed: Annotated[int | None, Field(description="Seed of the random draws; None: from the OS.")] = None
     path_prefix: Annotated[str | None, Field(description="Only paths starting with it are affected.")] = None
     method: Annotated[str | None, Field(description="Only requests of this method are affected.")] = None
+    body_contains: Annotated[str | None, Field(description="Only requests whose body holds this text.")] = None
 
-    def applies_to(self, path: str, method: str | None = None) -> bool:
+    def applies_to(self, path: str, method: str | None = None, body: bytes = b"") -> bool:
         if self.method is not None and method is not None and method.upper() != self.method.upper():
+            return False
+        if self.body_contains is not None and self.body_contains.encode() not in body:
             return False
         return self.path_prefix is None or path.startswith(self.path_prefix)
 
@@ -64,6 +67,7 @@ class FaultSettings(TypedDict, total=False):
     seed: int | None
     path_prefix: str | None
     method: str | None
+    body_contains: str | None
 
 
 @dataclass(frozen=True)
@@ -133,7 +137,7 @@ class FaultInjector:
             #: lose some at random (and, with a rate of 1, the client's retries too).
             self._drops_left = config.drop_first
 
-    def judge(self, path: str, now: float, method: str | None = None) -> Verdict:
+    def judge(self, path: str, now: float, method: str | None = None, body: bytes = b"") -> Verdict:
         """Decide the fate of a request that arrived at ``now`` (monotonic seconds).
 
         Draws happen in a fixed order (jitter, error, drop) and only for knobs that are on, so the same
@@ -143,7 +147,7 @@ class FaultInjector:
         """
         with self._lock:
             config = self._config
-            if not config.applies_to(path, method):
+            if not config.applies_to(path, method, body):
                 return HEALTHY
             jitter = self._rng.uniform(0, config.latency_jitter_ms) if config.latency_jitter_ms else 0.0
             delay = (config.latency_ms + jitter) / 1000

@@ -71,7 +71,7 @@ class FaultMiddleware:
         started_at = time.monotonic()
         body = await _read_body(receive)
         ticket = self.log.begin(RecordedRequest.from_scope(scope, body, started_at))
-        verdict = self.injector.judge(scope["path"], started_at, scope.get("method"))
+        verdict = self.injector.judge(scope["path"], started_at, scope.get("method"), body)
         status: int | None = None
 
         def finish() -> None:
