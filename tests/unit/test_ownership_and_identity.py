@@ -1,0 +1,120 @@
+"""Write-ahead ownership records and identity checks, on real files and a real DuckDB."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from airflow_provider_zeotap.sync.destination import Capabilities, OutboundRow, RowOutcome
+from airflow_provider_zeotap.sync.identity import IdentityCheck, identity_verdicts
+from airflow_provider_zeotap.sync.models import Outcome
+from airflow_provider_zeotap.sync.modes import AUDIENCE_MODES, Operation
+from airflow_provider_zeotap.sync.ownership import OwnershipLog
+from airflow_provider_zeotap.sync.runner import _refresh_changes, payload_fingerprint
+from tests.support.sync_harness import RecordingDestination, SyncHarness
+
+
+class LowercaseMembers(RecordingDestination):
+    """A list whose members are identified by their lowercased email, like a normalising API."""
+
+    capabilities = Capabilities(
+        name="Lowercase list",
+        mode_argument="audience_mode",
+        modes=AUDIENCE_MODES,
+        batch_size=2,
+        max_batch_size=100,
+        required_fields=("email",),
+        default_fields=("email",),
+        identity_fields=("email",),
+    )
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.ours_seen: dict[str, bool] = {}
+
+    def identity(self, row: OutboundRow) -> str | None:
+        return str(row.payload.get("email") or "").lower() or None
+
+    def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
+        for row in rows:
+            self.ours_seen[row.payload["email"]] = row.ours
+        return super().send(operation, rows)
+
+
+@pytest.fixture
+def harness(tmp_path):
+    return SyncHarness(str(tmp_path / "state"), primary_key=("email",))
+
+
+def members(*emails: str) -> list[dict]:
+    return [{"email": e} for e in emails]
+
+
+def test_records_written_before_a_failed_send_make_the_row_ours_in_the_next_run(harness):
+    failing = LowercaseMembers(fail=lambda row: True)
+    _, first = harness.sync(members("a@x.com", "b@x.com"), failing, mode="mirror")
+    assert first.failed == 2 and all(ours is False for ours in failing.ours_seen.values())
+
+    log = OwnershipLog(harness.storage, "unbound")
+    assert log.load() == {"a@x.com", "b@x.com"}  # recorded before sending, kept though nothing was acknowledged
+
+    retry = LowercaseMembers()
+    _, second = harness.sync(members("a@x.com", "b@x.com"), retry, mode="mirror")
+    assert second.succeeded == 2 and retry.ours_seen == {"a@x.com": True, "b@x.com": True}
+    assert log.load() == set()  # both are in the baseline now: the records were folded away
+
+
+def test_a_removal_that_lands_drops_the_record_and_one_that_fails_keeps_the_baseline(harness):
+    harness.sync(members("a@x.com", "b@x.com", "c@x.com"), LowercaseMembers(), mode="mirror")
+    log = OwnershipLog(harness.storage, "unbound")
+    log.record("earlier", 0, ["b@x.com", "z@x.com"])  # say, an older attempt that never landed
+    _, result = harness.sync(members("a@x.com", "c@x.com"), LowercaseMembers(), mode="mirror")
+    assert result.succeeded == 1
+    # b was removed for good; z was never acknowledged and stays recorded as attempted.
+    assert log.load() == {"z@x.com"}
+
+
+def test_identity_verdicts_reject_every_row_of_a_shared_identity_and_keep_a_wanted_removal(tmp_path):
+    checks = [
+        IdentityCheck(0, "added", "jo@ex.com", '{"id": 1}'),
+        IdentityCheck(1, "added", "jo@ex.com", '{"id": 2}'),
+        IdentityCheck(2, "added", "ann@ex.com", '{"id": 3}'),
+        IdentityCheck(3, "removed", "ann@ex.com", '{"id": 9}'),
+        IdentityCheck(4, "removed", "gone@ex.com", '{"id": 8}'),
+    ]
+    changes = tmp_path / "changes.parquet"
+    pq.write_table(pa.table({"id": [1, 2, 3, 9, 8]}), changes)
+    verdicts = identity_verdicts(checks, base_snapshot=None, changes_path=str(changes), primary_key=["id"],
+                                 work_dir=str(tmp_path))
+    assert set(verdicts) == {0, 1, 3}
+    assert verdicts[0][0] is Outcome.REJECTED and '{"id": 2}' in verdicts[0][1] and '{"id": 1}' not in verdicts[0][1]
+    assert verdicts[1][0] is Outcome.REJECTED and '{"id": 1}' in verdicts[1][1]
+    assert verdicts[3] == (Outcome.IDENTITY_KEPT, 'not removed: row {"id": 3} still has identity "ann@ex.com"')
+
+
+def test_a_respelled_member_keeps_its_record_and_stays_the_syncs_own(harness):
+    harness.sync(members("A@X.com", "b@x.com"), LowercaseMembers(), mode="mirror")
+    destination = LowercaseMembers()
+    _, result = harness.sync(members("a@x.com", "b@x.com"), destination, mode="mirror")
+    assert [op for op, _ in destination.delivered] == [Operation.ADD]  # no REMOVE went out
+    assert (result.identity_kept, result.succeeded) == (1, 1)
+    assert destination.ours_seen == {"a@x.com": True}  # the record is handed over, not someone else's
+
+
+def test_payload_fingerprints_ignore_left_out_and_cleared_fields_alike():
+    assert payload_fingerprint({"email": "a@x.com", "phone": None}) == payload_fingerprint({"email": "a@x.com"})
+    assert payload_fingerprint({"email": "a@x.com", "n": 1})[0] != payload_fingerprint({"email": "a@x.com", "n": 2})[0]
+    assert payload_fingerprint({"b": 1, "a": None, "c": "x"})[1] == ["b", "c"]
+
+
+def test_the_changes_file_of_a_rebind_lists_every_row_once_in_key_order(tmp_path):
+    snapshot = tmp_path / "snapshot.parquet"
+    pq.write_table(pa.table({"id": [3, 1, 2], "v": ["c", "a", "b"]}), snapshot)
+    out = tmp_path / "rebind" / "changes.parquet"
+    assert _refresh_changes(str(snapshot), ["id"], str(out), None) == 3
+    rows = pq.read_table(out).to_pylist()
+    assert [(r["id"], r["__change"], r["__row_id"]) for r in rows] == [(1, "refresh", 0), (2, "refresh", 1), (3, "refresh", 2)]
+    assert _refresh_changes(str(snapshot), ["id"], str(out), None) == 3  # a retried task reuses the same file
