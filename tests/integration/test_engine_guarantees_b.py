@@ -255,3 +255,17 @@ def test_nan_and_infinity_reject_the_row_and_change_no_value(dag_runner, persony
     assert reasons[2].startswith("field 'score' (from column 'score'): nan has no JSON form")
     assert reasons[3].startswith("field 'score' (from column 'score'): inf has no JSON form")
     assert set(committed_rows(result, "customer_id")) == {1}
+
+
+def test_take_over_existing_claims_a_member_that_was_there_first(dag_runner, warehouse, personyze):
+    list_id = personyze.create_list("Claimed")
+    personyze.add_to_list(list_id, personyze.create_user(email="manual@example.com"))
+    dag = list_dag(dag_runner, "take_over_it", list_id, take_over_existing=True)
+    warehouse.replace("audience", [{"email": "manual@example.com"}, {"email": "a@example.com"}], ["email"])
+    run = dag_runner.run(dag)
+    assert (run.result("sync")["succeeded"], run.result("sync")["skipped"]) == (2, 0)
+    assert set(committed_rows(run.result("sync"), "email")) == {"manual@example.com", "a@example.com"}
+    # Claimed, so it is the sync's to remove.
+    warehouse.replace("audience", [{"email": "a@example.com"}], ["email"])
+    assert dag_runner.run(dag).state == "success"
+    assert personyze.list_member_emails(list_id) == {"a@example.com"}
