@@ -18,7 +18,8 @@ class PermutiveSyncOperator(BaseSyncOperator):
 
     Rows map to ``segment_code`` (a blank one is generated from the name, stably), ``segment_name`` and
     ``description``. add creates added rows; upsert and mirror create added rows and update changed ones;
-    remove deletes the plan's rows; mirror also deletes removed rows (only codes this sync created).
+    remove deletes the plan's rows; mirror also deletes removed rows, and only ever segments that are the
+    sync's own: in its baseline, recorded by it before sending, or claimed with ``take_over_existing=True``.
 
     :param import_id: the UUID of the import (Audience Platform > Imports).
     :param segment_name: default name for rows without one.
