@@ -37,7 +37,13 @@ from airflow_provider_zeotap.sync.destination import (
     OutboundRow,
     RowOutcome,
 )
-from airflow_provider_zeotap.sync.diff import open_duckdb, parquet_relation, quote_identifier, quote_literal
+from airflow_provider_zeotap.sync.diff import (
+    DELIVERY_TYPES,
+    open_duckdb,
+    parquet_relation,
+    quote_identifier,
+    quote_literal,
+)
 from airflow_provider_zeotap.sync.guards import Guards
 from airflow_provider_zeotap.sync.identity import IdentityCheck, identity_verdicts
 from airflow_provider_zeotap.sync.mapping import MappedRow, apply_mapping, resolve_mapping
@@ -397,10 +403,10 @@ class DeliveryRunner:
         return verdicts
 
     def _rejection(self, operation: Operation, item: _Prepared) -> str | None:
-        if item.mapped.problems:
-            return "; ".join(item.mapped.problems)
         row = item.row
-        if not operation.removes:
+        if not operation.removes:  # a removal needs the identity only, not every value to be sendable
+            if item.mapped.problems:
+                return "; ".join(item.mapped.problems)
             missing = [f for f in self.capabilities.required_fields if row.payload.get(f) in (None, "")]
             if missing:
                 sources = ", ".join(f"{f} <- {self.mapping[f]}" for f in missing)
@@ -688,6 +694,7 @@ def _refresh_changes(snapshot_path: str, primary_key: Sequence[str], out_path: s
             row = con.execute("SELECT count(*) FROM read_parquet(?)", [out_path]).fetchone()
         return int(row[0]) if row else 0
     keys = ", ".join(quote_identifier(c) for c in primary_key)
+    nothing_delivered = ", ".join(f"CAST(NULL AS {t}) AS {quote_identifier(c)}" for c, t in DELIVERY_TYPES.items())
     folder = os.path.dirname(out_path)
     os.makedirs(folder, exist_ok=True)
     partial = out_path + ".partial"
@@ -697,8 +704,7 @@ def _refresh_changes(snapshot_path: str, primary_key: Sequence[str], out_path: s
     ):
         (rows,) = con.execute(
             f"""COPY (
-                SELECT *, CAST(NULL AS VARCHAR) AS "__identity", CAST(NULL AS VARCHAR) AS "__payload_hash",
-                       CAST(NULL AS VARCHAR[]) AS "__payload_fields",
+                SELECT *, {nothing_delivered},
                        '{Change.REFRESH.value}' AS {quote_identifier(CHANGE_COLUMN)},
                        row_number() OVER (ORDER BY {keys}) - 1 AS {quote_identifier(ROW_ID_COLUMN)}
                 FROM {parquet_relation([snapshot_path])}
