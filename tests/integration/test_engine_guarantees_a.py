@@ -17,6 +17,7 @@ Two tests are marked xfail (strict): the engine does not yet do what they descri
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -284,7 +285,7 @@ def test_a_permutive_sync_re_pointed_at_another_import_is_refused_before_any_wri
 # -- 2. one plan, two sync tasks --------------------------------------------------------------------------------
 
 
-def test_two_sync_tasks_taking_one_diff_output_fail_when_the_dag_is_parsed(dag_runner, personyze):
+def test_two_sync_tasks_taking_one_diff_output_fail_when_the_dag_is_parsed(dag_runner, personyze, request):
     import importlib.util
 
     from airflow.dag_processing.dagbag import DagBag
@@ -309,6 +310,7 @@ def test_two_sync_tasks_taking_one_diff_output_fail_when_the_dag_is_parsed(dag_r
         "one sync task. To send one source to several destinations, give each destination its own diff task with "
         "its own sync_id (see the README's fan-out example)."
     )
+    request.addfinalizer(lambda: os.remove(path))  # a file that cannot be imported leaves the shared DAGs folder
     spec = importlib.util.spec_from_file_location("one_plan_two_tasks_parse", path)
     module = importlib.util.module_from_spec(spec)
     with pytest.raises(ConfigurationError) as raised:
