@@ -101,7 +101,6 @@ class PersonyzeHook(ApiHook):
     hook_name = "Personyze"
 
     vendor = "Personyze"
-    default_host = "https://app.personyze.com"
     path_prefix = "/rest"
     #: No published rate; 503 means "slow down". Keep a few calls in flight.
     default_limits = Limits(max_in_flight=4)
@@ -121,9 +120,12 @@ class PersonyzeHook(ApiHook):
         return self.client.json("GET", "/account")
 
     def _check_connection(self) -> str:
+        """A sync needs a working key and, for list syncs, readable user lists: check both."""
         account = self.get_account()
         name = account.get("name") or account.get("id") if isinstance(account, dict) else None
-        return f"Connected to Personyze account {name!r}." if name else "Connected to Personyze."
+        self.client.json("GET", build_path("user_lists", limit=1))
+        where = f"Connected to Personyze account {name!r}" if name else "Connected to Personyze"
+        return f"{where}; the key can read user lists."
 
     # -- users -------------------------------------------------------------------------------------
     def find_users(self, where: Mapping[str, Any] | Sequence[Condition], *, columns: Sequence[str] | None = None,
@@ -200,11 +202,15 @@ class PersonyzeHook(ApiHook):
         path = build_path("user_list_users", where=[("user_list_id", "=", int(list_id)), ("user_id", "=", int(user_id))])
         return _number(self.client.request("DELETE", path), "rows affected")
 
-    def _explain(self, error: ApiError) -> str:
+    def _advice(self, error: ApiError) -> str | None:
         if error.status == 401:
             return (
-                f"Personyze refused the API key (HTTP 401 {error.message!r}): it is wrong or no longer active. "
-                f"Copy the REST API key from Personyze Settings > API into the password field of connection "
-                f"{self.conn_id!r} (the user name is always 'api')."
+                "Personyze refused the API key (HTTP 401): it is wrong or no longer active. Copy the REST API key "
+                f"from Personyze Settings > API into the password field of connection {self.conn_id!r} (the user "
+                "name is always 'api')."
             )
-        return super()._explain(error)
+        if error.status == 404:
+            # Personyze answers a missing row with 400 "Row not found": a 404 means no such object here,
+            # which only happens when the base URL points somewhere else.
+            return self._wrong_base_url()
+        return super()._advice(error)
