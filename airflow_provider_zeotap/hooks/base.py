@@ -59,7 +59,9 @@ class ApiHook(BaseHook):
         # button); DAG code tends to pass the id positionally. Both name the same connection.
         named = kwargs.pop(self.conn_name_attr, None)
         if conn_id and named and conn_id != named:
-            raise TypeError(f"{type(self).__name__} got two connection ids: {conn_id!r} and {self.conn_name_attr}={named!r}")
+            raise TypeError(
+                f"{type(self).__name__} got two connection ids: {conn_id!r} and {self.conn_name_attr}={named!r}"
+            )
         super().__init__(**kwargs)
         self.conn_id = conn_id or named or self.default_conn_name
         self._client: ApiClient | None = None
@@ -88,14 +90,14 @@ class ApiHook(BaseHook):
 
         widgets: dict[str, Any] = {}
         for name, spec in cls.form().fields.items():
-            types = spec.get("schema", {}).get("type", [])
-            label = lazy_gettext(spec.get("label", name))
-            if spec.get("schema", {}).get("format") == "password":
-                widgets[name] = PasswordField(label, widget=BS3PasswordFieldWidget(), description=spec.get("description"))
-            elif "integer" in types:
-                widgets[name] = IntegerField(label, widget=BS3TextFieldWidget(), description=spec.get("description"))
+            schema = spec.get("schema", {})
+            label, description = lazy_gettext(spec.get("label", name)), spec.get("description")
+            if schema.get("format") == "password":
+                widgets[name] = PasswordField(label, widget=BS3PasswordFieldWidget(), description=description)
+            elif "integer" in schema.get("type", []):
+                widgets[name] = IntegerField(label, widget=BS3TextFieldWidget(), description=description)
             else:
-                widgets[name] = StringField(label, widget=BS3TextFieldWidget(), description=spec.get("description"))
+                widgets[name] = StringField(label, widget=BS3TextFieldWidget(), description=description)
         return widgets
 
     @property

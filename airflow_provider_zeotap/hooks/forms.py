@@ -23,7 +23,8 @@ COMMON_FIELDS: dict[str, dict[str, Any]] = {
     },
     "max_attempts": {
         "label": "Max attempts",
-        "description": "Attempts per request, the first included, for retryable errors (5xx, 429, timeouts). Default 5.",
+        "description": "Attempts per request, the first included, for retryable errors (5xx, 429, timeouts). "
+        "Default 5.",
         "schema": {"type": ["integer", "null"], "minimum": 1},
     },
     "max_retry_seconds": {

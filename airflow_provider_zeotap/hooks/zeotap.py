@@ -60,8 +60,9 @@ class ZeotapProfileHook(ApiHook):
 
     def _advice(self, error: ApiError) -> str | None:
         if error.status == 403:
+            scopes = self.settings.scopes  # type: ignore[attr-defined]
             return (
-                f"Zeotap refused this key for the scopes {self.settings.scopes!r} or the organisation (HTTP 403): "  # type: ignore[attr-defined]
+                f"Zeotap refused this key for the scopes {scopes!r} or the organisation (HTTP 403): "
                 "ask your Customer Success Manager to enable them, set the 'scopes' extra to the ones the key has, "
                 f"and check the 'org_id' extra of connection {self.conn_id!r}."
             )

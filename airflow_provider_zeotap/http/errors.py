@@ -2,7 +2,8 @@
 
 Every API error names the vendor, method, URL (base URL and path) and status, carries an excerpt of the
 body, says whether a retry could help and, when the hook knows the likely cause, what to fix (``advice``,
-set by the hook's error translation, so a connection test and a sync say the same thing). None of them may contain the secret: text is passed through ``redact``
+set by the hook's error translation, so a connection test and a sync say the same thing). None of them
+may contain the secret: text is passed through ``redact``
 before it is stored, and the request's auth headers are never part of the message.
 """
 

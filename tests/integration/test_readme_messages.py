@@ -26,6 +26,10 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 QUOTE = re.compile(r'^- \*"(.+?)"\*:', re.MULTILINE)
 
 
+def use(monkeypatch: pytest.MonkeyPatch, conn_type: str, host: str, password: str, **extras: object) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_type.upper()}_DEFAULT", connection_env(conn_type, host, password, **extras))
+
+
 def section(title: str, start_marker: str) -> str:
     """The part of a ``## title`` section from ``start_marker`` to the end of that list."""
     text = README.read_text()
@@ -68,7 +72,7 @@ def connections_messages(monkeypatch, tmp_path) -> list[str]:
     messages: list[str] = []
 
     def tested(conn_type: str, host: str, password: str = "k3y-value", **extras) -> str:
-        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_type.upper()}_DEFAULT", connection_env(conn_type, host, password, **extras))
+        use(monkeypatch, conn_type, host, password, **extras)
         hook = {"personyze": PersonyzeHook, "permutive": PermutiveHook, "zeotap": ZeotapProfileHook}[conn_type]()
         return hook.test_connection()[1]
 
@@ -88,8 +92,8 @@ def connections_messages(monkeypatch, tmp_path) -> list[str]:
         messages.append(tested("personyze", emulator.url, emulator.api_key))
     with PermutiveEmulator() as emulator:
         messages.append(tested("permutive", emulator.url, emulator.write_key))
-    monkeypatch.setenv("AIRFLOW_CONN_ZEOTAP_DEFAULT", connection_env(
-        "zeotap", "https://api.zeotap.com", "k3y-value", org_id="1", region="EU", client_key="not-a-real-key"))
+    use(monkeypatch, "zeotap", "https://api.zeotap.com", "k3y-value", org_id="1", region="EU",
+        client_key="not-a-real-key")
     hook = ZeotapProfileHook()
     hook.settings  # noqa: B018 - reading the extras is what warns
     messages += hook.notes
@@ -99,14 +103,13 @@ def connections_messages(monkeypatch, tmp_path) -> list[str]:
 def personyze_messages(monkeypatch, dag_runner, warehouse, capfd) -> list[str]:
     messages: list[str] = []
     with PersonyzeEmulator() as emulator:
-        monkeypatch.setenv("AIRFLOW_CONN_PERSONYZE_DEFAULT", connection_env("personyze", emulator.url, emulator.api_key))
+        use(monkeypatch, "personyze", emulator.url, emulator.api_key)
         with pytest.raises(Exception) as caught:
             PersonyzeHook().require_user_list(999)
         messages.append(str(caught.value))
 
         # A users sync with a bad key: the task fails with the guidance, in the task's own log.
-        monkeypatch.setenv("AIRFLOW_CONN_PERSONYZE_DEFAULT", connection_env("personyze", emulator.url, "bad-key-x1",
-                                                                            max_attempts=1))
+        use(monkeypatch, "personyze", emulator.url, "bad-key-x1", max_attempts=1)
         warehouse.replace("customers", [{"id": 1, "email": "a@example.com"}], ["id", "email"])
         capfd.readouterr()
         run = dag_runner.run(_dag(dag_runner, "readme_personyze_bad_key", '''
@@ -126,9 +129,9 @@ def permutive_messages(monkeypatch, dag_runner, warehouse) -> list[str]:
     with PermutiveEmulator() as emulator:
         import_id = emulator.create_import("Web visitors")
         for key in ("not-a-private-key", emulator.read_only_key):
-            monkeypatch.setenv("AIRFLOW_CONN_PERMUTIVE_DEFAULT", connection_env("permutive", emulator.url, key))
+            use(monkeypatch, "permutive", emulator.url, key)
             messages.append(PermutiveHook().test_connection()[1])
-        monkeypatch.setenv("AIRFLOW_CONN_PERMUTIVE_DEFAULT", connection_env("permutive", emulator.url, emulator.write_key))
+        use(monkeypatch, "permutive", emulator.url, emulator.write_key)
         with pytest.raises(Exception) as caught:
             PermutiveHook().require_write_access("32f8e031-c532-41bb-b25e-65bdb677a96f")
         messages.append(str(caught.value))

@@ -121,3 +121,12 @@ def test_permutive_advice_tells_a_missing_import_from_a_missing_segment():
     batch = ApiError("nope", vendor="Permutive", method="PATCH", path="/imports/abc-1/segments", status=404)
     assert "Permutive import abc-1 does not exist" in hook._advice(read)
     assert hook._advice(batch) is None  # a batch's 404 is about a segment code; the sync settles it
+
+
+def test_an_unexpected_personyze_answer_names_the_url_too():
+    from airflow_provider_zeotap.hooks.personyze import _number
+
+    response = httpx.Response(200, text="<html>", request=httpx.Request("POST", "https://pz.example/rest/users"))
+    with pytest.raises(ApiError) as caught:
+        _number(response, "user_id", "https://pz.example/rest")
+    assert str(caught.value).startswith("Personyze POST https://pz.example/rest/users failed (HTTP 200)")
