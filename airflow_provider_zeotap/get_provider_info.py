@@ -1,7 +1,7 @@
 """Provider metadata Airflow reads through the ``apache_airflow_provider`` entry point.
 
 Connection forms are declared here (``conn-fields`` and ``ui-field-behaviour``) so the UI can render them
-without importing the hooks.
+without importing the hooks: they come from ``hooks/forms.py``, plain data the hooks read too.
 """
 
 from __future__ import annotations
@@ -9,61 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from airflow_provider_zeotap import __version__
-
-_RETRY_AND_PACING_FIELDS: dict[str, dict[str, Any]] = {
-    "max_attempts": {
-        "label": "Max attempts",
-        "description": "Attempts per request, the first included, for retryable errors (5xx, 429, timeouts).",
-        "schema": {"type": ["integer", "null"], "minimum": 1},
-    },
-    "max_retry_seconds": {
-        "label": "Max retry time (s)",
-        "description": "Upper bound on the total time spent retrying one request.",
-        "schema": {"type": ["number", "null"], "minimum": 0},
-    },
-    "timeout": {
-        "label": "Timeout (s)",
-        "description": "Connect/read/write timeout of one request.",
-        "schema": {"type": ["number", "null"], "minimum": 0},
-    },
-    "rate_per_second": {
-        "label": "Requests per second",
-        "description": "Pacing: stay under this rate. Empty means the vendor's documented limit.",
-        "schema": {"type": ["number", "null"], "minimum": 0},
-    },
-    "rate_per_minute": {
-        "label": "Requests per minute",
-        "description": "Pacing: stay under this rate. Empty means the vendor's documented limit.",
-        "schema": {"type": ["number", "null"], "minimum": 0},
-    },
-    "max_in_flight": {
-        "label": "Max requests in flight",
-        "description": "Cap on concurrent requests to this API.",
-        "schema": {"type": ["integer", "null"], "minimum": 1},
-    },
-}
-
-
-def _connection(
-    conn_type: str,
-    hook: str,
-    name: str,
-    *,
-    secret_label: str,
-    host_placeholder: str,
-    extra_fields: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    return {
-        "connection-type": conn_type,
-        "hook-class-name": f"airflow_provider_zeotap.hooks.{hook}",
-        "hook-name": name,
-        "ui-field-behaviour": {
-            "hidden-fields": ["schema", "login", "port"],
-            "relabeling": {"host": "Base URL", "password": secret_label},
-            "placeholders": {"host": host_placeholder},
-        },
-        "conn-fields": {**(extra_fields or {}), **_RETRY_AND_PACING_FIELDS},
-    }
+from airflow_provider_zeotap.hooks.forms import FORMS
 
 
 def get_provider_info() -> dict[str, Any]:
@@ -72,65 +18,7 @@ def get_provider_info() -> dict[str, Any]:
         "name": "Zeotap reverse ETL",
         "description": "Sync warehouse data into Personyze, Optimizely, Permutive and the Zeotap Profile API.",
         "versions": [__version__],
-        "connection-types": [
-            _connection(
-                "personyze",
-                "personyze.PersonyzeHook",
-                "Personyze",
-                secret_label="API key",
-                host_placeholder="https://app.personyze.com",
-            ),
-            _connection(
-                "optimizely",
-                "optimizely.OptimizelyHook",
-                "Optimizely",
-                secret_label="Personal access token",
-                host_placeholder="https://api.optimizely.com",
-                extra_fields={
-                    "project_id": {
-                        "label": "Project ID",
-                        "description": "Default numeric project id, used when a task names none.",
-                        "schema": {"type": ["string", "null"]},
-                    }
-                },
-            ),
-            _connection(
-                "permutive",
-                "permutive.PermutiveHook",
-                "Permutive",
-                secret_label="Private API key",
-                host_placeholder="https://api.permutive.app",
-            ),
-            _connection(
-                "zeotap",
-                "zeotap.ZeotapProfileHook",
-                "Zeotap Profile API",
-                secret_label="API key",
-                host_placeholder="https://api.zeotap.com",
-                extra_fields={
-                    "org_id": {
-                        "label": "Organisation ID",
-                        "description": "Numeric Zeotap organisation id sent as orgId.",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "region": {
-                        "label": "Region",
-                        "description": "Data region, e.g. EU, UK, US.",
-                        "schema": {"type": ["string", "null"]},
-                    },
-                    "client_cert": {
-                        "label": "Client certificate (PEM)",
-                        "description": "For mTLS (https://mtls-api.zeotap.com): the certificate chain, PEM text.",
-                        "schema": {"type": ["string", "null"], "format": "multiline"},
-                    },
-                    "client_key": {
-                        "label": "Client key (PEM)",
-                        "description": "For mTLS: the private key, PEM text. Kept secret like the API key.",
-                        "schema": {"type": ["string", "null"], "format": "password"},
-                    },
-                },
-            ),
-        ],
+        "connection-types": [form.provider_info() for form in FORMS.values()],
         "operators": [
             {
                 "integration-name": "Zeotap reverse ETL",

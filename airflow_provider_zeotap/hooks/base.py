@@ -6,23 +6,33 @@ class attributes and a few small methods; everything that talks HTTP lives in ``
 
 from __future__ import annotations
 
+import warnings
 from functools import cached_property
 from typing import Any, ClassVar
 
 import httpx
+from airflow.exceptions import AirflowProviderDeprecationWarning
 from airflow.sdk.bases.hook import BaseHook
 
+from airflow_provider_zeotap.hooks.forms import FORMS, ConnectionForm
 from airflow_provider_zeotap.http import ApiClient, ApiError, ConfigurationError, Limits, Pacer
 from airflow_provider_zeotap.http.client import default_error_parser
-from airflow_provider_zeotap.http.settings import HttpSettings, normalize_extras, parse_settings
+from airflow_provider_zeotap.http.settings import HttpSettings, normalize_extras, parse_settings, unknown_extras
 from airflow_provider_zeotap.http.tls import build_ssl_context
-from airflow_provider_zeotap.http.urls import resolve_base_url
+from airflow_provider_zeotap.http.urls import display_url, resolve_base_url
+
+#: The mTLS key's old extra name. Airflow masks extras by name (``private_key`` is a sensitive word,
+#: ``client_key`` is not), so the old name showed the key in the UI, the API and the CLI.
+DEPRECATED_KEY_EXTRA = "client_key"
+KEY_EXTRA = "client_private_key"
 
 
 class ConnectionSettings(HttpSettings):
     """Extras every vendor accepts. Vendors add their own fields by subclassing."""
 
     client_cert: str | None = None
+    client_private_key: str | None = None
+    #: Deprecated spelling of ``client_private_key``, still read (with a warning).
     client_key: str | None = None
 
 
@@ -35,19 +45,70 @@ class ApiHook(BaseHook):
     hook_name: ClassVar[str]
 
     vendor: ClassVar[str]
-    default_host: ClassVar[str]
     path_prefix: ClassVar[str]
     #: The API's documented limits; a connection's extras may override them.
     default_limits: ClassVar[Limits] = Limits()
     settings_model: ClassVar[type[ConnectionSettings]] = ConnectionSettings
-    secret_label: ClassVar[str] = "API key"
     #: Text in a 4xx body that the vendor documents as "busy, try again": retried like a 503.
     throttle_markers: ClassVar[tuple[str, ...]] = ()
+    #: Collection paths (``GET /imports``): a 404 there means the base URL is wrong, not a missing object.
+    list_paths: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, conn_id: str | None = None, **kwargs: Any) -> None:
+        # Airflow builds hooks as ``Hook(<conn_name_attr>=conn_id)`` (Connection.get_hook, the UI's Test
+        # button); DAG code tends to pass the id positionally. Both name the same connection.
+        named = kwargs.pop(self.conn_name_attr, None)
+        if conn_id and named and conn_id != named:
+            raise TypeError(
+                f"{type(self).__name__} got two connection ids: {conn_id!r} and {self.conn_name_attr}={named!r}"
+            )
         super().__init__(**kwargs)
-        self.conn_id = conn_id or self.default_conn_name
+        self.conn_id = conn_id or named or self.default_conn_name
         self._client: ApiClient | None = None
+        #: Warnings about the connection (unknown or deprecated extras), repeated by test_connection().
+        self.notes: list[str] = []
+
+    # -- the connection form -------------------------------------------------------------------------
+    @classmethod
+    def form(cls) -> ConnectionForm:
+        return FORMS[cls.conn_type]
+
+    @classmethod
+    def get_ui_field_behaviour(cls) -> dict[str, Any]:
+        """Hidden, relabelled and placeholder fields. Airflow 3 reads the same data from the provider info."""
+        return cls.form().ui_field_behaviour()
+
+    @classmethod
+    def get_connection_form_widgets(cls) -> dict[str, Any]:
+        """The extras as form fields, for Airflow UIs that still ask the hook (needs wtforms and FAB).
+
+        Airflow 3 renders ``conn-fields`` from the provider info instead and never calls this.
+        """
+        from flask_appbuilder.fieldwidgets import BS3PasswordFieldWidget, BS3TextFieldWidget
+        from flask_babel import lazy_gettext
+        from wtforms import IntegerField, PasswordField, StringField
+
+        widgets: dict[str, Any] = {}
+        for name, spec in cls.form().fields.items():
+            schema = spec.get("schema", {})
+            label, description = lazy_gettext(spec.get("label", name)), spec.get("description")
+            if schema.get("format") == "password":
+                widgets[name] = PasswordField(label, widget=BS3PasswordFieldWidget(), description=description)
+            elif "integer" in schema.get("type", []):
+                widgets[name] = IntegerField(label, widget=BS3TextFieldWidget(), description=description)
+            else:
+                widgets[name] = StringField(label, widget=BS3TextFieldWidget(), description=description)
+        return widgets
+
+    @property
+    def default_host(self) -> str:
+        return self.form().default_host
+
+    @property
+    def secret_label(self) -> str:
+        """The secret as a sentence names it: the form's label, lower-cased unless it starts with an acronym."""
+        label = self.form().secret_label
+        return label if label[:2].isupper() else label[0].lower() + label[1:]
 
     # -- connection --------------------------------------------------------------------------------
     @cached_property
@@ -57,13 +118,36 @@ class ApiHook(BaseHook):
     @cached_property
     def settings(self) -> ConnectionSettings:
         extras = normalize_extras(self.connection.extra_dejson or {}, self.conn_type)
+        for note in unknown_extras(self.settings_model, extras, conn_id=self.conn_id):
+            self._note(note)
+        if extras.get(DEPRECATED_KEY_EXTRA):
+            old = extras.pop(DEPRECATED_KEY_EXTRA)
+            extras.setdefault(KEY_EXTRA, old)
+            _mask(str(old))
+            note = (
+                f"Connection {self.conn_id!r}: the extra {DEPRECATED_KEY_EXTRA!r} is deprecated because Airflow "
+                f"does not mask it in the UI, API or CLI; rename it to {KEY_EXTRA!r}."
+            )
+            warnings.warn(note, AirflowProviderDeprecationWarning, stacklevel=2)
+            self._note(note)
         return parse_settings(self.settings_model, extras, conn_id=self.conn_id)
+
+    def _note(self, note: str) -> None:
+        self.log.warning("%s", note)
+        self.notes.append(note)
 
     @cached_property
     def base_url(self) -> str:
-        return resolve_base_url(
-            self.connection.host, default=self.default_host, prefix=self.path_prefix, port=self.connection.port
-        )
+        try:
+            return resolve_base_url(
+                self.connection.host,
+                default=self.default_host,
+                prefix=self.path_prefix,
+                port=self.connection.port,
+                conn_type=self.conn_type,
+            )
+        except ConfigurationError as error:
+            raise type(error)(f"Connection {self.conn_id!r}: {error}") from None
 
     def _secret(self) -> str:
         secret = (self.connection.password or "").strip()
@@ -84,24 +168,25 @@ class ApiHook(BaseHook):
         if self._client is None:
             secret = self._secret()
             settings = self.settings
-            if settings.client_key:
-                _mask(settings.client_key)
+            if settings.client_private_key:
+                _mask(settings.client_private_key)
             self._client = ApiClient(
                 vendor=self.vendor,
                 base_url=self.base_url,
                 auth=self._auth(secret),
                 headers=self._headers(secret),
-                secrets=[secret, settings.client_key or ""],
+                secrets=[secret, settings.client_private_key or ""],
                 timeout=settings.timeout,
                 retry=settings.retry_policy(),
                 pacer=Pacer(self.limits),
                 lanes=self._lanes(),
                 verify=build_ssl_context(
-                    verify=settings.verify, client_cert=settings.client_cert, client_key=settings.client_key
+                    verify=settings.verify, client_cert=settings.client_cert, client_key=settings.client_private_key
                 ),
                 error_parser=self._parse_error,
                 describe_path=self._describe_path,
                 throttle_markers=self.throttle_markers,
+                advise=self._advice,
             )
         return self._client
 
@@ -142,28 +227,41 @@ class ApiHook(BaseHook):
         return path
 
     def _check_connection(self) -> str:
-        """Make one cheap real call; return what was confirmed."""
+        """Check what a sync needs (the key works, the objects it reads are readable); say what was confirmed."""
         raise NotImplementedError
 
-    def _explain(self, error: ApiError) -> str:
-        """Turn an API error into advice a user can act on."""
+    # -- error translation: one place, used by test_connection() and by every sync ---------------------
+    def _advice(self, error: ApiError) -> str | None:
+        """What the user should fix for this error, or None. The client attaches it to the error itself,
+        so the connection test and a failing sync show the same words."""
         if error.status == 401:
             return (
                 f"{self.vendor} refused the {self.secret_label} (HTTP 401): it is wrong or revoked. "
                 f"Check the password field of connection {self.conn_id!r}."
             )
-        return str(error)
+        if error.status == 404 and self._is_list_path(error.path):
+            return self._wrong_base_url()
+        return None
+
+    def _is_list_path(self, path: str) -> bool:
+        return path.split("?")[0].rstrip("/") in self.list_paths
+
+    def _wrong_base_url(self) -> str:
+        return (
+            f"{self.vendor} answered HTTP 404 for a list at {display_url(self.base_url)}: the base URL is probably "
+            f"wrong. Set the host field of connection {self.conn_id!r} to {self.default_host} (the API prefix "
+            f"{self.path_prefix} is added) or to the full base URL {self.default_host}{self.path_prefix}."
+        )
 
     def test_connection(self) -> tuple[bool, str]:
-        """Airflow's connection test: one cheap real call, and a message that says what is wrong."""
+        """Airflow's connection test (the UI's Test button): the checks a sync needs, and what is wrong."""
         try:
-            return True, self._check_connection()
-        except ApiError as error:
-            return False, self._explain(error)
-        except ConfigurationError as error:
-            return False, str(error)
+            message = self._check_connection()
+        except (ApiError, ConfigurationError) as error:
+            return False, " ".join([str(error), *self.notes])
         finally:
             self.close()
+        return True, " ".join([message, *self.notes])
 
 
 def _mask(secret: str) -> None:

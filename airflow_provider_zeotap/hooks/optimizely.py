@@ -6,10 +6,14 @@ hook carries the connection, the limits and the connection test.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from airflow_provider_zeotap.hooks.base import ApiHook, ConnectionSettings
 from airflow_provider_zeotap.http import ApiError, ConfigurationError, Limits
+
+
+_PROJECT = re.compile(r"/projects/([^/?]+)")
 
 
 class OptimizelySettings(ConnectionSettings):
@@ -23,11 +27,10 @@ class OptimizelyHook(ApiHook):
     hook_name = "Optimizely"
 
     vendor = "Optimizely"
-    default_host = "https://api.optimizely.com"
     path_prefix = "/v2"
     default_limits = Limits(rate_per_second=2, rate_per_minute=120, max_in_flight=2)
     settings_model = OptimizelySettings
-    secret_label = "personal access token"
+    list_paths = ("/projects",)
 
     def _headers(self, secret: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {secret}"}
@@ -51,12 +54,16 @@ class OptimizelyHook(ApiHook):
         self.client.json("GET", "/projects", params={"per_page": 1})
         return "Connected to Optimizely (no default project_id set)."
 
-    def _explain(self, error: ApiError) -> str:
+    def _advice(self, error: ApiError) -> str | None:
         if error.status == 403:
             return (
-                f"Optimizely token has no access here (HTTP 403 {error.message!r}): generate a personal access token "
-                "with write permission on this project (Profile > API Access)."
+                "Optimizely token has no access here (HTTP 403): generate a personal access token with write "
+                f"permission on this project (Profile > API Access) and put it in connection {self.conn_id!r}."
             )
-        if error.status == 404:
-            return f"Optimizely project {self.settings.project_id!r} was not found: check the 'project_id' extra."  # type: ignore[attr-defined]
-        return super()._explain(error)
+        match = _PROJECT.fullmatch(error.path)
+        if error.status == 404 and match:
+            return (
+                f"Optimizely project {match.group(1)!r} was not found: check the 'project_id' extra of connection "
+                f"{self.conn_id!r} or the task's project_id."
+            )
+        return super()._advice(error)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
-from urllib.parse import quote
+import re
+from urllib.parse import quote, unquote
 
 import httpx
 
@@ -20,6 +21,7 @@ MAX_BATCH_OPERATIONS = 5000
 _NEXT_TOKEN_KEYS = ("next_token", "nextToken", "next_page_token", "nextPageToken")
 _PAGE_KEYS = ("pagination", "page", "paging")
 _ELEMENT_KEYS = ("elements", "items", "data")
+_IMPORT_READ = re.compile(r"/imports/([^/]+)(?:/segments)?/?")
 
 
 class PermutiveHook(ApiHook):
@@ -31,11 +33,10 @@ class PermutiveHook(ApiHook):
     hook_name = "Permutive"
 
     vendor = "Permutive"
-    default_host = "https://api.permutive.app"
     path_prefix = "/audience-api/v1"
     #: Limits are not published: batches go one after another and 429s are honoured.
     default_limits = Limits(max_in_flight=1)
-    secret_label = "private API key"
+    list_paths = ("/imports",)
 
     def _headers(self, secret: str) -> dict[str, str]:
         return {"X-API-Key": secret}
@@ -91,14 +92,29 @@ class PermutiveHook(ApiHook):
             found = self.get_import(import_id)
             self.batch_segments(import_id, [])
         except ApiError as error:
-            raise ConfigurationError(self._explain(error, import_id=import_id)) from None
+            raise ConfigurationError(str(error)) from None
         return found
 
     def _check_connection(self) -> str:
-        imports = self.list_imports()
-        return f"Connected to Permutive; the key can read {len(imports)} import(s)."
+        """Read the imports, then prove write access with the empty batch on the first one.
 
-    def _explain(self, error: ApiError, import_id: str | None = None) -> str:  # type: ignore[override]
+        Write access belongs to the key, not to an import, so any import shows it; without one there is
+        nothing to write to and the result says so instead of passing a read-only key as fit for syncs.
+        """
+        imports = self.list_imports()
+        if not imports:
+            return (
+                "Connected to Permutive; the key can read imports, but there are none, so write access could "
+                "not be checked (a sync checks it before its first write)."
+            )
+        first = imports[0]
+        self.require_write_access(str(first.get("id")))
+        return (
+            f"Connected to Permutive; the key can read {len(imports)} import(s) and write to them (checked with "
+            f"an empty batch on import {first.get('name')!r}, which changes nothing)."
+        )
+
+    def _advice(self, error: ApiError) -> str | None:
         if error.status == 401 or error.error_type == "InvalidAPIKey":
             return (
                 "Permutive refused the API key (InvalidAPIKey): use a private API key (a UUID from Settings > Keys, "
@@ -109,12 +125,22 @@ class PermutiveHook(ApiHook):
                 "This Permutive key is read-only (InsufficientAPIKey): ask Permutive Technical Services for write "
                 f"access to the Taxonomy API, or use a key that has it, in connection {self.conn_id!r}."
             )
+        import_id = _import_of(error)
         if error.status == 404 and import_id:
             return (
-                f"Permutive import {import_id} does not exist (or this key cannot see it): copy the full import UUID, "
-                "dashes included, from Audience Platform > Imports."
+                f"Permutive import {import_id} does not exist (or this key cannot see it): copy the full import "
+                "UUID, dashes included, from Audience Platform > Imports."
             )
-        return super()._explain(error)
+        return super()._advice(error)
+
+
+def _import_of(error: ApiError) -> str | None:
+    """The import a read was about: ``GET /imports/<id>`` or ``GET /imports/<id>/segments``.
+
+    A 404 to a batch (PATCH) is about a segment code and is settled by the sync, so it gets no advice.
+    """
+    match = _IMPORT_READ.fullmatch(error.path.split("?")[0])
+    return unquote(match.group(1)) if error.method == "GET" and match else None
 
 
 def _elements(page: Any) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import httpx
 
@@ -77,18 +77,21 @@ def _condition(condition: tuple[Any, ...]) -> str:
     return f"{encode_value(column)}{op}{rendered}"
 
 
-def _number(response: httpx.Response, what: str) -> int:
+def _number(response: httpx.Response, what: str, base_url: str) -> int:
     """Bare-number answers (``5712334``) arrive as JSON numbers or as text."""
     try:
         return int(response.text.strip().strip('"'))
     except ValueError:
+        full, base_path = response.request.url.path, urlsplit(base_url).path
+        path = full[len(base_path) :] if base_path and full.startswith(base_path) else full
         raise ApiError(
             f"expected a bare number ({what}) but got {response.text[:100]!r}",
             vendor="Personyze",
             method=response.request.method,
-            path=_EMAIL_IN_PATH.sub("<email>", response.request.url.path),
+            path=_EMAIL_IN_PATH.sub("<email>", path),
             status=response.status_code,
             response=response,
+            base_url=base_url,
         ) from None
 
 
@@ -101,7 +104,6 @@ class PersonyzeHook(ApiHook):
     hook_name = "Personyze"
 
     vendor = "Personyze"
-    default_host = "https://app.personyze.com"
     path_prefix = "/rest"
     #: No published rate; 503 means "slow down". Keep a few calls in flight.
     default_limits = Limits(max_in_flight=4)
@@ -121,9 +123,12 @@ class PersonyzeHook(ApiHook):
         return self.client.json("GET", "/account")
 
     def _check_connection(self) -> str:
+        """A sync needs a working key and, for list syncs, readable user lists: check both."""
         account = self.get_account()
         name = account.get("name") or account.get("id") if isinstance(account, dict) else None
-        return f"Connected to Personyze account {name!r}." if name else "Connected to Personyze."
+        self.client.json("GET", build_path("user_lists", limit=1))
+        where = f"Connected to Personyze account {name!r}" if name else "Connected to Personyze"
+        return f"{where}; the key can read user lists."
 
     # -- users -------------------------------------------------------------------------------------
     def find_users(self, where: Mapping[str, Any] | Sequence[Condition], *, columns: Sequence[str] | None = None,
@@ -142,12 +147,12 @@ class PersonyzeHook(ApiHook):
     def create_user(self, fields: Mapping[str, Any]) -> int:
         """Create, or merge into the user whose email or internal_id matches. Returns the user_id."""
         response = self.client.request("POST", "/users", json=dict(fields), lane=USERS_POST_LANE)
-        return _number(response, "user_id")
+        return _number(response, "user_id", self.client.display_url)
 
     def update_user_by_email(self, email: str, fields: Mapping[str, Any]) -> int:
         """Update the user with this email; returns rows affected (0: no such user)."""
         response = self.client.request("PUT", build_path("users", where={"email": email}), json=dict(fields))
-        return _number(response, "rows affected")
+        return _number(response, "rows affected", self.client.display_url)
 
     # -- user lists --------------------------------------------------------------------------------
     def list_user_lists(self) -> list[dict[str, Any]]:
@@ -187,7 +192,7 @@ class PersonyzeHook(ApiHook):
         else:
             raise ValueError("add_list_member needs email, internal_id or user_id")
         response = self.client.request("POST", "/user_list_users", json=body)
-        return _number(response, "membership")
+        return _number(response, "membership", self.client.display_url)
 
     def is_list_member(self, list_id: int, user_id: int) -> bool:
         path = build_path(
@@ -198,13 +203,17 @@ class PersonyzeHook(ApiHook):
     def remove_list_member(self, list_id: int, user_id: int) -> int:
         """Remove one membership; returns rows affected (0: it was not there)."""
         path = build_path("user_list_users", where=[("user_list_id", "=", int(list_id)), ("user_id", "=", int(user_id))])
-        return _number(self.client.request("DELETE", path), "rows affected")
+        return _number(self.client.request("DELETE", path), "rows affected", self.client.display_url)
 
-    def _explain(self, error: ApiError) -> str:
+    def _advice(self, error: ApiError) -> str | None:
         if error.status == 401:
             return (
-                f"Personyze refused the API key (HTTP 401 {error.message!r}): it is wrong or no longer active. "
-                f"Copy the REST API key from Personyze Settings > API into the password field of connection "
-                f"{self.conn_id!r} (the user name is always 'api')."
+                "Personyze refused the API key (HTTP 401): it is wrong or no longer active. Copy the REST API key "
+                f"from Personyze Settings > API into the password field of connection {self.conn_id!r} (the user "
+                "name is always 'api')."
             )
-        return super()._explain(error)
+        if error.status == 404:
+            # Personyze answers a missing row with 400 "Row not found": a 404 means no such object here,
+            # which only happens when the base URL points somewhere else.
+            return self._wrong_base_url()
+        return super()._advice(error)

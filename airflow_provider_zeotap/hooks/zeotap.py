@@ -27,10 +27,10 @@ class ZeotapProfileHook(ApiHook):
     hook_name = "Zeotap Profile API"
 
     vendor = "Zeotap"
-    default_host = "https://api.zeotap.com"
     path_prefix = "/cdp/v1"
     default_limits = Limits(rate_per_minute=10_000, max_in_flight=200)
     settings_model = ZeotapSettings
+    list_paths = ("/users/_search",)
 
     def _headers(self, secret: str) -> dict[str, str]:
         return {"apikey": secret, "scopes": self.settings.scopes, "Content-Type": "application/json"}  # type: ignore[attr-defined]
@@ -58,10 +58,12 @@ class ZeotapProfileHook(ApiHook):
         org, region = self.org_and_region()
         return f"Connected to the Zeotap Profile API for organisation {org} in region {region}."
 
-    def _explain(self, error: ApiError) -> str:
+    def _advice(self, error: ApiError) -> str | None:
         if error.status == 403:
+            scopes = self.settings.scopes  # type: ignore[attr-defined]
             return (
-                f"Zeotap refused this key for the scopes {self.settings.scopes!r} (HTTP 403): ask your Customer "  # type: ignore[attr-defined]
-                "Success Manager to enable them, or set the 'scopes' extra to the ones the key has."
+                f"Zeotap refused this key for the scopes {scopes!r} or the organisation (HTTP 403): "
+                "ask your Customer Success Manager to enable them, set the 'scopes' extra to the ones the key has, "
+                f"and check the 'org_id' extra of connection {self.conn_id!r}."
             )
-        return super()._explain(error)
+        return super()._advice(error)

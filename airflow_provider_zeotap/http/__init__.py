@@ -14,6 +14,7 @@ from airflow_provider_zeotap.http.errors import (
     RateLimitedError,
     ServerError,
     ThrottledError,
+    TlsError,
     ZeotapProviderError,
 )
 from airflow_provider_zeotap.http.pacing import Pacer
@@ -36,5 +37,6 @@ __all__ = [
     "RetryPolicy",
     "ServerError",
     "ThrottledError",
+    "TlsError",
     "ZeotapProviderError",
 ]

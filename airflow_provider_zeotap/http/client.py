@@ -27,17 +27,22 @@ from airflow_provider_zeotap.http.errors import (
     RateLimitedError,
     ServerError,
     ThrottledError,
+    TlsError,
     error_class_for,
     redact,
 )
 from airflow_provider_zeotap.http.pacing import Pacer
 from airflow_provider_zeotap.http.settings import RetryPolicy
-from airflow_provider_zeotap.http.urls import check_transport
+from airflow_provider_zeotap.http.urls import check_transport, display_url
 
 log = logging.getLogger(__name__)
 
 #: Parses a vendor's error body into (error type, human message).
 ErrorParser = Callable[[httpx.Response], tuple[str | None, str]]
+#: Turns a final API error into what the user should fix (None: the error says it all).
+Advisor = Callable[[ApiError], "str | None"]
+#: SSL errors that mean "the connection dropped", not "the handshake cannot succeed": these stay retryable.
+_TRANSIENT_SSL = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
 
 
 def default_error_parser(response: httpx.Response) -> tuple[str | None, str]:
@@ -108,10 +113,14 @@ class ApiClient:
         error_parser: ErrorParser = default_error_parser,
         describe_path: Callable[[str], str] = lambda path: path,
         throttle_markers: Sequence[str] = (),
+        advise: Advisor | None = None,
     ) -> None:
         check_transport(base_url)
         self.vendor = vendor
         self.base_url = base_url.rstrip("/")
+        #: The base URL as errors show it (no user:password part).
+        self.display_url = display_url(self.base_url)
+        self._advise = advise
         self.retry = retry or RetryPolicy()
         self.pacer = pacer or Pacer()
         self.lanes = dict(lanes or {})
@@ -169,7 +178,7 @@ class ApiClient:
                     with self._lane(lane), self.pacer.slot():
                         return self._send_once(method, path, kwargs)
         except ApiError as error:
-            raise error.gave_up(attempt.retry_state.attempt_number, time.monotonic() - budget.started) from None
+            raise self._final(error, attempt.retry_state.attempt_number, budget) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def arequest(
@@ -182,8 +191,16 @@ class ApiClient:
                     async with self._alane(lane), self.pacer.aslot():
                         return await self._asend_once(method, path, kwargs)
         except ApiError as error:
-            raise error.gave_up(attempt.retry_state.attempt_number, time.monotonic() - budget.started) from None
+            raise self._final(error, attempt.retry_state.attempt_number, budget) from None
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def _final(self, error: ApiError, attempts: int, budget: _Budget) -> ApiError:
+        """The error the caller sees: how long retrying went on, and the hook's advice, said once."""
+        error.gave_up(attempts, time.monotonic() - budget.started)
+        if error.advice is None and self._advise is not None:
+            advice = self._advise(error)
+            error.advice = redact(advice, self._secrets) if advice else None
+        return error
 
     def json(self, method: str, path: str, **kwargs: Any) -> Any:
         return _decode(self.request(method, path, **kwargs))
@@ -200,14 +217,14 @@ class ApiClient:
     def _send_once(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx.Response:
         try:
             response = self.client.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, ssl.SSLError) as exc:
             raise self._transport_error(method, path, exc) from None
         return self._check(method, path, response)
 
     async def _asend_once(self, method: str, path: str, kwargs: dict[str, Any]) -> httpx.Response:
         try:
             response = await self.aclient.request(method, path, **kwargs)
-        except httpx.TransportError as exc:
+        except (httpx.TransportError, ssl.SSLError) as exc:
             raise self._transport_error(method, path, exc) from None
         return self._check(method, path, response)
 
@@ -229,19 +246,23 @@ class ApiClient:
             retry_after=parse_retry_after(response.headers.get("Retry-After")),
             request=response.request,
             response=response,
+            base_url=self.display_url,
         )
         if isinstance(error, RateLimitedError) and error.retry_after:
             # Everyone waits, but never longer than one request may spend retrying.
             self.pacer.pause(min(error.retry_after, self.retry.max_retry_seconds))
         raise error
 
-    def _transport_error(self, method: str, path: str, exc: httpx.TransportError) -> ApiConnectionError:
+    def _transport_error(self, method: str, path: str, exc: Exception) -> ApiConnectionError:
         kind = type(exc).__name__
-        return ApiConnectionError(
+        tls = _tls_cause(exc)
+        return (TlsError if tls is not None else ApiConnectionError)(
             redact(f"{kind}: {exc}" if str(exc) else kind, self._secrets),
             vendor=self.vendor,
             method=method,
             path=self._describe_path(path),
+            base_url=self.display_url,
+            advice=_tls_advice(tls, self.display_url) if tls is not None else None,
         )
 
     def _retry_kwargs(self, budget: _Budget) -> dict[str, Any]:
@@ -276,6 +297,46 @@ class ApiClient:
             "reraise": True,
             "before_sleep": before_sleep,
         }
+
+
+def _tls_cause(exc: BaseException) -> ssl.SSLError | None:
+    """The ``ssl.SSLError`` behind a transport error (httpx wraps it twice), unless it is a mere drop."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError):
+            return None if isinstance(current, _TRANSIENT_SSL) else current
+        current = current.__cause__ or current.__context__
+    return None
+
+
+def _tls_advice(error: ssl.SSLError, url: str) -> str:
+    """What a failed handshake most likely means, by the reason OpenSSL gives."""
+    reason = str(getattr(error, "reason", None) or error).upper()
+    if any(code in reason for code in ("WRONG_VERSION_NUMBER", "RECORD_LAYER_FAILURE", "PACKET_LENGTH_TOO_LONG",
+                                       "HTTP_REQUEST", "UNKNOWN_PROTOCOL")):
+        return (
+            f"TLS handshake with {url} failed: the server does not speak TLS on this port (a plain http server "
+            "behind an https:// URL?). Check the host and port; plain http:// is only allowed to loopback "
+            "addresses. Not retried"
+        )
+    if "CERTIFICATE_VERIFY_FAILED" in reason or isinstance(error, ssl.SSLCertVerificationError):
+        return (
+            f"TLS handshake with {url} failed: the server's certificate is not trusted (wrong or missing CA, "
+            "or a host name the certificate does not cover). For a private CA, set the connection extra "
+            "'verify' to the path of its PEM bundle. Not retried"
+        )
+    if "CERTIFICATE_REQUIRED" in reason or "ALERT" in reason:
+        return (
+            f"TLS handshake with {url} failed: the server refused the session, most likely because it wants a "
+            "client certificate: set the connection extras 'client_cert' and 'client_private_key' (mTLS). "
+            "Not retried"
+        )
+    return (
+        f"TLS handshake with {url} failed: check the URL, the CA (connection extra 'verify') and, for mTLS, "
+        "'client_cert' and 'client_private_key'. Not retried"
+    )
 
 
 def _decode(response: httpx.Response) -> Any:

@@ -1,7 +1,9 @@
 """One exception hierarchy for all four APIs.
 
-Every API error names the vendor, method, path and status, carries an excerpt of the body, and says
-whether a retry could help. None of them may contain the secret: text is passed through ``redact``
+Every API error names the vendor, method, URL (base URL and path) and status, carries an excerpt of the
+body, says whether a retry could help and, when the hook knows the likely cause, what to fix (``advice``,
+set by the hook's error translation, so a connection test and a sync say the same thing). None of them
+may contain the secret: text is passed through ``redact``
 before it is stored, and the request's auth headers are never part of the message.
 """
 
@@ -47,8 +49,14 @@ class ApiError(ZeotapProviderError):
         retry_after: float | None = None,
         request: httpx.Request | None = None,
         response: httpx.Response | None = None,
+        base_url: str = "",
+        advice: str | None = None,
     ) -> None:
         self.message = message
+        #: The API's base URL without credentials: which server answered is half of most diagnoses.
+        self.base_url = base_url
+        #: What to fix, in the user's terms; leads the message when set.
+        self.advice = advice
         self.vendor = vendor
         self.method = method
         self.path = path
@@ -70,16 +78,23 @@ class ApiError(ZeotapProviderError):
 
     def __str__(self) -> str:
         status = f"HTTP {self.status}" if self.status is not None else "no response"
-        text = f"{self.vendor} {self.method} {self.path} failed ({status}): {self.message}"
+        text = f"{self.vendor} {self.method} {self.base_url}{self.path} failed ({status}): {self.message}"
         if self.attempts > 1:
             text += f" [gave up after {self.attempts} attempts in {self.elapsed:.1f} s]"
-        return text
+        return f"{self.advice} ({text})" if self.advice else text
 
 
 class ApiConnectionError(ApiError):
     """No usable answer: connect error, timeout, dropped connection."""
 
     retryable = True
+
+
+class TlsError(ApiConnectionError):
+    """The TLS handshake failed (plain http behind an https URL, an untrusted certificate, a missing client
+    certificate). The same handshake fails the same way again, so it is not retried."""
+
+    retryable = False
 
 
 class BadRequestError(ApiError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -85,3 +86,20 @@ def parse_settings(model: type[BaseModel], extras: dict[str, Any], *, conn_id: s
         raise ConfigurationError(
             f"Connection {conn_id!r} has invalid extras ({problems}). Fix them in the connection's extra JSON."
         ) from None
+
+
+def unknown_extras(model: type[BaseModel], extras: dict[str, Any], *, conn_id: str) -> list[str]:
+    """One warning per extra the model does not know, naming the closest known name.
+
+    Unknown extras are ignored, not refused (Airflow and other tools may store their own keys), but a
+    misspelt ``max_atempts`` silently keeping the default is worse than a line in the log.
+    """
+    known = sorted(model.model_fields)
+    notes = []
+    for name in extras:
+        if name in model.model_fields:
+            continue
+        close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"known extras: {', '.join(known)}."
+        notes.append(f"Connection {conn_id!r} has an unknown extra {name!r}, which is ignored: {hint}")
+    return notes

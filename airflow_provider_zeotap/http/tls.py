@@ -31,7 +31,7 @@ def build_ssl_context(
     if client_cert or client_key:
         if not (client_cert and client_key):
             raise ConfigurationError(
-                "mTLS needs both 'client_cert' and 'client_key' in the connection extras; only one is set."
+                "mTLS needs both 'client_cert' and 'client_private_key' in the connection extras; only one is set."
             )
         _load_client_pair(context, client_cert, client_key)
     return context
@@ -46,7 +46,7 @@ def _load_client_pair(context: ssl.SSLContext, cert: str, key: str) -> None:
         except (ssl.SSLError, OSError) as exc:
             raise ConfigurationError(
                 "Could not load the mTLS client certificate and key from the connection extras "
-                f"'client_cert'/'client_key' ({type(exc).__name__}): check that both are PEM and belong together."
+                f"'client_cert'/'client_private_key' ({type(exc).__name__}): check that both are PEM and belong together."
             ) from None
 
 

@@ -219,7 +219,7 @@ def test_mtls_handshake_with_a_client_certificate(mtls_material, monkeypatch):
                   "max_attempts": 1}
         monkeypatch.setenv("AIRFLOW_CONN_ZEOTAP_DEFAULT", connection_env(
             "zeotap", emulator.url, emulator.api_key, client_cert=mtls_material["client_cert"],
-            client_key=mtls_material["client_key"], **extras))
+            client_private_key=mtls_material["client_key"], **extras))
         ok, message = ZeotapProfileHook().test_connection()
         assert ok, message
 

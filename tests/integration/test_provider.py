@@ -41,7 +41,7 @@ def test_connection_forms_declare_their_fields():
 
     info = get_provider_info()
     forms = {c["connection-type"]: c for c in info["connection-types"]}
-    assert forms["zeotap"]["conn-fields"]["client_key"]["schema"]["format"] == "password"
+    assert forms["zeotap"]["conn-fields"]["client_private_key"]["schema"]["format"] == "password"
     assert "project_id" in forms["optimizely"]["conn-fields"]
     assert all(f["ui-field-behaviour"]["relabeling"]["host"] == "Base URL" for f in forms.values())
 

@@ -61,7 +61,7 @@ def test_permutive_paging_ends_without_a_token():
 def test_tls_verification_cannot_be_turned_off():
     with pytest.raises(ConfigurationError, match="cannot be turned off"):
         build_ssl_context(verify=False)
-    with pytest.raises(ConfigurationError, match="needs both 'client_cert' and 'client_key'"):
+    with pytest.raises(ConfigurationError, match="needs both 'client_cert' and 'client_private_key'"):
         build_ssl_context(client_cert="-----BEGIN CERTIFICATE-----\n")
 
 

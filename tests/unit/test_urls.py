@@ -9,7 +9,6 @@ from airflow_provider_zeotap.http.urls import check_transport, is_loopback, reso
     [
         (None, "https://app.personyze.com/rest"),
         ("", "https://app.personyze.com/rest"),
-        ("app.personyze.com", "https://app.personyze.com/rest"),
         ("https://app.personyze.com", "https://app.personyze.com/rest"),
         ("https://app.personyze.com/rest", "https://app.personyze.com/rest"),
         ("https://app.personyze.com/rest/", "https://app.personyze.com/rest"),
@@ -23,7 +22,32 @@ def test_base_url_accepts_what_people_write(host, expected):
 
 
 def test_port_field_is_used_when_host_has_none():
-    assert resolve_base_url("127.0.0.1", default="x", prefix="/v2", port=8080) == "https://127.0.0.1:8080/v2"
+    assert resolve_base_url("https://127.0.0.1", default="x", prefix="/v2", port=8080) == "https://127.0.0.1:8080/v2"
+
+
+@pytest.mark.parametrize(
+    ("host", "port", "expected"),
+    [("127.0.0.1:8101", None, "http://127.0.0.1:8101/rest"), ("localhost", 9000, "http://localhost:9000/rest"),
+     ("[::1]:8101", None, "http://[::1]:8101/rest")],
+)
+def test_a_bare_loopback_host_with_a_port_is_plain_http_and_said_once(host, port, expected, caplog, monkeypatch):
+    from airflow_provider_zeotap.http import urls
+
+    monkeypatch.setattr(urls, "_ANNOUNCED", set())
+    caplog.set_level("INFO", logger="airflow_provider_zeotap.http.urls")
+    for _ in range(2):
+        assert resolve_base_url(host, default="https://app.personyze.com", prefix="/rest", port=port) == expected
+    assert len([r for r in caplog.records if "plain http:// is used" in r.getMessage()]) == 1
+
+
+@pytest.mark.parametrize(("host", "port"), [("app.personyze.com", None), ("app.personyze.com", 443),
+                                            ("127.0.0.1", None), ("localhost", None), ("10.0.0.5:8101", None)])
+def test_a_host_without_a_scheme_is_refused_with_the_accepted_forms(host, port):
+    with pytest.raises(ConfigurationError) as caught:
+        resolve_base_url(host, default="https://app.personyze.com", prefix="/rest", port=port, conn_type="personyze")
+    message = str(caught.value)
+    assert f"Connection host {host!r} has no scheme" in message
+    assert "https://app.personyze.com/rest" in message and "personyze://https://:<key>@" in message
 
 
 @pytest.mark.parametrize("url", ["http://api.example.com/v2", "http://10.0.0.5/rest", "http://192.168.1.2:80"])

@@ -1,0 +1,167 @@
+"""The README quotes error messages; each quote must be what the code path it describes really says.
+
+The quotes are the ``- *"..."*:`` bullets of the Connections section's "What the errors say" list and of the
+Personyze and Permutive Troubleshooting lists. In a quote, ``...`` stands for any text and a lone ``N`` for a
+number. Each section's quotes are matched against the messages its own scenarios produce, over real
+sockets against the emulators (and, for the sync paths, in real Airflow runs).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from airflow_provider_zeotap.hooks.permutive import PermutiveHook
+from airflow_provider_zeotap.hooks.personyze import PersonyzeHook
+from airflow_provider_zeotap.hooks.zeotap import ZeotapProfileHook
+from airflow_provider_zeotap.testing import PermutiveEmulator, PersonyzeEmulator
+from tests.integration.conftest import connection_env
+
+pytestmark = pytest.mark.integration
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+QUOTE = re.compile(r'^- \*"(.+?)"\*:', re.MULTILINE)
+
+
+def use(monkeypatch: pytest.MonkeyPatch, conn_type: str, host: str, password: str, **extras: object) -> None:
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_type.upper()}_DEFAULT", connection_env(conn_type, host, password, **extras))
+
+
+def section(title: str, start_marker: str) -> str:
+    """The part of a ``## title`` section from ``start_marker`` to the end of that list."""
+    text = README.read_text()
+    body = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+    part = body.split(start_marker, 1)[1]
+    return part.split("\n\n", 1)[0]
+
+
+def quotes(title: str, start_marker: str) -> list[str]:
+    return QUOTE.findall(section(title, start_marker))
+
+
+def as_pattern(quote: str) -> re.Pattern[str]:
+    pattern = re.escape(quote).replace(re.escape("..."), ".+?")
+    return re.compile(re.sub(r"\bN\b", r"\\d+", pattern))
+
+
+def test_the_readme_sections_quote_messages_at_all():
+    """Guards the parser: an edit that breaks the bullet format must not make the test below vacuous."""
+    assert len(quotes("Connections", "**What the errors say.**")) >= 6
+    assert len(quotes("Personyze", "**Troubleshooting.**")) >= 2
+    assert len(quotes("Permutive", "**Troubleshooting.**")) >= 4
+    assert as_pattern("user list N does not exist").search("user list 42 does not exist")
+
+
+def _dag(dag_runner, dag_id: str, body: str) -> str:
+    return dag_runner.write(f'''
+        from datetime import datetime
+        from airflow.sdk import DAG
+        from airflow_provider_zeotap.operators.diff import SyncDiffOperator
+        from airflow_provider_zeotap.operators.personyze import PersonyzeSyncOperator
+        from airflow_provider_zeotap.operators.permutive import PermutiveSyncOperator
+
+        with DAG(dag_id="{dag_id}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+            {body}
+    ''')
+
+
+def connections_messages(monkeypatch, tmp_path) -> list[str]:
+    messages: list[str] = []
+
+    def tested(conn_type: str, host: str, password: str = "k3y-value", **extras) -> str:
+        use(monkeypatch, conn_type, host, password, **extras)
+        hook = {"personyze": PersonyzeHook, "permutive": PermutiveHook, "zeotap": ZeotapProfileHook}[conn_type]()
+        return hook.test_connection()[1]
+
+    messages.append(tested("personyze", "app.personyze.com"))
+    messages.append(tested("personyze", "http://10.20.30.40"))
+    with PersonyzeEmulator() as emulator:
+        messages.append(tested("personyze", f"{emulator.url}/api", emulator.api_key))
+        messages.append(tested("personyze", emulator.url.replace("http://", "https://"), emulator.api_key))
+        messages.append(tested("personyze", emulator.url, emulator.api_key, max_atempts=2))
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    chain, key = str(tmp_path / "chain.pem"), str(tmp_path / "key.pem")
+    cert.private_key_and_cert_chain_pem.write_to_path(chain)
+    cert.private_key_pem.write_to_path(key)
+    with PersonyzeEmulator(ssl_certfile=chain, ssl_keyfile=key) as emulator:
+        messages.append(tested("personyze", emulator.url, emulator.api_key))
+    with PermutiveEmulator() as emulator:
+        messages.append(tested("permutive", emulator.url, emulator.write_key))
+    use(monkeypatch, "zeotap", "https://api.zeotap.com", "k3y-value", org_id="1", region="EU",
+        client_key="not-a-real-key")
+    hook = ZeotapProfileHook()
+    hook.settings  # noqa: B018 - reading the extras is what warns
+    messages += hook.notes
+    return messages
+
+
+def personyze_messages(monkeypatch, dag_runner, warehouse, capfd) -> list[str]:
+    messages: list[str] = []
+    with PersonyzeEmulator() as emulator:
+        use(monkeypatch, "personyze", emulator.url, emulator.api_key)
+        with pytest.raises(Exception) as caught:
+            PersonyzeHook().require_user_list(999)
+        messages.append(str(caught.value))
+
+        # A users sync with a bad key: the task fails with the guidance, in the task's own log.
+        use(monkeypatch, "personyze", emulator.url, "bad-key-x1", max_attempts=1)
+        warehouse.replace("customers", [{"id": 1, "email": "a@example.com"}], ["id", "email"])
+        capfd.readouterr()
+        run = dag_runner.run(_dag(dag_runner, "readme_personyze_bad_key", '''
+            diff = SyncDiffOperator(task_id="diff", sync_id="readme_personyze_bad_key", conn_id="warehouse",
+                                    sql="SELECT * FROM customers", primary_key="id")
+            PersonyzeSyncOperator(task_id="sync", plan=diff.output, object_type="users", sync_mode="upsert")
+        '''))
+        output = capfd.readouterr()
+        assert run.task_states["sync"] == "failed"
+        assert "bad-key-x1" not in output.out + output.err
+        messages += [line for line in (output.out + output.err).splitlines() if "Personyze" in line]
+    return messages
+
+
+def permutive_messages(monkeypatch, dag_runner, warehouse) -> list[str]:
+    messages: list[str] = []
+    with PermutiveEmulator() as emulator:
+        import_id = emulator.create_import("Web visitors")
+        for key in ("not-a-private-key", emulator.read_only_key):
+            use(monkeypatch, "permutive", emulator.url, key)
+            messages.append(PermutiveHook().test_connection()[1])
+        use(monkeypatch, "permutive", emulator.url, emulator.write_key)
+        with pytest.raises(Exception) as caught:
+            PermutiveHook().require_write_access("32f8e031-c532-41bb-b25e-65bdb677a96f")
+        messages.append(str(caught.value))
+
+        # Someone else's segment meets an add sync's Create: the row is rejected with the reason.
+        emulator.create_segment(import_id, code="seg-1", name="Made by hand")
+        warehouse.replace("segments", [{"code": "seg-1", "name": "Segment 1"}], ["code", "name"])
+        run = dag_runner.run(_dag(dag_runner, "readme_permutive_conflict", f'''
+            diff = SyncDiffOperator(task_id="diff", sync_id="readme_permutive_conflict", conn_id="warehouse",
+                                    sql="SELECT * FROM segments", primary_key="code")
+            PermutiveSyncOperator(task_id="sync", plan=diff.output, import_id="{import_id}", audience_mode="add",
+                                  field_mapping={{"segment_code": "code", "segment_name": "name"}})
+        '''))
+        result = run.result("sync")
+        with open(result["rejected_rows_uri"].removeprefix("file://")) as rejected:
+            messages += [json.loads(line)["reason"] for line in rejected]
+    return messages
+
+
+def test_every_quoted_message_is_produced_by_the_code_path_it_describes(dag_runner, warehouse, monkeypatch,
+                                                                       capfd, tmp_path):
+    produced = {
+        "Connections": connections_messages(monkeypatch, tmp_path),
+        "Personyze": personyze_messages(monkeypatch, dag_runner, warehouse, capfd),
+        "Permutive": permutive_messages(monkeypatch, dag_runner, warehouse),
+    }
+    markers = {"Connections": "**What the errors say.**", "Personyze": "**Troubleshooting.**",
+               "Permutive": "**Troubleshooting.**"}
+    missing = {
+        title: [q for q in quotes(title, marker) if not any(as_pattern(q).search(m) for m in produced[title])]
+        for title, marker in markers.items()
+    }
+    assert missing == {title: [] for title in markers}, f"not produced: {missing}; produced: {json.dumps(produced)}"
