@@ -31,7 +31,7 @@ def permutive(permutive_emulator, monkeypatch):
 
 
 def segments_dag(dag_runner, sync_id: str, import_id: str, **settings) -> str:
-    """A diff of the ``segments`` table and a Permutive add task with ``settings`` (Python literals)."""
+    """A diff of the ``segments`` table and a Permutive mirror task with ``settings`` (Python literals)."""
     extra = "".join(f", {name}={value!r}" for name, value in settings.items())
     return dag_runner.write(f'''
         from datetime import datetime
@@ -42,7 +42,7 @@ def segments_dag(dag_runner, sync_id: str, import_id: str, **settings) -> str:
         with DAG(dag_id="{sync_id}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
             diff = SyncDiffOperator(task_id="diff", sync_id="{sync_id}", conn_id="warehouse",
                                     sql="SELECT * FROM segments", primary_key="code")
-            PermutiveSyncOperator(task_id="sync", plan=diff.output, import_id="{import_id}", audience_mode="add",
+            PermutiveSyncOperator(task_id="sync", plan=diff.output, import_id="{import_id}", audience_mode="mirror",
                                   field_mapping={{"segment_code": "code", "segment_name": "name"}}{extra})
     ''')
 
@@ -81,7 +81,9 @@ def rejected_file(sync_id: str) -> str:
 
 def test_fail_on_rejected_fails_the_task_after_committing_what_was_acknowledged(dag_runner, warehouse, permutive, capfd):
     import_id = permutive.create_import("All or nothing")
-    dag = segments_dag(dag_runner, "rejections_fail_on_any", import_id, fail_on_rejected=True)
+    # Retries allowed, yet not used: a retry would resume after the last batch and report the same rows.
+    dag = segments_dag(dag_runner, "rejections_fail_on_any", import_id, fail_on_rejected=True, retries=2,
+                       retry_delay=0.0)
 
     # Every row invalid: the task fails, nothing is sent, and the message names the counts, setting and file.
     warehouse.replace("segments", [bad(i) for i in range(4)], COLUMNS)
@@ -135,7 +137,7 @@ def test_the_log_ends_with_a_summary_table_listing_the_first_ten_rejected_rows(d
     messages = provider_messages(out)
     start = next(i for i, m in enumerate(messages) if m.startswith("Summary of sync 'rejections_summary'"))
     summary = messages[start:]
-    assert summary[0].endswith("(add): 15 rows selected, 12 rejected or failed")
+    assert summary[0].endswith("(mirror): 15 rows selected, 12 rejected or failed")
     assert summary[1].split() == ["operation", "selected", "succeeded", "unchanged_payload", "identity_kept",
                                   "skipped", "rejected", "failed"]
     assert summary[3].split() == ["create", "15", "3", "0", "0", "0", "12", "0"]
