@@ -118,12 +118,12 @@ def summary_lines(
     """
     selected = selected_rows(result)
     bad = result.rejected + result.failed
-    title = (
-        f"Summary of sync {result.sync_id!r} to {result.destination} ({result.mode})"
-        + (", dry run: nothing was sent or committed; 'rejected' counts rows that would be" if result.dry_run else "")
-        + f": {selected} rows selected, {bad} rejected or failed"
-    )
-    lines = [title]
+    lines = [
+        f"Summary of sync {result.sync_id!r} to {result.destination} ({result.mode}): {selected} rows selected, "
+        f"{bad} rejected or failed"
+    ]
+    if result.dry_run:
+        lines.append("Dry run: nothing was sent or committed; 'rejected' counts the rows that would be rejected")
     if result.operations:
         table = [[op, *(str(getattr(counts, column)) for column in COUNT_COLUMNS)]
                  for op, counts in result.operations.items()]
@@ -134,7 +134,11 @@ def summary_lines(
     if result.dry_run and result.dry_run_payloads_uri:
         lines.append(f"The first payloads, with would_reject reasons: {result.dry_run_payloads_uri}")
     if bad and rejected_rows_path and result.rejected_rows_uri:
-        shown = first_rejected_rows(rejected_rows_path, limit)
+        try:
+            shown = first_rejected_rows(rejected_rows_path, limit)
+        except (OSError, ValueError) as error:  # the run is done and committed; a report must not undo that
+            lines.append(f"Rejected and failed rows: {bad}, in {result.rejected_rows_uri} (not readable here: {error})")
+            return lines
         lines.append(
             f"Rejected and failed rows, first {len(shown)} of {bad} (all, with reasons: {result.rejected_rows_uri}):"
         )

@@ -212,4 +212,10 @@ def test_a_clean_run_has_no_rejected_section_and_a_dry_run_says_so(tmp_path):
     clean = summary_lines(result(), None)
     assert len(clean) == 5 and "rejected or failed rows" not in "\n".join(clean)
     dry = summary_lines(result(rejected=2, dry_run=True), None)
-    assert "dry run: nothing was sent or committed" in dry[0]
+    assert dry[1] == "Dry run: nothing was sent or committed; 'rejected' counts the rows that would be rejected"
+    assert dry[4].split() == ["create", "10", "8", "0", "0", "0", "2", "0"]
+
+
+def test_an_unreadable_rejected_file_still_gives_a_summary(tmp_path):
+    lines = summary_lines(result(rejected=2), str(tmp_path / "gone.jsonl"))
+    assert lines[-1].startswith("Rejected and failed rows: 2, in file:///state/rejected_rows.jsonl (not readable here:")
