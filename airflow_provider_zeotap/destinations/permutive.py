@@ -25,9 +25,83 @@ from airflow_provider_zeotap.sync.modes import Operation
 
 A, C, R = Change.ADDED, Change.CHANGED, Change.REMOVED
 O = Operation
-#: Codes are generated within these rules (the strictest reading of what the API accepts).
+
+# -- the segment rules ---------------------------------------------------------------------------------
+# What the API takes for a segment's code and name. Permutive publishes no exact rule, and its batch
+# endpoint refuses a whole batch with one error that names no operation, so each row is checked here,
+# before sending: a bad row gets its own reason and costs no request. Where the public docs are silent the
+# project reads the rules strictly: a code is 1-100 of A-Z a-z 0-9 _ . : -, a name 1-255 characters. One
+# rule is the project's own, beyond the API's: a name of only whitespace is refused too (it would show as a
+# blank segment). This is the client's one copy of the rules; the emulator (``testing/permutive_batch.py``)
+# keeps its own, independent model of the API, and a unit test holds the two to the same verdicts.
 MAX_CODE_LENGTH = 100
+MAX_NAME_LENGTH = 255
+CODE_CHARACTERS = "letters, digits, '_', '.', ':' and '-'"
+_CODE_CHAR = re.compile(r"[A-Za-z0-9_.:-]")
+#: At most this many distinct characters are named in a reason; the rest are counted.
+_NAMED_CHARACTERS = 3
+_SHOWN_CHARACTERS = 40
+#: Generated codes keep to a subset of the rules: lowercase letters, digits and '_'.
 _NOT_CODE_CHARS = re.compile(r"[^a-z0-9]+")
+
+
+def code_problem(code: str) -> str | None:
+    """Why the API would refuse this segment code, naming the rule it breaks; None when it is valid."""
+    if code == "":
+        return "segment_code is empty: map segment_code, or leave it blank and map segment_name to generate one"
+    problems = []
+    if len(code) > MAX_CODE_LENGTH:
+        problems.append(f"is {len(code)} characters long; at most {MAX_CODE_LENGTH}")
+    bad = list(dict.fromkeys(ch for ch in code if not _CODE_CHAR.fullmatch(ch)))
+    if bad:
+        named = [_describe_character(ch) for ch in bad[:_NAMED_CHARACTERS]]
+        more = len(bad) - len(named)
+        listed = ", ".join(named[:-1]) + " and " + named[-1] if len(named) > 1 else named[0]
+        if more:
+            listed += f" (and {more} more characters not allowed)"
+        problems.append(f"has {listed}: codes are {CODE_CHARACTERS}")
+    if not problems:
+        return None
+    return f"segment_code {_shown(code)} " + "; it also ".join(problems)
+
+
+def name_problem(name: str | None) -> str | None:
+    """Why the API would refuse (or the project refuses) this segment name; None when it is valid.
+
+    A name of only whitespace would show as a blank segment in Permutive, which no one means: it is
+    refused like an empty one.
+    """
+    if name is None or name == "":
+        return ("segment_name is empty and the task has no segment_name default: every segment needs a name; "
+                "fill it in the source, or pass segment_name= to the task")
+    if not name.strip():
+        return (f"segment_name {_shown(name)} is only whitespace: every segment needs a visible name; "
+                "fill it in the source, or pass segment_name= to the task")
+    if len(name) > MAX_NAME_LENGTH:
+        return f"segment_name {_shown(name)} is {len(name)} characters long; at most {MAX_NAME_LENGTH}"
+    return None
+
+
+def _describe_character(ch: str) -> str:
+    if ch == " ":
+        return "a space"
+    if ch == "\t":
+        return "a tab"
+    if ch in "\r\n":
+        return "a line break"
+    if ch.isspace():
+        return f"a whitespace character U+{ord(ch):04X}"
+    if not ch.isprintable():
+        return f"a control character U+{ord(ch):04X}"
+    if not ch.isascii():
+        kind = "letter" if ch.isalpha() else "character"
+        return f"a non-ASCII {kind} {ch!r} (U+{ord(ch):04X})"
+    return f"the character {ch!r}"
+
+
+def _shown(value: str) -> str:
+    """A value quoted for a reason, cut short: a 500-character code would drown the message."""
+    return repr(value if len(value) <= _SHOWN_CHARACTERS else value[:_SHOWN_CHARACTERS] + "…")
 
 
 def code_from_name(name: str) -> str:
@@ -128,13 +202,20 @@ class PermutiveSegments(Destination):
         return {"name": self._name(row) or "", **({"description": description} if description is not None else {})}
 
     def validate(self, operation: Operation, row: OutboundRow) -> str | None:
+        """Check the code (every operation names one) and, unless the row is removed, the name it sends.
+
+        Rows that break a rule are rejected here with the rule they break, instead of failing a batch
+        that the engine must then halve down to them; only refusals these rules do not foresee reach the
+        API and come back in its words.
+        """
         code = self._code(row)
         if code is None:
             return "no segment_code, and no segment_name to generate one from: map segment_code or segment_name"
-        if not operation.removes and self._name(row) is None:
-            return "no segment_name: map segment_name or set the task's segment_name default"
+        problem = code_problem(code)
+        if problem is None and not operation.removes:
+            problem = name_problem(self._name(row))
         # Two rows with one code are caught by the engine's identity check (``identity`` is the code).
-        return None
+        return problem
 
     def _verb(self, operation: Operation, row: OutboundRow) -> str:
         if operation.removes:

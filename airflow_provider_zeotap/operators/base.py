@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_zeotap.sync.destination import Capabilities, Destination
 from airflow_provider_zeotap.errors import ConfigurationError
@@ -15,6 +16,15 @@ from airflow_provider_zeotap.sync.models import Plan
 from airflow_provider_zeotap.sync.guards import Guards
 from airflow_provider_zeotap.sync.state import CommittedPointer, asset_store, sync_asset
 from airflow_provider_zeotap.sync.storage import SyncStorage, validate_sync_id
+from airflow_provider_zeotap.sync.summary import RejectionLimit
+
+
+class TooManyRejectedRows(AirflowFailException):
+    """More rows were rejected or failed than the task allows; raised after the commit.
+
+    Not retried: a retry resumes after the last delivered batch and would report the same rows again.
+    The rows are sent again by the next run, once fixed.
+    """
 
 
 class BaseSyncOperator(BaseOperator):
@@ -39,6 +49,9 @@ class BaseSyncOperator(BaseOperator):
     :param take_over_existing: in a mirror, a record already at the target that this sync did not create is
         claimed (and so may later be removed) instead of left alone.
     :param memory_limit: DuckDB memory limit for delivery and commit, e.g. ``"1GB"`` (it spills to disk beyond).
+    :param max_rejected_ratio: fail the task when (rejected + failed) / selected rows exceeds this share (0 to 1),
+        after the acknowledged rows are committed; None (default): no limit.
+    :param fail_on_rejected: fail the task, after the commit, when any row was rejected or failed.
     """
 
     template_fields: Sequence[str] = ("plan", "field_mapping")
@@ -62,6 +75,8 @@ class BaseSyncOperator(BaseOperator):
         take_over_existing: bool = False,
         memory_limit: str | None = None,
         progress_interval: float = 10.0,
+        max_rejected_ratio: float | None = None,
+        fail_on_rejected: bool = False,
         **kwargs: Any,
     ) -> None:
         resolved = sync_id or _sync_id_of(plan)
@@ -88,6 +103,10 @@ class BaseSyncOperator(BaseOperator):
         self.take_over_existing = take_over_existing
         self.memory_limit = memory_limit
         self.progress_interval = progress_interval
+        try:
+            self.rejection_limit = RejectionLimit(max_rejected_ratio=max_rejected_ratio, fail_on_rejected=fail_on_rejected)
+        except ConfigurationError as error:
+            raise ConfigurationError(f"{self.task_id}: {error}") from None
 
     def check_settings(self) -> None:
         """Subclasses call this at the end of ``__init__``: a bad mode fails when the DAG is parsed."""
@@ -163,6 +182,7 @@ class BaseSyncOperator(BaseOperator):
                 progress_interval=self.progress_interval,
             )
             result = runner.run()
+            summary = runner.summary(result)  # reads the rejected-rows file, so before the cleanup
         finally:
             destination.close()
             storage.cleanup()
@@ -171,6 +191,13 @@ class BaseSyncOperator(BaseOperator):
                 "%d rows failed after retries; they keep their old state and are sent again on the next run",
                 result.failed,
             )
+        breach = self.rejection_limit.breach(result)
+        if breach:  # a failed task returns nothing to XCom, so the result goes to the log
+            self.log.error("The task fails on its rejected rows; its result: %s", result.model_dump_json())
+        for line in summary:
+            self.log.info("%s", line)
+        if breach:
+            raise TooManyRejectedRows(breach)
         return result.model_dump(mode="json")
 
 

@@ -66,6 +66,7 @@ from airflow_provider_zeotap.sync.progress import Progress
 from airflow_provider_zeotap.sync.remembered import fingerprint, load_remembered, write_remembered
 from airflow_provider_zeotap.sync.state import CommittedPointer, KeyValueStore
 from airflow_provider_zeotap.sync.storage import SyncStorage
+from airflow_provider_zeotap.sync.summary import summary_lines
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +189,8 @@ class DeliveryRunner:
         #: True when the baseline belongs to another target and ``rebind`` starts this one afresh.
         self.rebinding = False
         self.changes_path = ""
+        #: The local copy of this run's rejected-rows file, while the task runs (None: no rejected rows).
+        self.rejected_rows_path: str | None = None
         self.verdicts: dict[int, tuple[Outcome, str]] = {}
         self.attempted: set[str] = set()
         #: Identities of rows this run removes: a current row with one of them takes over a record that
@@ -610,6 +613,7 @@ class DeliveryRunner:
         )
         if bad:
             self.storage.publish(rejected_uri)
+            self.rejected_rows_path = self.storage.to_local(rejected_uri)
         totals = {o.value: sum(getattr(c, o.value) for c in operations.values()) for o in Outcome}
         result = SyncResult(
             sync_id=self.plan.sync_id,
@@ -642,6 +646,10 @@ class DeliveryRunner:
             f"; rejected and failed rows with reasons: {rejected_uri}" if bad else "",
         )
         return result
+
+    def summary(self, result: SyncResult) -> list[str]:
+        """The lines that end the task's log (``sync/summary.py``); call it before the storage is cleaned up."""
+        return summary_lines(result, self.rejected_rows_path)
 
     def _dry_run(self, selected: int, not_acted_on: int, counts: Mapping[str, int], started: float) -> SyncResult:
         """Everything up to the wire: mapping, validation, batching. The first payloads go to a file."""

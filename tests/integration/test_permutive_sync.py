@@ -86,7 +86,7 @@ def test_a_12000_segment_mirror_then_changes_with_one_bad_row_then_nothing(dag_r
     assert "seg-01010" not in stored and "seg-20010" in stored and "bad code with spaces!" not in stored
     rejected = [json.loads(line) for line in open(result["rejected_rows_uri"].removeprefix("file://"))]
     assert [r["code"] for r in rejected] == ["bad code with spaces!"]
-    assert "ValidationError" in rejected[0]["reason"]
+    assert "has a space and the character '!'" in rejected[0]["reason"]  # found before sending
 
     # Third run, nothing changed: nothing is sent (the invalid row is remembered, not re-sent unchanged).
     permutive.clear_requests()
