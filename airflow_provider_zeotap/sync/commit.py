@@ -96,13 +96,19 @@ def commit_snapshot(
 
 
 def write_rejected_rows(
-    *, changes_path: str, outcome_paths: list[str], primary_key: list[str], out_path: str
+    *,
+    changes_path: str,
+    outcome_paths: list[str],
+    primary_key: list[str],
+    out_path: str,
+    memory_limit: str | None = None,
 ) -> int:
     """Write a JSON-lines report of rows whose final outcome is rejected or failed; return how many.
 
     Each line holds the primary-key columns by name, then ``change``, ``operation``, ``outcome`` and
     ``reason``; a key column whose name is one of those four is written as ``key_<name>``. No file is
-    written when there is nothing to report, so its absence means a clean run.
+    written when there is nothing to report, so its absence means a clean run. It joins every
+    outcome of the run, so it runs under the task's ``memory_limit`` like the commit.
     """
     keys = ", ".join(
         f'"c".{quote_identifier(column)} AS {quote_identifier(_report_key_name(column))}'
@@ -111,7 +117,7 @@ def write_rejected_rows(
     failed = ", ".join(quote_literal(outcome.value) for outcome in (Outcome.REJECTED, Outcome.FAILED))
     out_dir = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(out_dir, exist_ok=True)
-    with _scratch_connection(out_dir) as con:
+    with _scratch_connection(out_dir, memory_limit) as con:
         (rows,) = fetch_row(
             con,
             f"""
@@ -130,9 +136,12 @@ def write_rejected_rows(
     return int(rows)
 
 
-def count_outcomes(outcome_paths: list[str]) -> dict[str, dict[str, int]]:
-    """Rows per operation and final outcome, e.g. ``{"upsert": {"succeeded": 98, "rejected": 2}}``."""
-    with _scratch_connection(None) as con:
+def count_outcomes(outcome_paths: list[str], memory_limit: str | None = None) -> dict[str, dict[str, int]]:
+    """Rows per operation and final outcome, e.g. ``{"upsert": {"succeeded": 98, "rejected": 2}}``.
+
+    Groups one row per delivered row id, so it runs under the task's ``memory_limit`` like the commit.
+    """
+    with _scratch_connection(None, memory_limit) as con:
         rows = con.execute(
             f"""
             SELECT "operation", "outcome", count(*)

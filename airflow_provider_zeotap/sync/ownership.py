@@ -53,8 +53,14 @@ class OwnershipLog:
             os.fsync(handle.fileno())
         self.storage.publish(uri)
 
-    def compact(self, *, snapshot_path: str, outcome_paths: Sequence[str], snapshot_id: str) -> int:
-        """Fold the records into one file, less what the baseline holds and what was removed; return its size."""
+    def compact(
+        self, *, snapshot_path: str, outcome_paths: Sequence[str], snapshot_id: str, memory_limit: str | None = None
+    ) -> int:
+        """Fold the records into one file, less what the baseline holds and what was removed; return its size.
+
+        It reads the whole new baseline's identities and every outcome, so it runs under the task's
+        ``memory_limit`` like the commit.
+        """
         names = self._files()
         if not names:
             return 0
@@ -64,7 +70,7 @@ class OwnershipLog:
         files = "[" + ", ".join(quote_literal(p) for p in paths) + "]"
         removed = _removed_identities_sql(outcome_paths)
         work = os.path.dirname(out)
-        with closing(open_duckdb(work)) as con:
+        with closing(open_duckdb(work, memory_limit=memory_limit)) as con:
             (rows,) = fetch_row(
                 con,
                 f"""

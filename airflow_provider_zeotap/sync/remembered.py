@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import tempfile
 from collections.abc import Sequence
+from contextlib import closing
 from typing import Any
 
-import duckdb
-
 from airflow_provider_zeotap.sync.destination import OutboundRow
-from airflow_provider_zeotap.sync.diff import quote_literal
+from airflow_provider_zeotap.sync.diff import open_duckdb, quote_literal
 from airflow_provider_zeotap.sync.modes import Operation
 
 
@@ -31,10 +32,19 @@ def load_remembered(path: str) -> dict[str, dict[str, Any]]:
         return {record["fingerprint"]: record for record in records}
 
 
-def write_remembered(outcome_paths: Sequence[str], path: str) -> None:
-    """Collect the fingerprinted rejections of a run's outcomes files into one JSON-lines file."""
+def write_remembered(outcome_paths: Sequence[str], path: str, memory_limit: str | None = None) -> None:
+    """Collect the fingerprinted rejections of a run's outcomes files into one JSON-lines file.
+
+    It scans every outcome of the run, so it runs under the task's ``memory_limit`` (a bare connection
+    would take DuckDB's default of most of the machine), spilling beside ``path``. Insertion order is
+    kept: of two records with one fingerprint, ``load_remembered`` keeps the later line.
+    """
     files = "[" + ", ".join(quote_literal(p) for p in outcome_paths) + "]"
-    with duckdb.connect() as con:
+    folder = os.path.dirname(os.path.abspath(path))
+    with (
+        tempfile.TemporaryDirectory(prefix=".duckdb-", dir=folder) as spill,
+        closing(open_duckdb(spill, memory_limit=memory_limit, preserve_order=True)) as con,
+    ):
         con.execute(
             f"COPY (SELECT fingerprint, reason, since FROM read_json({files}, format = 'newline_delimited', "
             "columns = {fingerprint: 'VARCHAR', reason: 'VARCHAR', since: 'VARCHAR'}) WHERE fingerprint IS NOT NULL) "

@@ -38,6 +38,7 @@ from airflow_provider_zeotap.sync.destination import (
     RowOutcome,
 )
 from airflow_provider_zeotap.sync.diff import (
+    DEFAULT_MEMORY_LIMIT,
     DELIVERY_TYPES,
     open_duckdb,
     parquet_relation,
@@ -558,7 +559,9 @@ class DeliveryRunner:
         )
         self.pointer.compare_and_set(plan, state)
         log.info("Committed snapshot %s of sync %r: %d rows", snapshot_id, plan.sync_id, rows)
-        self.ownership.compact(snapshot_path=local, outcome_paths=outcome_paths, snapshot_id=snapshot_id)
+        self.ownership.compact(
+            snapshot_path=local, outcome_paths=outcome_paths, snapshot_id=snapshot_id, memory_limit=self.memory_limit
+        )
         keep = {snapshot_id} | ({plan.base.snapshot_id} if plan.base else set())
         if removed := self.storage.prune(keep_plan=plan.plan_id, keep_snapshots=keep):
             log.info("Removed %d old plan folders and snapshots of sync %r", len(removed), plan.sync_id)
@@ -569,7 +572,7 @@ class DeliveryRunner:
         if not paths:
             return None
         uri = self.storage.committed_uri(snapshot_id).removesuffix(".parquet") + ".rejected.jsonl"
-        write_remembered(paths, self.storage.to_local(uri))
+        write_remembered(paths, self.storage.to_local(uri), self.memory_limit)
         self.storage.publish(uri)
         return uri
 
@@ -595,7 +598,7 @@ class DeliveryRunner:
         committed: CommittedState | None,
         started: float,
     ) -> SyncResult:
-        per_operation = count_outcomes(paths) if paths else {}
+        per_operation = count_outcomes(paths, self.memory_limit) if paths else {}
         operations = {
             op: OperationCounts(selected=sum(by_outcome.values()), **{o.value: by_outcome.get(o.value, 0) for o in Outcome})
             for op, by_outcome in per_operation.items()
@@ -607,6 +610,7 @@ class DeliveryRunner:
                 outcome_paths=paths,
                 primary_key=self.plan.primary_key,
                 out_path=self.storage.to_local(rejected_uri),
+                memory_limit=self.memory_limit,
             )
             if paths
             else 0
@@ -698,7 +702,7 @@ def _refresh_changes(snapshot_path: str, primary_key: Sequence[str], out_path: s
     Written once per plan to a fixed name, so a retried task cuts the same batches and resumes.
     """
     if os.path.exists(out_path):
-        with closing(duckdb.connect()) as con:
+        with closing(duckdb.connect(config={"memory_limit": memory_limit or DEFAULT_MEMORY_LIMIT})) as con:
             row = con.execute("SELECT count(*) FROM read_parquet(?)", [out_path]).fetchone()
         return int(row[0]) if row else 0
     keys = ", ".join(quote_identifier(c) for c in primary_key)
