@@ -13,9 +13,8 @@ Outcome files are JSON lines written by the delivery, one object per attempted r
 An applied row keeps ``identity``, ``payload_hash`` and ``payload_fields`` in the snapshot's delivery
 columns: what the destination was given, which the next run compares its payload against.
 
-The runner writes one file per batch and rewrites it when a batch is re-sent after a crash; should a
-row id still occur more than once, the last file in the given list wins, and within a file the last
-line.
+The runner writes one file per batch and rewrites it when a batch is re-sent after a crash, so each
+row id occurs once across the files; a commit that finds a row reported twice refuses to guess.
 """
 
 from __future__ import annotations
@@ -90,6 +89,7 @@ def commit_snapshot(
     out_dir = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(out_dir, exist_ok=True)
     with _scratch_connection(out_dir, memory_limit) as con:
+        _check_one_outcome_per_row(con, outcome_paths)
         sql = _commit_sql(con, base_snapshot, changes_path, outcome_paths, acted_on, primary_key, out_path)
         (rows,) = fetch_row(con, sql)
     return int(rows)
@@ -157,11 +157,12 @@ def count_outcomes(outcome_paths: list[str], memory_limit: str | None = None) ->
 
 
 def final_outcomes_sql(outcome_paths: Sequence[str]) -> str:
-    """``(row_id, outcome, operation, reason, identity, payload_hash, payload_fields)``, one row per row
-    id: its last report wins.
+    """``(row_id, outcome, operation, reason, identity, payload_hash, payload_fields)``, one row per row id.
 
-    Each file is read on its own with its position in the list, so "last" follows the caller's order
-    and not however a glob or the reader would order the files.
+    The runner writes each row's outcome exactly once: a batch's rows go to that batch's file, and a
+    batch sent again after a crash rewrites its own file. So the files are read as one relation and
+    streamed, with no per-row aggregate, and memory stays flat however many rows were delivered.
+    ``commit_snapshot`` checks the one-outcome-per-row rule before it trusts it.
     """
     if not outcome_paths:
         return (
@@ -169,27 +170,24 @@ def final_outcomes_sql(outcome_paths: Sequence[str]) -> str:
             'NULL::VARCHAR AS "operation", NULL::VARCHAR AS "reason", NULL::VARCHAR AS "identity", '
             'NULL::VARCHAR AS "payload_hash", NULL::VARCHAR[] AS "payload_fields" WHERE false'
         )
-    reads = "\n                UNION ALL ".join(
-        f"""SELECT {index} AS "file_index", "ordinality" AS "line", "row_id", "outcome", "operation", "reason",
-                       "identity", "payload_hash", "payload_fields"
-                FROM read_json({quote_literal(path)}, format = 'newline_delimited',
-                               columns = {_OUTCOME_SCHEMA}) WITH ORDINALITY"""
-        for index, path in enumerate(outcome_paths)
-    )
+    files = "[" + ", ".join(quote_literal(path) for path in outcome_paths) + "]"
     return f"""
-        SELECT "row_id", "last"."outcome" AS "outcome", "last"."operation" AS "operation",
-               "last"."reason" AS "reason", "last"."identity" AS "identity",
-               "last"."payload_hash" AS "payload_hash", "last"."payload_fields" AS "payload_fields"
-        FROM (
-            SELECT "row_id",
-                   arg_max({{'outcome': "outcome", 'operation': "operation", 'reason': "reason",
-                             'identity': "identity", 'payload_hash': "payload_hash",
-                             'payload_fields': "payload_fields"}},
-                           ["file_index", "line"]) AS "last"
-            FROM ({reads})
-            GROUP BY "row_id"
-        )
+        SELECT "row_id", "outcome", "operation", "reason", "identity", "payload_hash", "payload_fields"
+        FROM read_json({files}, format = 'newline_delimited', columns = {_OUTCOME_SCHEMA})
     """
+
+
+def _check_one_outcome_per_row(con: duckdb.DuckDBPyConnection, outcome_paths: Sequence[str]) -> None:
+    """Refuse to commit outcomes that report a row twice: which one the destination holds is unknown."""
+    repeated = con.execute(
+        f"""SELECT "row_id" FROM ({final_outcomes_sql(outcome_paths)})
+            GROUP BY "row_id" HAVING count(*) > 1 LIMIT 1"""
+    ).fetchone()
+    if repeated:
+        raise RuntimeError(
+            f"The outcome files report row {repeated[0]} more than once; nothing was committed. This is a bug in "
+            "the delivery runner: please report it with the plan's delivery folder."
+        )
 
 
 def _commit_sql(
@@ -217,21 +215,22 @@ def _commit_sql(
         else f'"a"."o_{field}" AS {quote_identifier(column)}'
         for field, column in _DELIVERY_FIELDS.items()
     )
+    # Nothing is materialised: the applied changes are read twice, as keys for the anti-join and as rows,
+    # so no step holds whole rows of every change at once.
     new_rows = f"""
             SELECT {conform_columns('"a"', target, changes_schema)}, {delivered}
-            FROM "applied" AS "a"
+            FROM ({_applied_sql(changes, outcome_paths, acted_on)}) AS "a"
             WHERE "a"."{CHANGE_COLUMN}" <> '{Change.REMOVED.value}'"""
     kept_rows = ""
     if base is not None:
+        keys = ", ".join(f'"c".{quote_identifier(column)}' for column in primary_key)
         kept_rows = f"""
             SELECT {conform_columns('"b"', {**target, **DELIVERY_TYPES}, base_schema)}
-            FROM {base} AS "b" ANTI JOIN "applied" AS "a" ON {key_match(primary_key, base_schema, target)}
+            FROM {base} AS "b" ANTI JOIN ({_applied_sql(changes, outcome_paths, acted_on, columns=keys)}) AS "a"
+                ON {key_match(primary_key, base_schema, target)}
             UNION ALL"""
     return f"""
         COPY (
-            WITH "applied" AS MATERIALIZED (
-                {_applied_sql(changes, outcome_paths, acted_on)}
-            )
             {kept_rows}{new_rows}
         ) TO {quote_literal(out_path)} (FORMAT parquet)
     """
@@ -241,13 +240,19 @@ def _delivery_columns_of(con: duckdb.DuckDBPyConnection, relation: str) -> set[s
     return {name for name in relation_schema(con, relation) if name in DELIVERY_TYPES}
 
 
-def _applied_sql(changes: str, outcome_paths: Sequence[str], acted_on: Iterable[str]) -> str:
-    """Change rows that take effect: acknowledged ones, and all of a kind the mode does not send."""
+def _applied_sql(
+    changes: str, outcome_paths: Sequence[str], acted_on: Iterable[str], *, columns: str | None = None
+) -> str:
+    """Change rows that take effect: acknowledged ones, and all of a kind the mode does not send.
+
+    ``columns`` narrows what is read (the keys alone, for the anti-join); by default whole rows with the
+    delivery fields of their outcome.
+    """
     sent = ", ".join(quote_literal(kind) for kind in sorted(acted_on))
     not_sent = f'"c"."{CHANGE_COLUMN}" NOT IN ({sent})' if sent else "true"
     applied = ", ".join(quote_literal(outcome.value) for outcome in APPLIED_OUTCOMES)
     delivered = ", ".join(f'"o"."{field}" AS "o_{field}"' for field in _DELIVERY_FIELDS)
-    return f"""SELECT "c".*, {delivered}
+    return f"""SELECT {columns or f'"c".*, {delivered}'}
                 FROM {changes} AS "c"
                 LEFT JOIN ({final_outcomes_sql(outcome_paths)}) AS "o" ON "c"."{ROW_ID_COLUMN}" = "o"."row_id"
                 WHERE {not_sent} OR "o"."outcome" IN ({applied})"""

@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -59,7 +60,11 @@ def identity_verdicts(
     work_dir: str,
     memory_limit: str | None = None,
 ) -> dict[int, tuple[Outcome, str]]:
-    """Row id -> (rejected or identity_kept, reason) for the rows the rules above catch; others absent."""
+    """Row id -> (rejected or identity_kept, reason) for the rows the rules above catch; others absent.
+
+    Every aggregate runs over the few identities that matter (shared ones, removed ones), never one
+    group per row, so memory stays flat however many rows change.
+    """
     with tempfile.TemporaryDirectory(prefix=".identity-", dir=work_dir) as folder:
         ids_path = os.path.join(folder, "identities.parquet")
         if not _write(checks, ids_path):
@@ -91,7 +96,7 @@ def _flush(writer: pq.ParquetWriter, chunk: list[IdentityCheck]) -> int:
     return len(chunk)
 
 
-def _verdicts_sql(con, ids_path: str, base_snapshot: str | None, changes_path: str, primary_key: Sequence[str]) -> str:
+def _verdicts_sql(con: duckdb.DuckDBPyConnection, ids_path: str, base_snapshot: str | None, changes_path: str, primary_key: Sequence[str]) -> str:
     removed = Change.REMOVED.value
     held = """SELECT NULL::VARCHAR AS "identity", NULL::VARCHAR AS "key" WHERE false"""
     if base_snapshot is not None:
@@ -108,14 +113,16 @@ def _verdicts_sql(con, ids_path: str, base_snapshot: str | None, changes_path: s
         WITH "ids" AS (SELECT * FROM read_parquet('{ids_path.replace("'", "''")}')),
         "current" AS (SELECT * FROM "ids" WHERE "kind" <> '{removed}'),
         "held" AS ({held}),
+        "shared" AS (SELECT "identity" FROM "current" GROUP BY "identity" HAVING count(*) > 1),
         "groups" AS (
             SELECT "identity", list("key" ORDER BY "row_id") AS "keys", count(*) AS "n"
-            FROM "current" GROUP BY "identity" HAVING count(*) > 1
+            FROM "current" SEMI JOIN "shared" USING ("identity") GROUP BY "identity"
         ),
+        "removed" AS (SELECT DISTINCT "identity" FROM "ids" WHERE "kind" = '{removed}'),
         "wanted" AS (
             SELECT "identity", min("key") AS "key" FROM (
                 SELECT "identity", "key" FROM "current" UNION ALL SELECT "identity", "key" FROM "held"
-            ) GROUP BY "identity"
+            ) SEMI JOIN "removed" USING ("identity") GROUP BY "identity"
         )
         SELECT "c"."row_id", '{Outcome.REJECTED.value}',
                'identity ' || to_json("c"."identity") || ' is shared by ' || "g"."n" || ' rows of this run (the others: '

@@ -134,30 +134,20 @@ def test_nothing_acted_on_applies_everything_whatever_the_outcomes(
     assert sorted(snapshot) == [1, 2, 4] and snapshot[2]["name"] == "B"
 
 
-@pytest.mark.parametrize(
-    ("order", "applied"), [("rejected-then-succeeded", True), ("succeeded-then-rejected", False)]
-)
-def test_the_last_outcome_file_wins(
-    tmp_path: Path, base: str, plan: DiffOutput, order: str, applied: bool
+@pytest.mark.parametrize("split", [True, False], ids=["across-files", "within-a-file"])
+def test_a_row_reported_twice_is_refused_and_nothing_is_committed(
+    tmp_path: Path, base: str, plan: DiffOutput, split: bool
 ) -> None:
-    rejected = outcomes(tmp_path / "a.jsonl", (1, "rejected", "update", "429"))
-    succeeded = outcomes(tmp_path / "b.jsonl", (1, "succeeded", "update"))
-    files = [rejected, succeeded] if order == "rejected-then-succeeded" else [succeeded, rejected]
+    if split:
+        files = [outcomes(tmp_path / "a.jsonl", (1, "rejected", "update", "429")),
+                 outcomes(tmp_path / "b.jsonl", (1, "succeeded", "update"))]
+    else:
+        files = [outcomes(tmp_path / "o.jsonl", (1, "succeeded", "update"), (0, "succeeded", "create"),
+                          (1, "failed", "update"))]
 
-    snapshot = commit(tmp_path, base, plan, files)
-
-    assert snapshot[2]["name"] == ("B" if applied else "b")
-    assert count_outcomes(files) == {"update": {"succeeded" if applied else "rejected": 1}}
-
-
-def test_within_one_file_the_last_line_wins(tmp_path: Path, base: str, plan: DiffOutput) -> None:
-    report = outcomes(
-        tmp_path / "o.jsonl", (1, "succeeded", "update"), (0, "succeeded", "create"), (1, "failed", "update")
-    )
-
-    snapshot = commit(tmp_path, base, plan, [report])
-
-    assert snapshot[2]["name"] == "b" and 4 in snapshot
+    with pytest.raises(RuntimeError, match="report row 1 more than once; nothing was committed"):
+        commit(tmp_path, base, plan, files)
+    assert not (tmp_path / "committed.parquet").exists()
 
 
 def test_first_commit_without_base_keeps_only_acknowledged_rows(tmp_path: Path) -> None:
@@ -254,11 +244,10 @@ def test_rejected_rows_report(tmp_path: Path) -> None:
     plan = diff(tmp_path, "plan", source, base, key=["reason", "id"])
     # Rows: 0 adds (r3, 3), 1 adds (r4, 4), 2 changes (r1, 1), 3 removes (r2, 2).
     first = outcomes(
-        tmp_path / "a.jsonl", (0, "failed", "create", "timeout"), (2, "rejected", "update", "bad v")
+        tmp_path / "a.jsonl", (0, "succeeded", "create"), (2, "rejected", "update", "bad v")
     )
     second = outcomes(
         tmp_path / "b.jsonl",
-        (0, "succeeded", "create"),
         (3, "failed", "delete", "503"),
         (1, "succeeded", "create"),
     )
@@ -306,16 +295,16 @@ def test_no_rejected_rows_writes_no_file(tmp_path: Path, plan: DiffOutput) -> No
     assert not out.exists()
 
 
-def test_count_outcomes_counts_each_row_once_by_its_final_outcome(tmp_path: Path) -> None:
+def test_count_outcomes_counts_rows_per_operation_and_outcome_across_files(tmp_path: Path) -> None:
     first = outcomes(
         tmp_path / "a.jsonl", (0, "failed", "upsert"), (1, "succeeded", "upsert"), (2, "rejected", "delete")
     )
-    retry = outcomes(tmp_path / "b.jsonl", (0, "succeeded", "upsert"), (3, "failed", "delete"))
+    second = outcomes(tmp_path / "b.jsonl", (4, "succeeded", "upsert"), (3, "failed", "delete"))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
 
-    assert count_outcomes([first, retry, str(empty)]) == {
-        "upsert": {"succeeded": 2},
+    assert count_outcomes([first, second, str(empty)]) == {
+        "upsert": {"succeeded": 2, "failed": 1},
         "delete": {"rejected": 1, "failed": 1},
     }
     assert count_outcomes([]) == {}
