@@ -269,3 +269,37 @@ def test_take_over_existing_claims_a_member_that_was_there_first(dag_runner, war
     warehouse.replace("audience", [{"email": "a@example.com"}], ["email"])
     assert dag_runner.run(dag).state == "success"
     assert personyze.list_member_emails(list_id) == {"a@example.com"}
+
+
+def test_a_numeric_column_whose_type_widens_resends_nothing_but_the_new_row(dag_runner, personyze, tmp_path):
+    import decimal
+
+    path = tmp_path / "prices.parquet"
+    rows = 300
+
+    def write(extra: list[tuple[int, str]], precision: int, scale: int) -> None:
+        ids = list(range(1, rows + 1)) + [i for i, _ in extra]
+        prices = [decimal.Decimal("1.50")] * rows + [decimal.Decimal(p) for _, p in extra]
+        pq.write_table(pa.table({
+            "customer_id": ids,
+            "email": [f"user{i}@example.com" for i in ids],
+            "price": pa.array(prices, type=pa.decimal128(precision, scale)),
+        }), path)
+
+    dag = sync_dag(
+        dag_runner, "type_drift_it", source=f'source_uri="file://{path}"', primary_key="customer_id",
+        sync_args='object_type="users", sync_mode="upsert", field_mapping={"email": "email", "price": "price"}',
+    )
+    write([], 3, 2)  # DECIMAL(3,2)
+    assert dag_runner.run(dag).state == "success"
+    assert len(writes(personyze)) == rows
+
+    personyze.clear_requests()
+    write([(rows + 1, "12345.125")], 8, 3)  # one new row widens the column to DECIMAL(8,3)
+    second = dag_runner.run(dag)
+    assert second.state == "success", second.task_states
+    assert [r.json for r in writes(personyze)] == [{"email": f"user{rows + 1}@example.com", "price": 12345.125}]
+    result = second.result("sync")
+    assert (result["succeeded"], result["unchanged_payload"]) == (1, 0)
+    committed = committed_rows(result, "customer_id")
+    assert len(committed) == rows + 1 and committed[1]["price"] == decimal.Decimal("1.50")
