@@ -185,10 +185,10 @@ class BaseSyncOperator(BaseOperator):
             )
         return result.model_dump(mode="json")
 
-
     def _check_plan_files(self, plan: Plan, context: Any) -> None:
         """Before any read or write: the plan's files are this sync's, and this worker can see them."""
-        plan.check_paths(trusted_state_uris(self._author_state_uris, lambda uri: self.render_template(uri, context)))
+        author_uris = getattr(self, "_author_state_uris", ())
+        plan.check_paths(trusted_state_uris(author_uris, lambda uri: self.render_template(uri, context)))
         warn_if_state_is_local(self, plan.state_uri, self.log)
         storage = SyncStorage(plan.state_uri, plan.sync_id)
         for what, uri in (("plan's changes file", plan.changes_uri), ("plan's snapshot file", plan.snapshot_uri)):

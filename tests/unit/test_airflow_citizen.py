@@ -237,3 +237,23 @@ def test_a_hand_made_plan_is_refused_naming_the_field(case):
         Plan.model_validate(good_plan(**overrides)).check_paths({STATE})
     assert field in str(caught.value)
 
+
+
+def test_a_sync_task_whose_plan_files_this_worker_cannot_see_names_the_fix(tmp_path, monkeypatch):
+    """The first run on two workers: the diff wrote its plan on one machine, the sync task runs on another."""
+    from tests.support.sync_harness import RecordingDestination
+    from tests.unit.test_remote_state import RecordingSyncOperator
+
+    monkeypatch.setenv("AIRFLOW__CORE__EXECUTOR", "CeleryExecutor")
+    context = {"asset_state_store": AssetStores(), "task_state_store": DictStore()}
+    plan = SyncDiffOperator(task_id="diff", sync_id="two_workers", rows=[{"id": 1}], primary_key="id",
+                            state_uri=f"file://{tmp_path}/state").execute(context)
+    (tmp_path / plan["changes_uri"].removeprefix(f"file://{tmp_path}/")).unlink()
+    destination = RecordingDestination()
+    sync = RecordingSyncOperator(task_id="sync", plan=plan, sync_id="two_workers", destination=destination)
+    with pytest.raises(ConfigurationError) as caught:
+        sync.execute(context)
+    message = str(caught.value)
+    assert "plan's changes file" in message and "CeleryExecutor" in message
+    assert "[zeotap_sync] state_uri" in message and "s3://bucket/zeotap_sync_state" in message
+    assert destination.calls == []
