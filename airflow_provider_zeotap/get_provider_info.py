@@ -40,7 +40,19 @@ def get_provider_info() -> dict[str, Any]:
                         "type": "string",
                         "example": "s3://my-bucket/zeotap-sync",
                         "default": "",
-                    }
+                    },
+                    "connection_pools": {
+                        "description": "Put every sync task without a pool of its own into the Airflow pool "
+                        "zeotap_sync__<conn_id> of the connection it writes through, so that the scheduler runs "
+                        "the tasks of one API key or organisation one at a time (each task paces itself to the "
+                        "API's whole limit). Create each pool first, e.g. "
+                        "airflow pools set zeotap_sync__personyze_default 1 \"Personyze API\": a task in a pool "
+                        "that does not exist is never scheduled.",
+                        "version_added": "0.1.0",
+                        "type": "boolean",
+                        "example": "True",
+                        "default": "False",
+                    },
                 },
             }
         },

@@ -17,6 +17,9 @@ os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
 os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
 os.makedirs(os.environ["AIRFLOW__CORE__DAGS_FOLDER"], exist_ok=True)
 
+# The emulator fixtures are opt-in (no pytest11 entry point): this suite asks for them like any user would.
+pytest_plugins = ["airflow_provider_zeotap.testing.pytest_plugin"]
+
 
 def pytest_sessionfinish(session, exitstatus):  # noqa: ARG001 - pytest hook signature
     shutil.rmtree(_HOME, ignore_errors=True)

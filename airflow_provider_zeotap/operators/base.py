@@ -9,6 +9,7 @@ from typing import Any
 
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
+from pydantic import ValidationError
 
 from airflow_provider_zeotap.sync.destination import Capabilities, Destination
 from airflow_provider_zeotap.errors import ConfigurationError
@@ -17,6 +18,14 @@ from airflow_provider_zeotap.sync.guards import Guards
 from airflow_provider_zeotap.sync.state import CommittedPointer, asset_store, sync_asset
 from airflow_provider_zeotap.sync.storage import SyncStorage, validate_sync_id
 from airflow_provider_zeotap.sync.summary import RejectionLimit
+from airflow_provider_zeotap.operators.deployment import (
+    author_state_uris,
+    default_pool,
+    missing_state_error,
+    trusted_state_uris,
+    warn_if_state_is_local,
+    with_sync_asset,
+)
 
 
 class TooManyRejectedRows(AirflowFailException):
@@ -86,8 +95,9 @@ class BaseSyncOperator(BaseOperator):
                 "task's output as plan so it can be read from there."
             )
         self.sync_id = validate_sync_id(resolved)
-        kwargs.setdefault("outlets", [sync_asset(self.sync_id)])
+        kwargs["outlets"] = with_sync_asset(kwargs.get("outlets"), sync_asset(self.sync_id))
         super().__init__(**kwargs)
+        self._author_state_uris = author_state_uris(plan)
         _take_plan(plan, self.task_id)
         self.plan = plan
         self.field_mapping = field_mapping
@@ -110,6 +120,7 @@ class BaseSyncOperator(BaseOperator):
 
     def check_settings(self) -> None:
         """Subclasses call this at the end of ``__init__``: a bad mode fails when the DAG is parsed."""
+        default_pool(self, self.connection_id)
         capabilities = self.capabilities()
         try:
             capabilities.operations_for(self.mode)
@@ -148,6 +159,7 @@ class BaseSyncOperator(BaseOperator):
                 f"The plan is for sync {plan.sync_id!r} but this task writes sync {self.sync_id!r}; pass the matching "
                 "diff task's output."
             )
+        self._check_plan_files(plan, context)
         from airflow_provider_zeotap.sync.runner import DeliveryRunner, binding_for  # DuckDB loads at run time
 
         storage = SyncStorage(plan.state_uri, plan.sync_id)
@@ -200,6 +212,16 @@ class BaseSyncOperator(BaseOperator):
             raise TooManyRejectedRows(breach)
         return result.model_dump(mode="json")
 
+    def _check_plan_files(self, plan: Plan, context: Any) -> None:
+        """Before any read or write: the plan's files are this sync's, and this worker can see them."""
+        author_uris = getattr(self, "_author_state_uris", ())
+        plan.check_paths(trusted_state_uris(author_uris, lambda uri: self.render_template(uri, context)))
+        warn_if_state_is_local(self, plan.state_uri, self.log)
+        storage = SyncStorage(plan.state_uri, plan.sync_id)
+        for what, uri in (("plan's changes file", plan.changes_uri), ("plan's snapshot file", plan.snapshot_uri)):
+            if not storage.exists(uri):
+                raise missing_state_error(self, plan.sync_id, what, uri, plan.state_uri)
+
 
 def _take_plan(plan: Any, task_id: str) -> None:
     """Refuse, when the DAG is parsed, a second sync task fed by the same diff task's plan.
@@ -235,4 +257,7 @@ def _load_plan(value: Any) -> Plan:
             raise ConfigurationError("plan is a string but not JSON; pass the diff task's output.") from None
     if not isinstance(value, dict):
         raise ConfigurationError(f"plan must be the diff task's output (a dict), got {type(value).__name__}.")
-    return Plan.model_validate(value)
+    try:
+        return Plan.model_validate(value)
+    except ValidationError as error:
+        raise ConfigurationError(f"plan is not a valid plan (pass the diff task's output): {error}") from None

@@ -11,6 +11,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 
 from airflow_provider_zeotap.errors import ConfigurationError
+from airflow_provider_zeotap.operators.deployment import missing_state_error, warn_if_state_is_local, with_sync_asset
 from airflow_provider_zeotap.sync.models import Plan
 from airflow_provider_zeotap.sync.state import CommittedPointer, asset_store, sync_asset
 from airflow_provider_zeotap.sync.storage import (
@@ -63,7 +64,7 @@ class SyncDiffOperator(BaseOperator):
         **kwargs: Any,
     ) -> None:
         self.sync_id = validate_sync_id(sync_id)
-        kwargs.setdefault("inlets", [sync_asset(sync_id)])
+        kwargs["inlets"] = with_sync_asset(kwargs.get("inlets"), sync_asset(sync_id))
         super().__init__(**kwargs)
         given = [name for name, value in (("sql", sql), ("source_uri", source_uri), ("rows", rows)) if value is not None]
         if len(given) != 1:
@@ -95,8 +96,12 @@ class SyncDiffOperator(BaseOperator):
         from airflow_provider_zeotap.sync.diff import diff_snapshots  # DuckDB loads at run time, not parse time
 
         storage = SyncStorage(self.state_uri or default_state_uri(), self.sync_id)
+        warn_if_state_is_local(self, storage.state_uri, self.log)
         pointer = CommittedPointer(asset_store(context, self.sync_id))
         base = pointer.read()
+        if base and not storage.exists(base.snapshot_uri):
+            # The pointer (metadata DB) is shared by every worker; the files are only where state_uri says.
+            raise missing_state_error(self, self.sync_id, "committed snapshot", base.snapshot_uri, storage.state_uri)
         if base and base.primary_key != self.primary_key:
             raise ConfigurationError(
                 f"Sync {self.sync_id!r} was committed with primary_key {base.primary_key}, now {self.primary_key}. "

@@ -11,7 +11,19 @@ import json
 from datetime import datetime
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field
+from collections.abc import Collection
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from airflow_provider_zeotap.errors import ConfigurationError
+from airflow_provider_zeotap.sync.storage import (
+    PLAN_ID_PATTERN,
+    SNAPSHOT_ID_PATTERN,
+    SYNC_ID_PATTERN,
+    is_under,
+    join,
+    unsafe_uri_reason,
+)
 
 #: Columns the engine adds to the snapshot and changes files. The ``__`` prefix keeps them apart from
 #: user columns; a source column with this prefix is refused at extract time.
@@ -40,6 +52,22 @@ class Change(str, Enum):
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+def _one_segment(value: str) -> str:
+    """An id that becomes a file or folder name must be one plain segment: no ``/``, no ``..``, no newline."""
+    if not SYNC_ID_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{value!r} is not a plain name (1-128 letters, digits, '_', '.' or '-', starting with a letter or digit)"
+        )
+    return value
+
+
+def _safe_uri(value: str | None) -> str | None:
+    """A URI the runner reads or writes must not climb out of its folder (``..``) or carry a query or newline."""
+    if value is not None and (reason := unsafe_uri_reason(value)):
+        raise ValueError(f"{value!r} cannot name a state file: {reason}")
+    return value
 
 
 class PlanCounts(_Frozen):
@@ -111,6 +139,9 @@ class CommittedState(_Frozen):
     run_id: str | None = None
     mode: str | None = None
 
+    _plain_ids = field_validator("snapshot_id", "plan_id")(_one_segment)
+    _safe_uris = field_validator("snapshot_uri", "rejected_uri")(_safe_uri)
+
 
 class Plan(_Frozen):
     """What the diff task found; the sync task's whole input. Small JSON in XCom."""
@@ -136,6 +167,56 @@ class Plan(_Frozen):
     #: The committed state this plan was computed against (None on a first run).
     base: CommittedState | None = None
     created_at: datetime
+
+    _plain_ids = field_validator("sync_id", "plan_id")(_one_segment)
+    _safe_uris = field_validator("state_uri", "snapshot_uri", "changes_uri", "invalid_uri")(_safe_uri)
+
+    def check_paths(self, trusted_state_uris: Collection[str] | None = None) -> None:
+        """Refuse a plan that would make the runner read or write outside this sync's state folder.
+
+        A plan arrives through XCom, or through ``dag_run.conf`` when a DAG takes it from a template, so its
+        ids and URIs are input, not facts: the runner builds every path it writes from ``state_uri``,
+        ``sync_id`` and ``plan_id``, and reads the URIs as given. This runs before any read or write.
+        ``trusted_state_uris`` are the state locations the deployment knows for this sync (the configured
+        one, the diff task's); the plan's ``state_uri`` must be one of them. Each error names the field.
+        """
+        problems: list[str] = []
+        if not SYNC_ID_PATTERN.fullmatch(self.sync_id):
+            problems.append(f"sync_id {self.sync_id!r} is not a valid sync id")
+        if not PLAN_ID_PATTERN.fullmatch(self.plan_id):
+            problems.append(
+                f"plan_id {self.plan_id!r} is not a plan id as the diff task makes them (like 20260102T030405123456-0a1b2c3d)"
+            )
+        state_uri = self.state_uri.rstrip("/")
+        if trusted_state_uris is not None and state_uri not in {uri.rstrip("/") for uri in trusted_state_uris}:
+            problems.append(
+                f"state_uri {self.state_uri!r} is not this sync's state location (expected one of "
+                f"{sorted({uri.rstrip('/') for uri in trusted_state_uris})}); pass the diff task's output as plan, or "
+                "compute the plan with the configured [zeotap_sync] state_uri"
+            )
+        root = join(state_uri, self.sync_id)
+        plan_folder = join(root, "plans", self.plan_id)
+        for name in ("snapshot_uri", "changes_uri", "invalid_uri"):
+            uri = getattr(self, name)
+            if not is_under(uri, plan_folder):
+                problems.append(f"{name} {uri!r} is not inside the plan's folder {plan_folder}/")
+        if self.base is not None:
+            if not SNAPSHOT_ID_PATTERN.fullmatch(self.base.snapshot_id):
+                problems.append(f"base.snapshot_id {self.base.snapshot_id!r} is not a snapshot id as the commit makes them")
+            if not PLAN_ID_PATTERN.fullmatch(self.base.plan_id):
+                problems.append(f"base.plan_id {self.base.plan_id!r} is not a plan id as the diff task makes them")
+            committed = join(root, "committed")
+            for name in ("snapshot_uri", "rejected_uri"):
+                uri = getattr(self.base, name)
+                if uri is not None and not is_under(uri, committed):
+                    problems.append(f"base.{name} {uri!r} is not inside the sync's committed folder {committed}/")
+        if problems:
+            raise ConfigurationError(
+                f"Plan {self.plan_id!r} of sync {self.sync_id!r} is refused before any read or write: "
+                + "; ".join(problems)
+                + ". A plan must be the diff task's output, unchanged: every file it names lies under "
+                "state_uri/<sync_id>. If the plan came from dag_run.conf, pass the diff task's output instead."
+            )
 
 
 class Outcome(str, Enum):

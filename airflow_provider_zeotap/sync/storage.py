@@ -14,16 +14,21 @@ import tempfile
 import uuid
 from datetime import datetime, timezone
 from functools import cached_property
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from airflow_provider_zeotap.errors import ConfigurationError
 
-SYNC_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Matched with ``fullmatch``: ``$`` would let a trailing newline through into a folder name.
+SYNC_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+#: What ``new_plan_id`` produces: UTC time to the microsecond, then 8 hex digits.
+PLAN_ID_PATTERN = re.compile(r"\d{8}T\d{12}-[0-9a-f]{8}")
+#: What the commit names a snapshot: its plan id, then the UTC time of the commit.
+SNAPSHOT_ID_PATTERN = re.compile(r"\d{8}T\d{12}-[0-9a-f]{8}-\d{8}T\d{12}")
 STATE_DIR_NAME = "zeotap_sync_state"
 
 
 def validate_sync_id(sync_id: str) -> str:
-    if not isinstance(sync_id, str) or not SYNC_ID_PATTERN.match(sync_id):
+    if not isinstance(sync_id, str) or not SYNC_ID_PATTERN.fullmatch(sync_id):
         raise ConfigurationError(
             f"sync_id {sync_id!r} is not valid: use 1-128 letters, digits, '_', '.' or '-', starting with a letter "
             "or digit. It names the sync's state folder and its Airflow asset, so keep it stable."
@@ -62,6 +67,41 @@ def local_path(uri: str) -> str:
 
 def join(uri: str, *names: str) -> str:
     return "/".join([uri.rstrip("/"), *(n.strip("/") for n in names)])
+
+
+def unsafe_uri_reason(uri: str) -> str | None:
+    """Why ``uri`` cannot name a file of a sync's state, or None when it can.
+
+    A ``..`` or ``.`` segment (also percent-encoded) could climb out of the folder a prefix check
+    approved; a query, a fragment or a control character has no place in a state file's name.
+    """
+    if not isinstance(uri, str) or not uri:
+        return "it is empty"
+    if any(ord(char) < 32 or ord(char) == 127 for char in uri):
+        return "it holds a control character (a newline?)"
+    parts = urlsplit(uri)
+    if parts.query or parts.fragment or "?" in uri or "#" in uri:
+        return "it has a query or a fragment"
+    for segment in parts.path.split("/"):
+        if unquote(segment) in (".", ".."):
+            return f"it has a {segment!r} segment"
+    return None
+
+
+def is_under(uri: str, folder: str) -> bool:
+    """Whether ``uri`` names something strictly inside ``folder`` (same scheme and host, segment by segment)."""
+    if unsafe_uri_reason(uri) or unsafe_uri_reason(folder):
+        return False
+    inner, outer = urlsplit(uri), urlsplit(folder.rstrip("/"))
+    if (inner.scheme or "file") != (outer.scheme or "file") or inner.netloc != outer.netloc:
+        return False
+    inner_segments = inner.path.split("/")
+    outer_segments = outer.path.split("/")
+    return (
+        len(inner_segments) > len(outer_segments)
+        and inner_segments[: len(outer_segments)] == outer_segments
+        and all(inner_segments[len(outer_segments):])
+    )
 
 
 class SyncStorage:

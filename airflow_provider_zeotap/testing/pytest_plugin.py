@@ -1,8 +1,12 @@
 """pytest fixtures that serve the emulated vendor APIs, one fresh emulator per test.
 
-Registered as a ``pytest11`` entry point, so pytest imports this module on every run wherever the package
-is installed: it imports nothing but pytest at module level, and an emulator (with the web stack) loads
-only when a test asks for its fixture. Each fixture binds a free loopback port, so tests can run in
+Opt-in: installing the provider does not register them (there is no ``pytest11`` entry point, so nobody's
+test run changes by installing it). Load them in your top-level ``conftest.py``::
+
+    pytest_plugins = ["airflow_provider_zeotap.testing.pytest_plugin"]
+
+The module imports nothing but pytest at module level; an emulator (with the web stack) loads only when a
+test asks for its fixture. Each fixture binds a free loopback port, so tests can run in
 parallel; a test that needs other keys or TLS builds its own emulator (``with PersonyzeEmulator(...)``).
 """
 
