@@ -59,7 +59,8 @@ class OwnershipLog:
         """Fold the records into one file, less what the baseline holds and what was removed; return its size.
 
         It reads the whole new baseline's identities and every outcome, so it runs under the task's
-        ``memory_limit`` like the commit.
+        ``memory_limit`` like the commit, with anti-joins and a grouping that spill to disk past it
+        (``NOT IN`` would not).
         """
         names = self._files()
         if not names:
@@ -75,12 +76,13 @@ class OwnershipLog:
                 con,
                 f"""
                 COPY (
-                    SELECT DISTINCT "identity" FROM read_json({files}, format = 'newline_delimited',
-                                                                columns = {{identity: 'VARCHAR'}}) AS "a"
+                    SELECT "identity" FROM read_json({files}, format = 'newline_delimited',
+                                                     columns = {{identity: 'VARCHAR'}}) AS "a"
+                    ANTI JOIN (SELECT "{IDENTITY_COLUMN}" AS "identity" FROM read_parquet({quote_literal(snapshot_path)})
+                               WHERE "{IDENTITY_COLUMN}" IS NOT NULL) AS "held" USING ("identity")
+                    ANTI JOIN ({removed}) AS "gone" USING ("identity")
                     WHERE "identity" IS NOT NULL
-                      AND "identity" NOT IN (SELECT "{IDENTITY_COLUMN}" FROM read_parquet({quote_literal(snapshot_path)})
-                                             WHERE "{IDENTITY_COLUMN}" IS NOT NULL)
-                      AND "identity" NOT IN ({removed})
+                    GROUP BY "identity"
                 ) TO {quote_literal(out)} (FORMAT json)
                 """,
             )
