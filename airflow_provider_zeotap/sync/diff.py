@@ -344,33 +344,34 @@ def run_types(
 def _refuse_rounded_integers(
     con: duckdb.DuckDBPyConnection, source_parts: list[str], read_schema: dict[str, str]
 ) -> None:
-    """Refuse a column whose parts mix integers beyond 2**53 with floating point.
+    """Refuse a column whose parts mix exact numbers beyond 2**53 with floating point.
 
-    DuckDB's union of an integer part and a DOUBLE part is DOUBLE, which would round such an integer
-    without a word. Only parts of an extract with a floating-point column are looked at, and only
-    their footers unless an integer part is found.
+    DuckDB's union of an integer (or DECIMAL) part and a DOUBLE part is DOUBLE, which would round such
+    a number without a word. Only an extract with a floating-point column is looked at: the parts'
+    footers, and the values of the parts where that column is exact.
     """
     floats = [name for name, type_ in read_schema.items() if type_ in _FLOATS]
     if len(source_parts) < 2 or not floats:
         return
-    integer_parts: dict[str, list[str]] = {}
+    exact_parts: dict[str, list[str]] = {}
     for part in source_parts:
         schema = relation_schema(con, parquet_relation([part]))
         for name in floats:
-            if schema.get(name) in _INTEGERS:
-                integer_parts.setdefault(name, []).append(part)
-    for name, parts in integer_parts.items():
+            if value_class(schema.get(name, "")) == "number":
+                exact_parts.setdefault(name, []).append(part)
+    for name, parts in exact_parts.items():
         column = quote_identifier(name)
-        (largest,) = fetch_row(
+        beyond, example = fetch_row(
             con,
-            f"SELECT max(abs(CAST({column} AS HUGEINT))) FROM {parquet_relation(parts)}",
+            f"""SELECT count(*), CAST(any_value({column}) AS VARCHAR) FROM {parquet_relation(parts)}
+                WHERE abs({column}) > {_EXACT_IN_DOUBLE}""",
         )
-        if largest is not None and largest > _EXACT_IN_DOUBLE:
+        if beyond:
             raise ValueError(
                 f"Source column {name!r} holds integers in some chunks and fractional numbers in others, "
-                f"and an integer ({largest}) is beyond 2**53: reading the column as DOUBLE would round it. "
-                f"Cast the column in the source to an exact type (e.g. CAST({name} AS NUMERIC(38, 6))) "
-                "or to text."
+                f"and {beyond} value(s) (e.g. {example}) are beyond 2**53: reading the column as DOUBLE "
+                f"would round them. Cast the column in the source to an exact type "
+                f"(e.g. CAST({name} AS NUMERIC(38, 6))) or to text."
             )
 
 

@@ -583,13 +583,15 @@ def test_parts_with_a_later_wider_decimal_give_one_type_for_the_run(tmp_path: Pa
     ]
 
 
-def test_integers_beyond_2_53_beside_floats_in_other_parts_are_refused(tmp_path: Path) -> None:
-    big = 2**53 + 1
-    first = write(tmp_path / "p0.parquet", {"id": [1], "n": [big]})
+@pytest.mark.parametrize(
+    "big", [2**53 + 1, Decimal(2**53 + 1), Decimal("-9007199254740993.5")], ids=["bigint", "decimal", "fraction"]
+)
+def test_numbers_beyond_2_53_beside_floats_in_other_parts_are_refused(tmp_path: Path, big) -> None:
+    first = write(tmp_path / "p0.parquet", {"id": [1, 3], "n": [big, 1]})
     second = write(tmp_path / "p1.parquet", {"id": [2], "n": [0.5]})
 
     # As one DOUBLE column, 9007199254740993 would silently become 9007199254740992.
-    with pytest.raises(ValueError, match=r"Source column 'n' .*9007199254740993.*Cast the column"):
+    with pytest.raises(ValueError, match=r"Source column 'n' .*1 value.*9007199254740993.*Cast the column"):
         run(tmp_path, [first, second], None, ["id"])
     small = write(tmp_path / "p2.parquet", {"id": [3], "n": [2**53]})
     assert run(tmp_path / "ok", [small, second], None, ["id"]).counts.added == 2
