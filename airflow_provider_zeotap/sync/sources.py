@@ -4,9 +4,10 @@ A source is streamed: a query result is fetched ``chunk_size`` rows at a time an
 one Parquet file, so memory stays bounded by one chunk whatever the result size. That bound holds only
 if the driver does not load the whole result when the query runs, which the default cursors of
 psycopg2, psycopg 3 and the MySQL drivers all do. Those are read through a server-side cursor instead
-(``_result_cursor``): a named cursor inside a read-only transaction for PostgreSQL, ``SSCursor`` for
-MySQL. SQLite steps through a result lazily and needs none; any other driver is read in chunks as it
-is, and the log says that its own buffering is not under the extract's control.
+(``_result_cursor``): a named cursor inside a transaction that is rolled back at the end for
+PostgreSQL, ``SSCursor`` for MySQLdb and PyMySQL. SQLite steps through a result lazily and needs none,
+nor does mysql.connector's default cursor; any other driver is read in chunks as it is, and the log
+says that its own buffering is not under the extract's control.
 
 Types come from the cursor where the driver describes them (PostgreSQL type OIDs through psycopg2 or
 psycopg 3, see ``_POSTGRES_TYPES``): a NUMERIC(12,3) column is DECIMAL(12,3) in every part, whatever
@@ -199,7 +200,7 @@ def _postgres_named_cursor(conn: Any, driver: str, chunk_size: int) -> Iterator[
         yield cursor
     finally:
         _quietly(cursor.close, "closing the server-side cursor")
-        _quietly(conn.rollback, "ending the extract's read-only transaction")
+        _quietly(conn.rollback, "ending the extract's transaction")
         if autocommit:
             _quietly(lambda: setattr(conn, "autocommit", True), "restoring autocommit")
 
@@ -224,6 +225,11 @@ def _fallback_note(driver: str, chunk_size: int, server_side: bool) -> str:
         return (
             "sqlite3 has no server-side cursor and needs none: SQLite steps through the result as rows "
             f"are fetched, so each fetch of {chunk_size} rows reads only those rows."
+        )
+    if driver == "mysql":
+        return (
+            "mysql.connector's default cursor is unbuffered: rows are read from the server as they are "
+            f"fetched, {chunk_size} at a time."
         )
     return (
         f"No server-side cursor is known for {driver}: rows are fetched {chunk_size} at a time, but the "
