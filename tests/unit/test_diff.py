@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_zeotap.sync.diff import DiffOutput, diff_snapshots
+from airflow_provider_zeotap.sync.diff import DiffOutput, converts_losslessly, diff_snapshots
 from airflow_provider_zeotap.sync.models import CHANGE_COLUMN, ROW_ID_COLUMN, PlanCounts
 from tests.support.parquet import write
 
@@ -619,3 +619,41 @@ def test_engine_columns_of_the_committed_snapshot_stay_out_of_the_source(tmp_pat
     assert [row["id"] for row in read(result.changes_path)] == [2]
     empty = run(tmp_path / "empty", [], base, ["id"])
     assert empty.source_columns == ["id", "n"] and empty.counts.removed == 2
+
+
+@pytest.mark.parametrize(
+    ("current", "committed", "exact"),
+    [
+        ("DECIMAL(3,2)", "DECIMAL(8,3)", True),
+        ("DECIMAL(8,3)", "DECIMAL(3,2)", False),
+        ("DECIMAL(5,2)", "DECIMAL(6,3)", True),
+        ("DECIMAL(5,2)", "DECIMAL(5,3)", False),  # 999.99 has no DECIMAL(5,3) form
+        ("INTEGER", "BIGINT", True),
+        ("BIGINT", "INTEGER", False),
+        ("UINTEGER", "BIGINT", True),
+        ("UBIGINT", "BIGINT", False),
+        ("INTEGER", "UBIGINT", False),  # -1
+        ("INTEGER", "DECIMAL(12,2)", True),
+        ("BIGINT", "DECIMAL(18,0)", False),  # 19 digits
+        ("BIGINT", "DOUBLE", False),  # above 2**53
+        ("FLOAT", "DOUBLE", True),
+        ("TIMESTAMP_MS", "TIMESTAMP", True),
+        ("TIMESTAMP", "TIMESTAMP_NS", False),  # a narrower range of dates
+        ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", False),
+        ('"NULL"', "VARCHAR", True),
+        ("VARCHAR", "BIGINT", False),
+    ],
+)
+def test_a_committed_type_is_kept_only_where_every_current_value_converts_exactly(
+    current: str, committed: str, exact: bool
+) -> None:
+    assert converts_losslessly(current, committed) is exact
+
+
+def test_relative_part_paths_are_checked_for_rounding_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path / "p0.parquet", {"id": [1], "n": [2**53 + 1]})
+    write(tmp_path / "p1.parquet", {"id": [2], "n": [0.5]})
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(ValueError, match="beyond 2\\*\\*53"):
+        run(tmp_path, ["p0.parquet", "./p1.parquet"], None, ["id"])
