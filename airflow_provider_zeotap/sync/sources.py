@@ -114,10 +114,7 @@ def sql_to_parts(
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
     with closing(hook.get_conn()) as conn, _result_cursor(conn, chunk_size, server_side_cursor) as cursor:
-        if parameters is None:
-            cursor.execute(sql)
-        else:
-            cursor.execute(sql, parameters)
+        _execute(cursor, sql, parameters)
         chunk, description = _first_chunk(cursor, chunk_size)
         names = [str(column[0]) for column in description]
         check_column_names(names)
@@ -235,6 +232,29 @@ def _fallback_note(driver: str, chunk_size: int, server_side: bool) -> str:
         f"No server-side cursor is known for {driver}: rows are fetched {chunk_size} at a time, but the "
         "driver may hold the whole result in memory."
     )
+
+
+def _execute(cursor: Any, sql: str, parameters: Sequence[Any] | Mapping[str, Any] | None) -> None:
+    """Run the query; a named cursor's ``DECLARE`` takes one query only, which its error should say."""
+    try:
+        if parameters is None:
+            cursor.execute(sql)
+        else:
+            cursor.execute(sql, parameters)
+    except Exception as error:
+        if not getattr(cursor, "name", None) or not _is_programming_error(error):
+            raise
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"The source query could not be opened as a server-side cursor ({first_line}). The cursor runs "
+            "it as DECLARE ... CURSOR FOR <query>, which takes a single SELECT, VALUES or WITH ... SELECT: "
+            "move set-up statements (SET, CREATE ...) into a view or function, and check the query's syntax."
+        ) from error
+
+
+def _is_programming_error(error: BaseException) -> bool:
+    """DB-API ``ProgrammingError`` (syntax, wrong statement), told by name: no driver is imported."""
+    return any(kind.__name__ == "ProgrammingError" for kind in type(error).__mro__)
 
 
 def _first_chunk(cursor: Any, chunk_size: int) -> tuple[Sequence[Sequence[Any]], Sequence[Sequence[Any]]]:

@@ -287,6 +287,17 @@ def test_a_value_the_declared_type_cannot_hold_is_an_error_naming_the_column(
         sql_to_parts(hook, "SELECT 'NaN'::NUMERIC(5, 1) AS n", str(tmp_path))
 
 
+@pytest.mark.parametrize("driver", ["psycopg2", "psycopg"])
+def test_a_statement_a_server_side_cursor_cannot_run_is_explained(
+    postgres: Postgres, driver: str, tmp_path: Path
+) -> None:
+    hook = DriverHook(lambda: DRIVERS[driver](postgres.uri))
+
+    with pytest.raises(ValueError, match=r"server-side cursor \(syntax error at or near \"SET\"\).*single SELECT"):
+        sql_to_parts(hook, "SET search_path TO public; SELECT 1 AS a", str(tmp_path))
+    assert hook.opened[0].closed and open_sessions(postgres) == []
+
+
 def test_the_buffering_default_cursor_stays_available_for_comparison(postgres: Postgres, tmp_path: Path) -> None:
     hook = DriverHook(lambda: psycopg2.connect(postgres.uri))
 
