@@ -7,7 +7,9 @@ psycopg2, psycopg 3 and the MySQL drivers all do. Those are read through a serve
 (``_result_cursor``): a named cursor inside a transaction that is rolled back at the end for
 PostgreSQL, ``SSCursor`` for MySQLdb and PyMySQL. SQLite steps through a result lazily and needs none,
 nor does mysql.connector's default cursor; any other driver is read in chunks as it is, and the log
-says that its own buffering is not under the extract's control.
+says that its own buffering is not under the extract's control. A PostgreSQL named cursor runs the
+query as ``DECLARE ... CURSOR FOR <query>``, so the query must be one SELECT (VALUES, WITH ...); a
+set-up statement in front of it is refused with that explanation.
 
 Types come from the cursor where the driver describes them (PostgreSQL type OIDs through psycopg2 or
 psycopg 3, see ``_POSTGRES_TYPES``): a NUMERIC(12,3) column is DECIMAL(12,3) in every part, whatever
@@ -17,12 +19,13 @@ hold is an error naming the column, never a silent conversion. Undescribed colum
 inference per chunk, and the diff settles the parts' types for the run (``diff.run_types``).
 
 The diff reads the parts with ``union_by_name``, which promotes types that disagree between parts
-(BIGINT and DOUBLE become DOUBLE). The one disagreement that promotion would get wrong is a chunk where
+(BIGINT and DOUBLE become DOUBLE). One disagreement that promotion would get wrong is a chunk where
 a column is entirely null: inferred on its own it has no type, and writing it as text would turn the
 whole column into text. Such a column is written with the type an earlier chunk established, or with
 Arrow's null type, which DuckDB reads as ``NULL`` and which unifies with whatever the other parts hold.
-Integers beyond 2**53 mixed with fractional numbers in one chunk are refused, naming the column: Arrow
-would otherwise have to choose between rounding them and turning the numbers into text.
+The other is integers beyond 2**53 beside fractional numbers, which DOUBLE would round: the diff
+refuses it across parts, and a single chunk holding both is refused here, naming the column (Arrow
+would otherwise have to choose between rounding them and turning every number into text).
 
 Every function refuses a column name the engine cannot carry (see ``check_column_names``), and an
 empty source whose columns are known still yields one empty Parquet file carrying them, so the diff
