@@ -334,7 +334,7 @@ def run_types(
     """
     _refuse_rounded_integers(con, source_parts, read_schema)
     committed = {name: base_schema[name] for name in user_columns(base_schema)}
-    types = {}
+    types: dict[str, str] = {}
     for name, type_ in read_schema.items():
         known = committed.get(name)
         types[name] = known if known is not None and converts_losslessly(type_, known) else type_
