@@ -281,7 +281,8 @@ def _instant_text(expr: str, type_: str) -> str:
     if type_ not in _NANOSECONDS:
         return f"CAST(epoch_us({expr}) AS VARCHAR)"
     ns = f"epoch_ns({expr})"
-    return f"CASE WHEN {ns} % 1000 = 0 THEN CAST({ns} // 1000 AS VARCHAR) ELSE CAST({ns} AS VARCHAR) || 'ns' END"
+    whole_us = f"CAST({ns} // 1000 AS VARCHAR)"
+    return f"CASE WHEN {ns} % 1000 = 0 THEN {whole_us} ELSE CAST({ns} AS VARCHAR) || 'ns' END"
 
 
 def converts_losslessly(current: str, committed: str) -> bool:
@@ -375,7 +376,9 @@ def _refuse_rounded_integers(
             )
 
 
-def _parts_not_all_floating(con: duckdb.DuckDBPyConnection, parts: list[str], columns: list[str]) -> list[str]:
+def _parts_not_all_floating(
+    con: duckdb.DuckDBPyConnection, parts: list[str], columns: list[str]
+) -> list[str]:
     """Parts where one of ``columns`` may not be stored as floating point, from one read of the footers.
 
     A cheap first pass (``parquet_schema`` is one query where a DESCRIBE per part of a 200-part extract
