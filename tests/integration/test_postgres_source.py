@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -203,15 +204,28 @@ def test_each_postgres_driver_streams_with_a_named_cursor_and_ends_its_transacti
     assert open_sessions(postgres) == []
 
 
-def open_sessions(postgres: Postgres) -> list[tuple]:
-    """Other client sessions still connected to the server (an extract must leave none)."""
-    with psycopg2.connect(postgres.uri) as conn, conn.cursor() as cursor:
-        cursor.execute(
-            "SELECT pid, state FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
-        )
-        rows = cursor.fetchall()
-    conn.close()
-    return rows
+def open_sessions(postgres: Postgres, *, settle_s: float = 5.0) -> list[tuple]:
+    """Other client sessions still connected to the server (an extract must leave none).
+
+    A backend leaves ``pg_stat_activity`` shortly after its client disconnects, so a session still
+    listed is asked about again until ``settle_s`` has passed.
+    """
+    deadline = time.monotonic() + settle_s
+    conn = psycopg2.connect(postgres.uri)
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cursor:
+            while True:
+                cursor.execute(
+                    "SELECT pid, state, query FROM pg_stat_activity "
+                    "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+                )
+                rows = cursor.fetchall()
+                if not rows or time.monotonic() > deadline:
+                    return rows
+                time.sleep(0.05)
+    finally:
+        conn.close()
 
 
 @pytest.mark.parametrize("driver", ["psycopg2", "psycopg autocommit"])
