@@ -28,7 +28,6 @@ from urllib.parse import parse_qs, urlparse
 import duckdb
 import psycopg
 import psycopg2
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
