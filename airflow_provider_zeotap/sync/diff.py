@@ -22,16 +22,40 @@ How it works, and why in this shape:
 
 Change detection uses DuckDB's ``hash`` over the stored values, computed for both sides in the same
 run (the base snapshot stores full rows, so no hash needs to survive a DuckDB upgrade). A 64-bit hash
-can in theory collide; the chance that a changed row goes unnoticed is about 2**-64 per row. Values
-hash by their stored type: a change of type such as ``1`` to ``'1'`` or ``1`` to ``1.0`` counts as a
-change, while widening an integer (INTEGER to BIGINT) does not, because the JSON a destination
-receives is the same. Nulls hash alike whatever their type, so a compared column that is missing from
-the base counts as null there.
+can in theory collide; the chance that a changed row goes unnoticed is about 2**-64 per row. Nulls
+hash alike whatever their type, so a compared column that is missing from the base counts as null
+there.
+
+Values are compared by what they are, not by the type a chunk of the extract happened to get. The
+type Arrow infers depends on the values in a chunk (``1.50`` is DECIMAL(3,2), one new ``12345.125``
+makes the column DECIMAL(8,3)), and comparing stored bytes across such a change would resend every
+row. Because both sides are hashed in the same run, the hash expression is chosen per column from the
+pair of types:
+
+- same type on both sides (the usual case): the raw value is hashed, at full speed;
+- different types: both sides hash a canonical text, a class tag and a normalised value, so the extra
+  cost is paid only by the columns whose type moved. The classes are exact numbers (every integer
+  width and DECIMAL, by value with trailing zeros stripped: ``1.50`` = ``1.500``, BIGINT ``7`` =
+  DECIMAL ``7.00``, as the mapping sends integral decimals as integers), floating point (FLOAT and
+  DOUBLE, as a DOUBLE), instants (every TIMESTAMP width and TIMESTAMPTZ, as UTC epoch microseconds, a
+  TIMESTAMP being read as UTC; nanoseconds are kept when there are any) and text. Any other type is
+  its own class. Values of different classes always differ: ``1`` to ``'1'`` or ``1`` to ``1.0`` is
+  a change, because the JSON a destination receives changes.
+
+The run's column types are fixed before anything is hashed (``run_types``), so the snapshot a run
+commits does not flip with the values of a chunk: the types the source declared (an SQL extract takes
+them from the cursor, see ``sources.py``), then, per column, the committed snapshot's type where the
+current one converts to it without loss (DECIMAL(3,2) into DECIMAL(8,3), INTEGER into BIGINT), else
+DuckDB's union of the parts. The one union that would change values, BIGINT and DOUBLE parts holding
+an integer beyond 2**53, is refused and names the column. The committed snapshot's ``__`` columns are
+the engine's own; they never take part in typing or in the source. Every conversion between TIMESTAMP
+and TIMESTAMPTZ in a diff treats the naive value as UTC, whatever the machine's time zone.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Sequence
@@ -180,6 +204,207 @@ def check_column_names(names: Iterable[str]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
+# Types: the run's types, and values compared across types.
+# --------------------------------------------------------------------------------------------------
+
+#: Integer types: (signed, rank by width, decimal digits of the widest value).
+_INTEGERS = {
+    "TINYINT": (True, 1, 3),
+    "SMALLINT": (True, 2, 5),
+    "INTEGER": (True, 3, 10),
+    "BIGINT": (True, 4, 19),
+    "HUGEINT": (True, 5, 39),
+    "UTINYINT": (False, 1, 3),
+    "USMALLINT": (False, 2, 5),
+    "UINTEGER": (False, 3, 10),
+    "UBIGINT": (False, 4, 20),
+    "UHUGEINT": (False, 5, 39),
+}
+_FLOATS = ("FLOAT", "DOUBLE")
+#: Timestamp types by precision rank; TIMESTAMPTZ is an instant too but never converted to or from.
+_TIMESTAMPS = {"TIMESTAMP_S": 1, "TIMESTAMP_MS": 2, "TIMESTAMP": 3, "TIMESTAMP_NS": 4}
+_NANOSECONDS = ("TIMESTAMP_NS", "TIMESTAMPTZ_NS")
+_INSTANTS = (*_TIMESTAMPS, "TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ_NS")
+_DECIMAL = re.compile(r"DECIMAL\((\d+),\s*(\d+)\)")
+#: Integers above this magnitude have no exact DOUBLE form.
+_EXACT_IN_DOUBLE = 2**53
+
+
+def user_columns(schema: dict[str, str]) -> list[str]:
+    """A committed snapshot's columns without the engine's own ``__`` bookkeeping columns."""
+    return [name for name in schema if not name.startswith(INTERNAL_PREFIX)]
+
+
+def value_class(type_: str) -> str:
+    """Which values compare with which across a type change; see the module docstring."""
+    if type_ in _INTEGERS or _DECIMAL.fullmatch(type_):
+        return "number"
+    if type_ in _FLOATS:
+        return "float"
+    if type_ in _INSTANTS:
+        return "instant"
+    if type_ == "VARCHAR":
+        return "text"
+    return type_
+
+
+def canonical_expr(expr: str, type_: str) -> str:
+    """A value of ``type_`` as text that equals the text of the same value held in any other type.
+
+    The class tag keeps kinds apart (the number 1 is not the text '1'); null stays null, so nulls
+    still hash alike.
+    """
+    kind = value_class(type_)
+    if kind == "number":
+        return f"'n:' || {_number_text(expr, type_)}"
+    if kind == "float":
+        return f"'f:' || CAST(CAST({expr} AS DOUBLE) AS VARCHAR)"
+    if kind == "instant":
+        return f"'t:' || {_instant_text(expr, type_)}"
+    if kind == "text":
+        return f"'s:' || {expr}"
+    return f"{quote_literal(type_ + ':')} || CAST({expr} AS VARCHAR)"
+
+
+def key_text(expr: str, type_: str) -> str:
+    """A key as the text both sides join on when its type differs between them.
+
+    Plain text, as a committed text key must still meet a current integer key ('1' and 1), except
+    that an exact number loses its trailing zeros, as in ``canonical_expr``.
+    """
+    return _number_text(expr, type_) if value_class(type_) == "number" else f"CAST({expr} AS VARCHAR)"
+
+
+def _number_text(expr: str, type_: str) -> str:
+    """Integers as they print; a DECIMAL with a scale prints all of it, so its trailing zeros go."""
+    match = _DECIMAL.fullmatch(type_)
+    if match and int(match.group(2)) > 0:
+        return f"rtrim(rtrim(CAST({expr} AS VARCHAR), '0'), '.')"
+    return f"CAST({expr} AS VARCHAR)"
+
+
+def _instant_text(expr: str, type_: str) -> str:
+    """UTC epoch microseconds; a nanosecond value that is not a whole microsecond keeps its digits."""
+    if type_ not in _NANOSECONDS:
+        return f"CAST(epoch_us({expr}) AS VARCHAR)"
+    ns = f"epoch_ns({expr})"
+    whole_us = f"CAST({ns} // 1000 AS VARCHAR)"
+    return f"CASE WHEN {ns} % 1000 = 0 THEN {whole_us} ELSE CAST({ns} AS VARCHAR) || 'ns' END"
+
+
+def converts_losslessly(current: str, committed: str) -> bool:
+    """Whether every value of type ``current`` has an exact form in type ``committed``.
+
+    Judged on the types alone, never on the values, so the answer cannot change from run to run.
+    """
+    if current == committed or current == _NULL_TYPE:
+        return True
+    if current in _INTEGERS:
+        return _integer_fits(current, committed)
+    decimal = _DECIMAL.fullmatch(current)
+    target = _DECIMAL.fullmatch(committed)
+    if decimal and target:
+        (precision, scale), (to_precision, to_scale) = map(int, decimal.groups()), map(int, target.groups())
+        return to_scale >= scale and to_precision - to_scale >= precision - scale
+    if current == "FLOAT":
+        return committed == "DOUBLE"
+    if current in _TIMESTAMPS and committed in _TIMESTAMPS:
+        # Finer units only down to microseconds: TIMESTAMP_NS covers a narrower range of dates.
+        return _TIMESTAMPS[current] <= _TIMESTAMPS[committed] <= _TIMESTAMPS["TIMESTAMP"]
+    return False
+
+
+def _integer_fits(current: str, committed: str) -> bool:
+    signed, rank, digits = _INTEGERS[current]
+    if committed in _INTEGERS:
+        to_signed, to_rank, _ = _INTEGERS[committed]
+        if signed and not to_signed:
+            return False
+        return to_rank > rank if to_signed and not signed else to_rank >= rank
+    target = _DECIMAL.fullmatch(committed)
+    if target:
+        precision, scale = map(int, target.groups())
+        return precision - scale >= digits
+    return False
+
+
+def run_types(
+    con: duckdb.DuckDBPyConnection,
+    source_parts: list[str],
+    read_schema: dict[str, str],
+    base_schema: dict[str, str],
+) -> dict[str, str]:
+    """The types this run's source is diffed and committed with, fixed once for all its parts.
+
+    ``read_schema`` is DuckDB's union of the parts, which already carries any type the source
+    declared. A column whose committed type takes every current value exactly keeps the committed
+    type, so a snapshot does not narrow and widen with the values of each run.
+    """
+    _refuse_rounded_integers(con, source_parts, read_schema)
+    committed = {name: base_schema[name] for name in user_columns(base_schema)}
+    types: dict[str, str] = {}
+    for name, type_ in read_schema.items():
+        known = committed.get(name)
+        types[name] = known if known is not None and converts_losslessly(type_, known) else type_
+    return types
+
+
+def _refuse_rounded_integers(
+    con: duckdb.DuckDBPyConnection, source_parts: list[str], read_schema: dict[str, str]
+) -> None:
+    """Refuse a column whose parts mix exact numbers beyond 2**53 with floating point.
+
+    DuckDB's union of an integer (or DECIMAL) part and a DOUBLE part is DOUBLE, which would round such
+    a number without a word. Only an extract with a floating-point column is looked at: the parts'
+    footers, and the values of the parts where that column is exact.
+    """
+    floats = [name for name, type_ in read_schema.items() if type_ in _FLOATS]
+    if len(source_parts) < 2 or not floats:
+        return
+    exact_parts: dict[str, list[str]] = {}
+    for part in _parts_not_all_floating(con, source_parts, floats):
+        schema = relation_schema(con, parquet_relation([part]))
+        for name in floats:
+            if value_class(schema.get(name, "")) == "number":
+                exact_parts.setdefault(name, []).append(part)
+    for name, parts in exact_parts.items():
+        column = quote_identifier(name)
+        beyond, example = fetch_row(
+            con,
+            f"""SELECT count(*), CAST(any_value({column}) AS VARCHAR) FROM {parquet_relation(parts)}
+                WHERE abs({column}) > {_EXACT_IN_DOUBLE}""",
+        )
+        if beyond:
+            raise ValueError(
+                f"Source column {name!r} holds integers in some chunks and fractional numbers in others, "
+                f"and {beyond} value(s) (e.g. {example}) are beyond 2**53: reading the column as DOUBLE "
+                f"would round them. Cast the column in the source to an exact type "
+                f"(e.g. CAST({name} AS NUMERIC(38, 6))) or to text."
+            )
+
+
+def _parts_not_all_floating(
+    con: duckdb.DuckDBPyConnection, parts: list[str], columns: list[str]
+) -> list[str]:
+    """Parts where one of ``columns`` may not be stored as floating point, from one read of the footers.
+
+    A cheap first pass (``parquet_schema`` is one query where a DESCRIBE per part of a 200-part extract
+    takes a third of a second); a part it keeps is then described properly. A nested field that shares
+    a column's name can only make a part kept needlessly, never missed.
+    """
+    names = ", ".join(quote_literal(name) for name in columns)
+    rows = con.execute(
+        f"""SELECT DISTINCT file_name FROM parquet_schema([{", ".join(map(quote_literal, parts))}])
+            WHERE name IN ({names}) AND type IS DISTINCT FROM 'DOUBLE' AND type IS DISTINCT FROM 'FLOAT'"""
+    ).fetchall()
+    kept = {os.path.abspath(row[0]) for row in rows}
+    by_path = {os.path.abspath(part): part for part in parts}
+    if not kept <= by_path.keys():
+        return parts  # a file name DuckDB spells otherwise: describe every part rather than miss one
+    return [by_path[path] for path in by_path if path in kept]
+
+
+# --------------------------------------------------------------------------------------------------
 # The diff.
 # --------------------------------------------------------------------------------------------------
 
@@ -222,11 +447,19 @@ class _Inputs:
         """A key whose type differs between the sides is joined on its text form."""
         return self.base is not None and self.base_schema[column] != self.output_schema[column]
 
-    def key_exprs(self, alias: str) -> list[str]:
+    def key_exprs(self, alias: str, schema: dict[str, str] | None = None) -> list[str]:
+        """Key columns as joined: as stored, or as text where the type differs between the sides.
+
+        Each side's text is made from that side's own type, so a key read as DECIMAL(3,2) on one side
+        and DECIMAL(8,3) on the other still matches (``1.5`` both times). Without ``schema`` the alias
+        tells the side: ``"b"`` is the committed snapshot throughout this module, any other the source.
+        """
+        if schema is None:
+            schema = self.base_schema if self.base is not None and alias == '"b"' else self.output_schema
         exprs = []
         for column in self.primary_key:
             expr = f"{alias}.{quote_identifier(column)}"
-            exprs.append(f"CAST({expr} AS VARCHAR)" if self.key_as_text(column) else expr)
+            exprs.append(key_text(expr, schema[column]) if self.key_as_text(column) else expr)
         return exprs
 
     def key_aliases(self) -> list[str]:
@@ -241,9 +474,22 @@ class _Inputs:
     def key_not_null(self, alias: str) -> str:
         return " AND ".join(f"{alias}.{quote_identifier(c)} IS NOT NULL" for c in self.primary_key)
 
+    def compared_canonically(self, column: str) -> bool:
+        """Whether a column's type differs between the sides, so its values hash in canonical form."""
+        if self.base is None or column not in self.base_schema or column not in self.source_schema:
+            return False
+        return self.base_schema[column] != self.source_schema[column]
+
     def hash_expr(self, alias: str, schema: dict[str, str]) -> str:
-        values = [f"{alias}.{quote_identifier(c)}" if c in schema else "NULL" for c in self.hashed]
+        """One hash of a side's compared values; see the module docstring for the per-column rule."""
+        values = [self._hashed_value(alias, column, schema) for column in self.hashed]
         return f"hash({', '.join(values)})" if values else "0::UBIGINT"
+
+    def _hashed_value(self, alias: str, column: str, schema: dict[str, str]) -> str:
+        if column not in schema:
+            return "NULL"
+        expr = f"{alias}.{quote_identifier(column)}"
+        return canonical_expr(expr, schema[column]) if self.compared_canonically(column) else expr
 
     def source_projection(self, alias: str) -> str:
         return conform_columns(alias, self.output_schema, self.source_schema)
@@ -278,7 +524,7 @@ def diff_snapshots(
     try:
         with closing(open_duckdb(work_dir, memory_limit=memory_limit, threads=threads)) as con:
             inputs = _inputs(con, source_parts, base_snapshot, primary_key, columns)
-            source = _one_source_file(con, source_parts, work_dir)
+            source = _one_source_file(con, source_parts, work_dir, inputs.source_schema)
             if source.owned:
                 inputs = replace(inputs, source=parquet_relation(source.parts))
             return _run_diff(con, inputs, source, full_refresh, out_dir)
@@ -298,20 +544,32 @@ class _SourceFile:
         return [self.path] if self.path else []
 
 
-def _one_source_file(con: duckdb.DuckDBPyConnection, source_parts: list[str], work_dir: str) -> _SourceFile:
-    """The only part as it is, or all parts merged into one file first.
+def _one_source_file(
+    con: duckdb.DuckDBPyConnection, source_parts: list[str], work_dir: str, types: dict[str, str]
+) -> _SourceFile:
+    """The only part as it is, or all parts merged into one file in the run's ``types`` first.
 
     Every step of the diff scans the source again, and DuckDB scans one file far faster than hundreds
     of small per-chunk parts. The merge costs one rewrite, the one the snapshot would need anyway:
-    when every row is valid the merged file becomes the snapshot.
+    when every row is valid the merged file becomes the snapshot. A single part is rewritten only
+    when a column's type must change, so that the snapshot carries the run's types.
     """
-    if len(source_parts) <= 1:
-        return _SourceFile(source_parts[0] if source_parts else None)
+    if not source_parts:
+        return _SourceFile(None)
+    relation = parquet_relation(source_parts)
+    read = relation_schema(con, relation)
+    if len(source_parts) == 1 and read == types:
+        return _SourceFile(source_parts[0])
     merged = os.path.join(work_dir, "source.parquet")
-    con.execute(
-        f"COPY (SELECT * FROM {parquet_relation(source_parts)}) TO {quote_literal(merged)} (FORMAT parquet)"
-    )
+    columns = ", ".join(_typed_column(name, read[name], type_) for name, type_ in types.items())
+    con.execute(f"COPY (SELECT {columns} FROM {relation}) TO {quote_literal(merged)} (FORMAT parquet)")
     return _SourceFile(merged, owned=True)
+
+
+def _typed_column(name: str, read_type: str, run_type: str) -> str:
+    """A plain CAST: ``run_types`` only picks types every value converts to exactly."""
+    quoted = quote_identifier(name)
+    return quoted if read_type == run_type else f"CAST({quoted} AS {run_type}) AS {quoted}"
 
 
 def _run_diff(
@@ -365,12 +623,18 @@ def _inputs(
     primary_key: list[str],
     columns: list[str] | None,
 ) -> _Inputs:
-    """Read both schemas and check the requested columns before any data is touched."""
+    """Read both schemas, fix the run's types and check the requested columns before any data is touched.
+
+    ``source_schema`` is the run's types (``run_types``), which ``_one_source_file`` then gives the
+    source file, so both sides are hashed from the types the snapshot will be committed with.
+    """
+    con.execute("SET TimeZone = 'UTC'")  # a TIMESTAMP meets a TIMESTAMPTZ as UTC, on any machine
     base = parquet_relation([base_snapshot]) if base_snapshot is not None else None
     base_schema = relation_schema(con, base) if base is not None else {}
-    source = _source_relation(source_parts, base, base_schema, primary_key)
-    source_schema = relation_schema(con, source)
-    check_column_names(source_schema)
+    source = _source_relation(source_parts, base, user_columns(base_schema), primary_key)
+    read_schema = relation_schema(con, source)
+    check_column_names(read_schema)
+    source_schema = run_types(con, source_parts, read_schema, base_schema)
     _require_columns(source_schema, primary_key, "primary-key column", "the source")
     _require_columns(source_schema, columns or [], "compared column", "the source")
     if base is not None:
@@ -394,14 +658,16 @@ def _inputs(
 
 
 def _source_relation(
-    source_parts: list[str], base: str | None, base_schema: dict[str, str], primary_key: list[str]
+    source_parts: list[str], base: str | None, base_columns: list[str], primary_key: list[str]
 ) -> str:
-    """The source parts; without any, no rows in the committed columns (or just the key on a first run)."""
+    """The source parts; without any, no rows in the committed user columns (or just the key on a first run).
+
+    The committed snapshot's ``__`` columns are the engine's bookkeeping, never part of a source.
+    """
     if source_parts:
         return parquet_relation(source_parts)
-    if base is not None:
-        user_columns = ", ".join(quote_identifier(c) for c in base_schema if not c.startswith(INTERNAL_PREFIX))
-        return f"(SELECT {user_columns} FROM {base} LIMIT 0)"
+    if base is not None and base_columns:
+        return f"(SELECT {', '.join(map(quote_identifier, base_columns))} FROM {base} LIMIT 0)"
     return f"(SELECT {', '.join(f'NULL AS {quote_identifier(c)}' for c in primary_key)} LIMIT 0)"
 
 
@@ -514,7 +780,7 @@ def _hashes_sql(inputs: _Inputs, relation: str | None, schema: dict[str, str]) -
     if relation is None:
         nulls = ", ".join(f"NULL AS {k}" for k in keys)
         return f'SELECT {nulls}, NULL::UBIGINT AS "h" WHERE false'
-    projected = ", ".join(f"{e} AS {k}" for e, k in zip(inputs.key_exprs('"t"'), keys))
+    projected = ", ".join(f"{e} AS {k}" for e, k in zip(inputs.key_exprs('"t"', schema), keys))
     return f"""
             SELECT {projected}, {inputs.hash_expr('"t"', schema)} AS "h"
             FROM {relation} AS "t"
@@ -538,7 +804,8 @@ def _check_removed_keys_convert(con: duckdb.DuckDBPyConnection, inputs: _Inputs)
             SELECT count(*), any_value(CAST("b".{name} AS VARCHAR))
             FROM {inputs.base} AS "b" JOIN "delta" AS "d" ON {inputs.key_match('"b"', '"d"')}
             WHERE "d"."kind" = '{Change.REMOVED.value}'
-              AND CAST({converted} AS VARCHAR) IS DISTINCT FROM CAST("b".{name} AS VARCHAR)
+              AND {key_text(converted, source_type)}
+                  IS DISTINCT FROM {key_text(f'"b".{name}', inputs.base_schema[column])}
             """,
         )
         if count:

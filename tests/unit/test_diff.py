@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime as dt
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -9,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_zeotap.sync.diff import DiffOutput, diff_snapshots
+from airflow_provider_zeotap.sync.diff import DiffOutput, converts_losslessly, diff_snapshots
 from airflow_provider_zeotap.sync.models import CHANGE_COLUMN, DELIVERY_COLUMNS, ROW_ID_COLUMN, PlanCounts
 from tests.support.parquet import write
 
@@ -404,3 +406,257 @@ def test_reserved_source_column_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="'__change' starts with '__'"):
         run(tmp_path, [source], None, ["id"])
+
+
+# ------------------------------------------------------------------------------- types across runs
+
+
+def described(path: str) -> dict[str, str]:
+    rows = duckdb.sql(f"DESCRIBE SELECT * FROM read_parquet('{path}')").fetchall()
+    return {row[0]: row[1] for row in rows}
+
+
+def test_one_wider_decimal_is_one_added_row_not_a_resync(tmp_path: Path) -> None:
+    # The reported case: 1,000 rows of 1.50 are DECIMAL(3,2); one new 12345.125 makes it DECIMAL(8,3).
+    ids = list(range(1000))
+    base = write(tmp_path / "b.parquet", {"id": ids, "price": [Decimal("1.50")] * 1000})
+    source = write(
+        tmp_path / "s.parquet", {"id": [*ids, 1000], "price": [Decimal("1.50")] * 1000 + [Decimal("12345.125")]}
+    )
+    assert (described(base)["price"], described(source)["price"]) == ("DECIMAL(3,2)", "DECIMAL(8,3)")
+
+    result = run(tmp_path, [source], base, ["id"])
+
+    assert result.counts == PlanCounts(added=1, unchanged=1000, total=1001)
+    assert [(row["id"], row["price"]) for row in read(result.changes_path)] == [(1000, Decimal("12345.125"))]
+
+
+def test_a_narrower_current_decimal_keeps_the_committed_type(tmp_path: Path) -> None:
+    base = write(
+        tmp_path / "b.parquet", {"id": [1, 2], "price": [Decimal("1.500"), Decimal("12345.125")]}
+    )
+    source = write(tmp_path / "s.parquet", {"id": [1, 2], "price": [Decimal("1.50"), Decimal("2.25")]})
+
+    result = run(tmp_path, [source], base, ["id"])
+
+    # DECIMAL(3,2) converts into the committed DECIMAL(8,3) exactly, so the snapshot does not narrow.
+    assert described(result.snapshot_path)["price"] == "DECIMAL(8,3)"
+    assert described(result.changes_path)["price"] == "DECIMAL(8,3)"
+    assert [(row["id"], row["price"]) for row in read(result.changes_path)] == [(2, Decimal("2.250"))]
+    assert result.counts.unchanged == 1
+
+
+@pytest.mark.parametrize(
+    ("committed", "current", "snapshot_type"),
+    [
+        (pa.int32(), pa.int64(), "BIGINT"),  # widened: the current type is kept
+        (pa.int64(), pa.int32(), "BIGINT"),  # narrowed: the committed type is kept
+        (pa.int64(), pa.decimal128(20, 0), "DECIMAL(20,0)"),
+        (pa.int8(), pa.uint64(), "UBIGINT"),
+    ],
+)
+def test_integers_of_any_width_compare_by_value(
+    tmp_path: Path, committed: pa.DataType, current: pa.DataType, snapshot_type: str
+) -> None:
+    base = write(tmp_path / "b.parquet", {"id": [1, 2], "n": [7, 8]}, {"n": committed})
+    source = write(tmp_path / "s.parquet", {"id": [1, 2], "n": [7, 9]}, {"n": current})
+
+    result = run(tmp_path, [source], base, ["id"])
+
+    assert [(row["id"], row["n"]) for row in read(result.changes_path)] == [(2, 9)]
+    assert result.counts.unchanged == 1
+    assert described(result.snapshot_path)["n"] == snapshot_type
+
+
+def test_integral_decimal_equals_the_integer_and_a_fraction_does_not(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.parquet", {"id": [1, 2, 3], "n": [7, 7, -10]}, {"n": pa.int64()})
+    source = write(
+        tmp_path / "s.parquet",
+        {"id": [1, 2, 3], "n": [Decimal("7.00"), Decimal("7.50"), Decimal("-10.00")]},
+        {"n": pa.decimal128(10, 2)},
+    )
+
+    result = run(tmp_path, [source], base, ["id"])
+
+    assert [(row["id"], row["n"]) for row in read(result.changes_path)] == [(2, Decimal("7.50"))]
+    assert result.counts.unchanged == 2
+
+
+def test_a_real_change_under_a_type_change_is_detected(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.parquet", {"id": [1, 2, 3], "price": [Decimal("1.50"), Decimal("2.00"), None]})
+    source = write(
+        tmp_path / "s.parquet",
+        {"id": [1, 2, 3], "price": [Decimal("1.501"), Decimal("20.000"), Decimal("0.000")]},
+    )
+
+    result = run(tmp_path, [source], base, ["id"])
+
+    # 1.50 -> 1.501, 2 -> 20 (trailing zeros are stripped after the point only), null -> 0.
+    assert [row["id"] for row in read(result.changes_path)] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(
+    ("committed", "current", "why"),
+    [
+        (pa.array([1], pa.int64()), pa.array(["1"]), "a number became text"),
+        (pa.array([1], pa.int64()), pa.array([1.0]), "an exact number became a float: the JSON is 1.0"),
+        (pa.array([Decimal("1.50")]), pa.array(["1.5"]), "a decimal became text"),
+        (pa.array([True]), pa.array([1], pa.int8()), "a boolean became a number"),
+    ],
+)
+def test_a_value_of_another_kind_is_a_change(
+    tmp_path: Path, committed: pa.Array, current: pa.Array, why: str
+) -> None:
+    base = tmp_path / "b.parquet"
+    source = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"id": [1], "v": committed}), base)
+    pq.write_table(pa.table({"id": [1], "v": current}), source)
+
+    result = run(tmp_path, [str(source)], str(base), ["id"])
+
+    assert result.counts.changed == 1, why
+
+
+UTC = dt.timezone.utc
+
+
+@pytest.mark.parametrize(
+    ("committed", "current"),
+    [
+        (pa.timestamp("us"), pa.timestamp("us", tz="UTC")),
+        (pa.timestamp("us", tz="UTC"), pa.timestamp("us")),
+        (pa.timestamp("us", tz="Europe/Paris"), pa.timestamp("ms")),
+        (pa.timestamp("s"), pa.timestamp("ns")),
+        (pa.timestamp("ns", tz="UTC"), pa.timestamp("us")),
+    ],
+)
+def test_timestamps_compare_as_utc_instants_whatever_their_width(
+    tmp_path: Path, committed: pa.DataType, current: pa.DataType
+) -> None:
+    instants = [dt.datetime(2026, 3, 29, 1, 30, tzinfo=UTC), dt.datetime(1969, 7, 20, 20, 17, 40, tzinfo=UTC)]
+    moved = [instants[0], instants[1] + dt.timedelta(seconds=1)]
+    base = write(tmp_path / "b.parquet", {"id": [1, 2], "at": _timestamps(instants, committed)}, {"at": committed})
+    source = write(tmp_path / "s.parquet", {"id": [1, 2], "at": _timestamps(moved, current)}, {"at": current})
+
+    result = run(tmp_path, [source], base, ["id"])
+
+    # A naive TIMESTAMP is read as UTC: the same instant is unchanged, one second later is a change.
+    assert [row["id"] for row in read(result.changes_path)] == [2]
+    assert result.counts.unchanged == 1
+
+
+def _timestamps(instants: list[dt.datetime], type_: pa.DataType) -> list[dt.datetime]:
+    return instants if type_.tz else [instant.replace(tzinfo=None) for instant in instants]
+
+
+def test_sub_microsecond_nanoseconds_are_a_change(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.parquet", {"id": [1, 2], "at": [0, 5_000]}, {"at": pa.timestamp("us")})
+    source = write(
+        tmp_path / "s.parquet", {"id": [1, 2], "at": [1, 5_000_000]}, {"at": pa.timestamp("ns")}
+    )
+
+    result = run(tmp_path, [source], base, ["id"])
+
+    # Row 1 moved by one nanosecond; row 2 is the same 5 ms in both widths.
+    assert [row["id"] for row in read(result.changes_path)] == [1]
+
+
+def test_decimal_keys_of_different_scales_still_match(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.parquet", {"id": [Decimal("1.50"), Decimal("2.00")], "v": ["a", "b"]})
+    source = write(
+        tmp_path / "s.parquet", {"id": [Decimal("1.500"), Decimal("12345.125")], "v": ["a", "c"]}
+    )
+
+    result = run(tmp_path, [source], base, ["id"])
+
+    got = {kind: [row["id"] for row in rows] for kind, rows in changes_by_kind(result).items()}
+    assert got == {"added": [Decimal("12345.125")], "removed": [Decimal("2.000")]}
+    assert result.counts.unchanged == 1
+
+
+def test_parts_with_a_later_wider_decimal_give_one_type_for_the_run(tmp_path: Path) -> None:
+    first = write(tmp_path / "p0.parquet", {"id": [1, 2], "price": [Decimal("1.50"), None]})
+    second = write(tmp_path / "p1.parquet", {"id": [3], "price": [Decimal("12345.125")]})
+
+    result = run(tmp_path, [first, second], None, ["id"])
+
+    assert described(result.snapshot_path)["price"] == "DECIMAL(8,3)"
+    assert [row["price"] for row in read(result.snapshot_path, "id")] == [
+        Decimal("1.500"), None, Decimal("12345.125")
+    ]
+
+
+@pytest.mark.parametrize(
+    "big", [2**53 + 1, Decimal(2**53 + 1), Decimal("-9007199254740993.5")], ids=["bigint", "decimal", "fraction"]
+)
+def test_numbers_beyond_2_53_beside_floats_in_other_parts_are_refused(tmp_path: Path, big) -> None:
+    first = write(tmp_path / "p0.parquet", {"id": [1, 3], "n": [big, 1]})
+    second = write(tmp_path / "p1.parquet", {"id": [2], "n": [0.5]})
+
+    # As one DOUBLE column, 9007199254740993 would silently become 9007199254740992.
+    with pytest.raises(ValueError, match=r"Source column 'n' .*1 value.*9007199254740993.*Cast the column"):
+        run(tmp_path, [first, second], None, ["id"])
+    small = write(tmp_path / "p2.parquet", {"id": [3], "n": [2**53]})
+    assert run(tmp_path / "ok", [small, second], None, ["id"]).counts.added == 2
+
+
+def test_engine_columns_of_the_committed_snapshot_stay_out_of_the_source(tmp_path: Path) -> None:
+    base = write(
+        tmp_path / "b.parquet",
+        {
+            "id": [1, 2],
+            "n": [7, 8],
+            "__identity": ["a@x", "b@x"],
+            "__payload_hash": [11, 12],
+            "__payload_fields": [["n"], ["n"]],
+        },
+        {"n": pa.int64()},
+    )
+    source = write(tmp_path / "s.parquet", {"id": [1, 2], "n": [7, 9]}, {"n": pa.int32()})
+
+    result = run(tmp_path, [source], base, ["id"])
+
+    assert result.source_columns == ["id", "n"]
+    assert pq.read_schema(result.snapshot_path).names == ["id", "n"]
+    assert described(result.snapshot_path)["n"] == "BIGINT"
+    assert [row["id"] for row in read(result.changes_path)] == [2]
+    empty = run(tmp_path / "empty", [], base, ["id"])
+    assert empty.source_columns == ["id", "n"] and empty.counts.removed == 2
+
+
+@pytest.mark.parametrize(
+    ("current", "committed", "exact"),
+    [
+        ("DECIMAL(3,2)", "DECIMAL(8,3)", True),
+        ("DECIMAL(8,3)", "DECIMAL(3,2)", False),
+        ("DECIMAL(5,2)", "DECIMAL(6,3)", True),
+        ("DECIMAL(5,2)", "DECIMAL(5,3)", False),  # 999.99 has no DECIMAL(5,3) form
+        ("INTEGER", "BIGINT", True),
+        ("BIGINT", "INTEGER", False),
+        ("UINTEGER", "BIGINT", True),
+        ("UBIGINT", "BIGINT", False),
+        ("INTEGER", "UBIGINT", False),  # -1
+        ("INTEGER", "DECIMAL(12,2)", True),
+        ("BIGINT", "DECIMAL(18,0)", False),  # 19 digits
+        ("BIGINT", "DOUBLE", False),  # above 2**53
+        ("FLOAT", "DOUBLE", True),
+        ("TIMESTAMP_MS", "TIMESTAMP", True),
+        ("TIMESTAMP", "TIMESTAMP_NS", False),  # a narrower range of dates
+        ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", False),
+        ('"NULL"', "VARCHAR", True),
+        ("VARCHAR", "BIGINT", False),
+    ],
+)
+def test_a_committed_type_is_kept_only_where_every_current_value_converts_exactly(
+    current: str, committed: str, exact: bool
+) -> None:
+    assert converts_losslessly(current, committed) is exact
+
+
+def test_relative_part_paths_are_checked_for_rounding_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write(tmp_path / "p0.parquet", {"id": [1], "n": [2**53 + 1]})
+    write(tmp_path / "p1.parquet", {"id": [2], "n": [0.5]})
+    monkeypatch.chdir(tmp_path)
+
+    with pytest.raises(ValueError, match="beyond 2\\*\\*53"):
+        run(tmp_path, ["p0.parquet", "./p1.parquet"], None, ["id"])

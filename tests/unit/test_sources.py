@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
+from contextlib import closing
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
@@ -262,3 +265,79 @@ def test_files_with_reserved_column_names_are_refused(tmp_path: Path, suffix: st
     with pytest.raises(ValueError, match="'__reason' starts with '__'"):
         file_to_parts(str(path), str(tmp_path / "parts"))
     assert not list((tmp_path / "parts").glob("*.parquet"))
+
+
+# ------------------------------------------------------------------------------- types over chunks
+
+
+@pytest.fixture
+def decimal_hook(tmp_path: Path) -> SqliteHook:
+    """SQLite returning Decimal for a column declared DEC, as warehouse drivers do for NUMERIC."""
+    sqlite3.register_converter("DEC", lambda raw: Decimal(raw.decode()))
+    db = tmp_path / "decimals.db"
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE prices (id INTEGER, price DEC TEXT)")  # text affinity keeps "1.50"
+        rows = [(i, "1.50") for i in range(1, 5)] + [(5, "12345.125")]
+        conn.executemany("INSERT INTO prices VALUES (?, ?)", rows)
+
+    class DecimalHook(SqliteHook):
+        def get_conn(self) -> sqlite3.Connection:
+            self.opened.append(sqlite3.connect(self.path, detect_types=sqlite3.PARSE_DECLTYPES))
+            return self.opened[-1]
+
+    return DecimalHook(db)
+
+
+def test_a_later_chunk_that_widens_a_decimal_gives_one_type_for_the_run(
+    decimal_hook: SqliteHook, tmp_path: Path
+) -> None:
+    parts = sql_to_parts(decimal_hook, "SELECT id, price FROM prices ORDER BY id", str(tmp_path / "src"), chunk_size=2)
+    assert [str(pq.read_schema(part).field("price").type) for part in parts] == [
+        "decimal128(3, 2)", "decimal128(3, 2)", "decimal128(8, 3)"
+    ]
+
+    first = diff_of(parts, None, tmp_path / "one")
+    schema, rows = read_parts([first.snapshot_path])
+    assert schema["price"] == "DECIMAL(8,3)"
+    assert [price for _, price in rows] == [Decimal("1.500")] * 4 + [Decimal("12345.125")]
+
+    # Next run the wide row is gone: every chunk is DECIMAL(3,2) again, and nothing else changed.
+    again = sql_to_parts(
+        decimal_hook, "SELECT id, price FROM prices WHERE id < 5 ORDER BY id", str(tmp_path / "src2"), chunk_size=2
+    )
+    second = diff_of(again, first.snapshot_path, tmp_path / "two")
+    assert second.counts.removed == 1 and second.counts.changed == 0 and second.counts.unchanged == 4
+    assert read_parts([second.snapshot_path])[0]["price"] == "DECIMAL(8,3)"
+
+
+def test_integers_beyond_2_53_with_floats_are_never_rounded(hook: SqliteHook, tmp_path: Path) -> None:
+    big = 2**53 + 1
+    with closing(sqlite3.connect(hook.path)) as conn, conn:
+        conn.execute("CREATE TABLE m (id INTEGER, n)")
+        conn.executemany("INSERT INTO m VALUES (?, ?)", [(1, big), (2, 0.5), (3, 1)])
+
+    # In one chunk Arrow would have to round or turn the numbers into text: refused, naming the column.
+    with pytest.raises(ValueError, match=r"Source column 'n' mixes integers and fractional numbers"):
+        sql_to_parts(hook, "SELECT id, n FROM m ORDER BY id", str(tmp_path / "one"))
+    # Across chunks each part is exact on its own; the diff refuses to read them as one DOUBLE column.
+    parts = sql_to_parts(hook, "SELECT id, n FROM m ORDER BY id", str(tmp_path / "two"), chunk_size=1)
+    with pytest.raises(ValueError, match=rf"Source column 'n' .*{big}.*Cast the column"):
+        diff_of(parts, None, tmp_path)
+
+
+def test_sqlite_says_once_how_its_rows_are_read(
+    hook: SqliteHook, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.INFO, logger="airflow_provider_zeotap.sync.sources"):
+        sql_to_parts(hook, "SELECT id FROM people", str(tmp_path), chunk_size=2)
+
+    notes = [r.getMessage() for r in caplog.records if r.name == "airflow_provider_zeotap.sync.sources"]
+    assert notes == [
+        "sqlite3 has no server-side cursor and needs none: SQLite steps through the result as rows are "
+        "fetched, so each fetch of 2 rows reads only those rows."
+    ]
+
+
+def test_a_statement_without_a_result_set_is_refused(hook: SqliteHook, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no result set"):
+        sql_to_parts(hook, "UPDATE people SET note = 'x' WHERE id = 99", str(tmp_path))
