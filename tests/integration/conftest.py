@@ -120,3 +120,27 @@ def warehouse(tmp_path, monkeypatch) -> Warehouse:
 def connection_env(conn_type: str, host: str, password: str, **extra: Any) -> str:
     """An AIRFLOW_CONN_* value in Airflow's JSON form."""
     return json.dumps({"conn_type": conn_type, "host": host, "password": password, "extra": extra})
+
+
+#: Retries fast enough for tests, patient enough for injected faults.
+FAST_RETRIES = {"backoff_initial": 0.01, "backoff_max": 0.05, "max_attempts": 8}
+
+
+@pytest.fixture
+def personyze(personyze_emulator, monkeypatch):
+    """The Personyze emulator, as the ``personyze_default`` connection of the DAGs under test."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PERSONYZE_DEFAULT",
+        connection_env("personyze", personyze_emulator.url, personyze_emulator.api_key, **FAST_RETRIES),
+    )
+    return personyze_emulator
+
+
+@pytest.fixture
+def permutive(permutive_emulator, monkeypatch):
+    """The Permutive emulator, as the ``permutive_default`` connection of the DAGs under test."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_PERMUTIVE_DEFAULT",
+        connection_env("permutive", permutive_emulator.url, permutive_emulator.write_key, **FAST_RETRIES),
+    )
+    return permutive_emulator

@@ -15,21 +15,10 @@ from datetime import datetime, timezone
 
 import pytest
 
-from tests.integration.conftest import connection_env
 
 pytestmark = pytest.mark.integration
 
-FAST_RETRIES = {"backoff_initial": 0.01, "backoff_max": 0.05, "max_attempts": 8}
 STATE_ROOT = os.path.join(os.environ["AIRFLOW_HOME"], "zeotap_sync_state")
-
-
-@pytest.fixture
-def personyze(personyze_emulator, monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_PERSONYZE_DEFAULT",
-        connection_env("personyze", personyze_emulator.url, personyze_emulator.api_key, **FAST_RETRIES),
-    )
-    return personyze_emulator
 
 
 def rows(*ids: int) -> list[dict]:

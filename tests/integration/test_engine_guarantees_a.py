@@ -21,35 +21,12 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
-from tests.integration.conftest import connection_env
 
 pytestmark = pytest.mark.integration
 
-FAST_RETRIES = {"backoff_initial": 0.01, "backoff_max": 0.05, "max_attempts": 8}
 SEGMENT_COLUMNS = ["code", "name", "description"]
 CUSTOMER_COLUMNS = ["customer_id", "email", "first_name", "plan"]
 WRITES = ("POST", "PUT", "PATCH", "DELETE")
-
-
-# -- fixtures ---------------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def personyze(personyze_emulator, monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_PERSONYZE_DEFAULT",
-        connection_env("personyze", personyze_emulator.url, personyze_emulator.api_key, **FAST_RETRIES),
-    )
-    return personyze_emulator
-
-
-@pytest.fixture
-def permutive(permutive_emulator, monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_PERMUTIVE_DEFAULT",
-        connection_env("permutive", permutive_emulator.url, permutive_emulator.write_key, **FAST_RETRIES),
-    )
-    return permutive_emulator
 
 
 # -- DAG files --------------------------------------------------------------------------------------------------

@@ -17,17 +17,6 @@ from tests.integration.conftest import connection_env
 
 pytestmark = pytest.mark.integration
 
-FAST_RETRIES = {"backoff_initial": 0.01, "backoff_max": 0.05, "max_attempts": 8}
-
-
-@pytest.fixture
-def personyze(personyze_emulator, monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_PERSONYZE_DEFAULT",
-        connection_env("personyze", personyze_emulator.url, personyze_emulator.api_key, **FAST_RETRIES),
-    )
-    return personyze_emulator
-
 
 def sync_dag(dag_runner, dag_id: str, *, source: str, primary_key: str, sync_args: str) -> str:
     """A diff task on ``source`` (a SyncDiffOperator argument list) feeding one Personyze sync task."""

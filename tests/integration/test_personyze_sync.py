@@ -12,16 +12,6 @@ from tests.integration.conftest import connection_env
 pytestmark = pytest.mark.integration
 
 COLUMNS = ["customer_id", "email", "first_name", "plan"]
-FAST_RETRIES = {"backoff_initial": 0.01, "backoff_max": 0.05, "max_attempts": 8}
-
-
-@pytest.fixture
-def personyze(personyze_emulator, monkeypatch):
-    monkeypatch.setenv(
-        "AIRFLOW_CONN_PERSONYZE_DEFAULT",
-        connection_env("personyze", personyze_emulator.url, personyze_emulator.api_key, **FAST_RETRIES),
-    )
-    return personyze_emulator
 
 
 def users_dag(dag_runner, sync_id: str, mode: str = "upsert") -> str:
