@@ -12,11 +12,13 @@ ours by the baseline) and what this run removed for good.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from contextlib import closing
 from collections.abc import Iterable, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from airflow_provider_zeotap.sync.commit import final_outcomes_sql
 from airflow_provider_zeotap.sync.diff import fetch_row, open_duckdb, quote_literal
@@ -36,27 +38,31 @@ class OwnershipLog:
         """Identities recorded as attempted by earlier tries and runs (read once, before this try sends)."""
         identities: set[str] = set()
         for name in self._files():
-            with open(self.storage.fetch(self.storage.attempted_uri(self.target_key, name)), encoding="utf-8") as handle:
-                identities.update(json.loads(line)["identity"] for line in handle if line.strip())
+            path = self.storage.fetch(self.storage.attempted_uri(self.target_key, name))
+            identities.update(pq.read_table(path, columns=["identity"]).column(0).to_pylist())
         return identities
 
     def record(self, plan_id: str, batch_index: int, identities: Iterable[str]) -> None:
         """Durably note the identities a batch is about to create, before it is sent."""
-        lines = [json.dumps({"identity": identity}, ensure_ascii=False) + "\n" for identity in identities]
-        if not lines:
+        values = list(identities)
+        if not values:
             return
-        uri = self.storage.attempted_uri(self.target_key, f"{plan_id}-{batch_index:06d}.jsonl")
+        uri = self.storage.attempted_uri(self.target_key, f"{plan_id}-{batch_index:06d}.parquet")
         path = self.storage.to_local(uri)
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.writelines(lines)
-            handle.flush()
-            os.fsync(handle.fileno())
+        pq.write_table(pa.table({"identity": pa.array(values, type=pa.string())}), path)
+        descriptor = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)  # on disk before the batch goes out, or a crash could lose the record
+        finally:
+            os.close(descriptor)
         self.storage.publish(uri)
 
     def compact(
         self, *, snapshot_path: str, outcome_paths: Sequence[str], snapshot_id: str, memory_limit: str | None = None
     ) -> int:
         """Fold the records into one file, less what the baseline holds and what was removed; return its size.
+
+        ``outcome_paths`` need only be those of the run's removal batches: only removals drop records.
 
         It reads the whole new baseline's identities and every outcome, so it runs under the task's
         ``memory_limit`` like the commit, with anti-joins and a grouping that spill to disk past it
@@ -66,7 +72,7 @@ class OwnershipLog:
         if not names:
             return 0
         paths = [self.storage.fetch(self.storage.attempted_uri(self.target_key, name)) for name in names]
-        uri = self.storage.attempted_uri(self.target_key, f"compacted-{snapshot_id}.jsonl")
+        uri = self.storage.attempted_uri(self.target_key, f"compacted-{snapshot_id}.parquet")
         out = self.storage.to_local(uri)
         files = "[" + ", ".join(quote_literal(p) for p in paths) + "]"
         removed = _removed_identities_sql(outcome_paths)
@@ -76,14 +82,13 @@ class OwnershipLog:
                 con,
                 f"""
                 COPY (
-                    SELECT "identity" FROM read_json({files}, format = 'newline_delimited',
-                                                     columns = {{identity: 'VARCHAR'}}) AS "a"
+                    SELECT "identity" FROM read_parquet({files}) AS "a"
                     ANTI JOIN (SELECT "{IDENTITY_COLUMN}" AS "identity" FROM read_parquet({quote_literal(snapshot_path)})
                                WHERE "{IDENTITY_COLUMN}" IS NOT NULL) AS "held" USING ("identity")
                     ANTI JOIN ({removed}) AS "gone" USING ("identity")
                     WHERE "identity" IS NOT NULL
                     GROUP BY "identity"
-                ) TO {quote_literal(out)} (FORMAT json)
+                ) TO {quote_literal(out)} (FORMAT parquet)
                 """,
             )
         if rows:
@@ -97,7 +102,7 @@ class OwnershipLog:
         return int(rows)
 
     def _files(self) -> list[str]:
-        return [name for name in self.storage.list_names(self.folder) if name.endswith(".jsonl")]
+        return [name for name in self.storage.list_names(self.folder) if name.endswith(".parquet")]
 
 
 def _removed_identities_sql(outcome_paths: Sequence[str]) -> str:

@@ -197,6 +197,8 @@ class DeliveryRunner:
         #: Identities of rows this run removes: a current row with one of them takes over a record that
         #: is this sync's own (say, the same email under a new spelling), so "already there" is done.
         self.handed_over: set[str] = set()
+        #: Indexes of the batches that remove: only their outcomes can drop ownership records.
+        self.removal_batches: set[int] = set()
 
     def _check_identity(self) -> None:
         """A mode that removes must be keyed by what identifies a member (see ``identity_fields``)."""
@@ -272,6 +274,8 @@ class DeliveryRunner:
             try:
                 for batch in self._batches():
                     batches = batch.index + 1
+                    if batch.operation.removes:
+                        self.removal_batches.add(batch.index)
                     if batch.index < resume_from:
                         progress.done += len(batch.rows)  # delivered by an earlier try
                         continue
@@ -559,8 +563,10 @@ class DeliveryRunner:
         )
         self.pointer.compare_and_set(plan, state)
         log.info("Committed snapshot %s of sync %r: %d rows", snapshot_id, plan.sync_id, rows)
+        removals = [self.storage.fetch(self._outcomes_uri(i)) for i in sorted(self.removal_batches)
+                    if self.storage.exists(self._outcomes_uri(i))]
         self.ownership.compact(
-            snapshot_path=local, outcome_paths=outcome_paths, snapshot_id=snapshot_id, memory_limit=self.memory_limit
+            snapshot_path=local, outcome_paths=removals, snapshot_id=snapshot_id, memory_limit=self.memory_limit
         )
         keep = {snapshot_id} | ({plan.base.snapshot_id} if plan.base else set())
         if removed := self.storage.prune(keep_plan=plan.plan_id, keep_snapshots=keep):
