@@ -292,3 +292,27 @@ def test_a_numeric_column_whose_type_widens_resends_nothing_but_the_new_row(dag_
     assert (result["succeeded"], result["unchanged_payload"]) == (1, 0)
     committed = committed_rows(result, "customer_id")
     assert len(committed) == rows + 1 and committed[1]["price"] == decimal.Decimal("1.50")
+
+
+def test_a_large_delivery_finishes_under_a_small_memory_limit(dag_runner, warehouse, permutive):
+    """Every DuckDB step of the diff, the delivery and the commit runs under ``memory_limit`` and spills past it."""
+    import_id = permutive.create_import("Large")
+    rows = [{"code": f"seg-{i:06d}", "name": f"Segment {i}"} for i in range(20_000)]
+    warehouse.replace("segments", rows, ["code", "name"])
+    dag = dag_runner.write(f'''
+        from datetime import datetime
+        from airflow.sdk import DAG
+        from airflow_provider_zeotap.operators.diff import SyncDiffOperator
+        from airflow_provider_zeotap.operators.permutive import PermutiveSyncOperator
+
+        with DAG(dag_id="small_memory_it", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+            diff = SyncDiffOperator(task_id="diff", sync_id="small_memory_it", conn_id="warehouse",
+                                    sql="SELECT * FROM segments", primary_key="code", memory_limit="128MB")
+            PermutiveSyncOperator(task_id="sync", plan=diff.output, import_id="{import_id}", audience_mode="mirror",
+                                  memory_limit="128MB", field_mapping={{"segment_code": "code", "segment_name": "name"}})
+    ''')
+    run = dag_runner.run(dag)
+    assert run.state == "success", run.task_states
+    result = run.result("sync")
+    assert (result["succeeded"], result["batches"]) == (20_000, 4)
+    assert len(permutive.segments(import_id)) == 20_000 and result["committed"]["rows"] == 20_000
