@@ -234,7 +234,7 @@ def _where(error: Exception) -> str:
 def worker(args: argparse.Namespace) -> None:
     """Run one phase and print its figures as JSON; peak RSS is this process's high-water mark."""
     if args.worker == "diff":
-        result = run_diff(args.source, args.state, args.plan, args.memory_limit)
+        result = run_diff(args.source, args.state, args.plan, None)  # the diff keeps the engine's default
     else:
         result = run_delivery(args.state, args.plan, args.memory_limit, args.batch_size)
     result["rss_mb"] = _peak_rss_mb()

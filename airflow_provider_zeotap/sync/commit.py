@@ -5,10 +5,14 @@ where the destination said so: a change the sync mode sends counts once its outc
 a change the mode never sends (say, removals in an upsert-only mode) counts as seen, otherwise it
 would come back in every later diff.
 
-Outcome files are JSON lines written by the delivery, one object per attempted row::
+Outcome files are Parquet files written by the delivery (``write_outcome_file``), one row per attempted
+change row::
 
-    {"row_id": 17, "outcome": "succeeded", "operation": "upsert", "reason": null,
-     "identity": "jo@example.com", "payload_hash": "…", "payload_fields": ["email", "plan"]}
+    row_id=17, outcome="succeeded", operation="upsert", reason=None, identity="jo@example.com",
+    payload_hash="…", payload_fields=["email", "plan"], fingerprint=None, since=None
+
+Parquet rather than JSON lines: DuckDB reads it in small column chunks, where its JSON reader takes
+buffers of 32 MB, which alone would set a floor under the delivery's memory limit.
 
 An applied row keeps ``identity``, ``payload_hash`` and ``payload_fields`` in the snapshot's delivery
 columns: what the destination was given, which the next run compares its payload against.
@@ -22,9 +26,12 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 from contextlib import closing, contextmanager
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from airflow_provider_zeotap.sync.diff import (
     DELIVERY_TYPES,
@@ -48,9 +55,19 @@ from airflow_provider_zeotap.sync.models import (
 
 #: Fields of the rejected-rows report next to the primary-key columns.
 _REPORT_FIELDS = ("change", "operation", "outcome", "reason")
-_OUTCOME_SCHEMA = (
-    "{row_id: 'BIGINT', outcome: 'VARCHAR', operation: 'VARCHAR', reason: 'VARCHAR', "
-    "identity: 'VARCHAR', payload_hash: 'VARCHAR', payload_fields: 'VARCHAR[]'}"
+OUTCOME_SCHEMA = pa.schema(
+    [
+        ("row_id", pa.int64()),
+        ("outcome", pa.string()),
+        ("operation", pa.string()),
+        ("reason", pa.string()),
+        ("identity", pa.string()),
+        ("payload_hash", pa.string()),
+        ("payload_fields", pa.list_(pa.string())),
+        #: Set for rows refused for their own data (see ``remembered``).
+        ("fingerprint", pa.string()),
+        ("since", pa.string()),
+    ]
 )
 #: Outcome-file fields kept per row id, and the delivery column each one fills.
 _DELIVERY_FIELDS = {"identity": "__identity", "payload_hash": "__payload_hash", "payload_fields": "__payload_fields"}
@@ -156,6 +173,11 @@ def count_outcomes(outcome_paths: list[str], memory_limit: str | None = None) ->
     return counts
 
 
+def write_outcome_file(path: str, records: Sequence[dict[str, Any]]) -> None:
+    """One batch's outcomes, in the schema every reader of outcome files expects."""
+    pq.write_table(pa.Table.from_pylist(list(records), schema=OUTCOME_SCHEMA), path)
+
+
 def final_outcomes_sql(outcome_paths: Sequence[str]) -> str:
     """``(row_id, outcome, operation, reason, identity, payload_hash, payload_fields)``, one row per row id.
 
@@ -173,7 +195,7 @@ def final_outcomes_sql(outcome_paths: Sequence[str]) -> str:
     files = "[" + ", ".join(quote_literal(path) for path in outcome_paths) + "]"
     return f"""
         SELECT "row_id", "outcome", "operation", "reason", "identity", "payload_hash", "payload_fields"
-        FROM read_json({files}, format = 'newline_delimited', columns = {_OUTCOME_SCHEMA})
+        FROM read_parquet({files})
     """
 
 

@@ -46,7 +46,6 @@ def write_remembered(outcome_paths: Sequence[str], path: str, memory_limit: str 
         closing(open_duckdb(spill, memory_limit=memory_limit, preserve_order=True)) as con,
     ):
         con.execute(
-            f"COPY (SELECT fingerprint, reason, since FROM read_json({files}, format = 'newline_delimited', "
-            "columns = {fingerprint: 'VARCHAR', reason: 'VARCHAR', since: 'VARCHAR'}) WHERE fingerprint IS NOT NULL) "
+            f"COPY (SELECT fingerprint, reason, since FROM read_parquet({files}) WHERE fingerprint IS NOT NULL) "
             f"TO {quote_literal(path)} (FORMAT json)"
         )

@@ -29,7 +29,12 @@ from typing import Any
 import duckdb
 
 from airflow_provider_zeotap.errors import BindingError, ConfigurationError
-from airflow_provider_zeotap.sync.commit import commit_snapshot, count_outcomes, write_rejected_rows
+from airflow_provider_zeotap.sync.commit import (
+    commit_snapshot,
+    count_outcomes,
+    write_outcome_file,
+    write_rejected_rows,
+)
 from airflow_provider_zeotap.sync.destination import (
     BatchRefused,
     DeliveryStopped,
@@ -486,27 +491,28 @@ class DeliveryRunner:
 
     # -- files, checkpoints, commit ----------------------------------------------------------------
     def _outcomes_uri(self, index: int) -> str:
-        return self.storage.plan_uri(self.plan.plan_id, "delivery", f"outcomes-{index:06d}.jsonl")
+        return self.storage.plan_uri(self.plan.plan_id, "delivery", f"outcomes-{index:06d}.parquet")
 
     def _write_outcomes(self, batch: _Batch, outcomes: Sequence[RowOutcome], prepared: Sequence[_Prepared]) -> None:
         uri = self._outcomes_uri(batch.index)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         by_id = {item.row.row_id: item for item in prepared}
-        with open(self.storage.to_local(uri), "w", encoding="utf-8") as handle:
-            for outcome in outcomes:
-                item = by_id[outcome.row_id]
-                record: dict[str, Any] = {
-                    "row_id": outcome.row_id,
-                    "outcome": outcome.outcome.value,
-                    "operation": batch.operation.value,
-                    "reason": outcome.reason,
-                    **item.record(),
-                }
-                if outcome.permanent:
-                    fingerprint_ = fingerprint(batch.operation, item.row)
-                    record["fingerprint"] = fingerprint_
-                    record["since"] = self._rejections.get(fingerprint_, {}).get("since", now)
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        records: list[dict[str, Any]] = []
+        for outcome in outcomes:
+            item = by_id[outcome.row_id]
+            record: dict[str, Any] = {
+                "row_id": outcome.row_id,
+                "outcome": outcome.outcome.value,
+                "operation": batch.operation.value,
+                "reason": outcome.reason,
+                **item.record(),
+            }
+            if outcome.permanent:
+                fingerprint_ = fingerprint(batch.operation, item.row)
+                record["fingerprint"] = fingerprint_
+                record["since"] = self._rejections.get(fingerprint_, {}).get("since", now)
+            records.append(record)
+        write_outcome_file(self.storage.to_local(uri), records)
         self.storage.publish(uri)
 
     @property

@@ -9,7 +9,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from airflow_provider_zeotap.sync.commit import commit_snapshot, count_outcomes, write_rejected_rows
+from airflow_provider_zeotap.sync.commit import (
+    commit_snapshot,
+    count_outcomes,
+    write_outcome_file,
+    write_rejected_rows,
+)
 from airflow_provider_zeotap.sync.diff import DiffOutput, diff_snapshots
 from airflow_provider_zeotap.sync.models import CHANGE_COLUMN, DELIVERY_COLUMNS, ROW_ID_COLUMN
 from tests.support.parquet import write
@@ -31,20 +36,11 @@ def diff(
 
 
 def outcomes(path: Path, *records: tuple[int, str, str] | tuple[int, str, str, str | None]) -> str:
-    """JSON lines of ``(row_id, outcome, operation[, reason])``."""
-    lines = []
-    for row_id, outcome, operation, *reason in records:
-        lines.append(
-            json.dumps(
-                {
-                    "row_id": row_id,
-                    "outcome": outcome,
-                    "operation": operation,
-                    "reason": (reason or [None])[0],
-                }
-            )
-        )
-    path.write_text("".join(line + "\n" for line in lines))
+    """An outcome file of ``(row_id, outcome, operation[, reason])``, as the runner writes it."""
+    write_outcome_file(str(path), [
+        {"row_id": row_id, "outcome": outcome, "operation": operation, "reason": (reason or [None])[0]}
+        for row_id, outcome, operation, *reason in records
+    ])
     return str(path)
 
 
@@ -92,7 +88,7 @@ ATTEMPTS = [(0, "create"), (1, "update"), (2, "delete")]
 
 
 def test_acknowledged_changes_of_every_kind_are_applied(tmp_path: Path, base: str, plan: DiffOutput) -> None:
-    done = outcomes(tmp_path / "o.jsonl", *((row_id, "succeeded", op) for row_id, op in ATTEMPTS))
+    done = outcomes(tmp_path / "o.parquet", *((row_id, "succeeded", op) for row_id, op in ATTEMPTS))
 
     snapshot = commit(tmp_path, base, plan, [done])
 
@@ -105,7 +101,7 @@ def test_unacknowledged_changes_of_every_kind_keep_the_base_state(
 ) -> None:
     # None: the rows were never attempted, so the outcome file says nothing about them.
     records = [(row_id, outcome, op, "nope") for row_id, op in ATTEMPTS] if outcome else []
-    report = outcomes(tmp_path / "o.jsonl", *records)
+    report = outcomes(tmp_path / "o.parquet", *records)
 
     snapshot = commit(tmp_path, base, plan, [report])
 
@@ -117,7 +113,7 @@ def test_kinds_the_mode_does_not_send_are_applied_as_seen(
     tmp_path: Path, base: str, plan: DiffOutput
 ) -> None:
     # An upsert-only mode: removals are never sent; the added row failed, the changed one succeeded.
-    report = outcomes(tmp_path / "o.jsonl", (0, "failed", "upsert"), (1, "succeeded", "upsert"))
+    report = outcomes(tmp_path / "o.parquet", (0, "failed", "upsert"), (1, "succeeded", "upsert"))
 
     snapshot = commit(tmp_path, base, plan, [report], acted_on={"added", "changed"})
 
@@ -127,7 +123,7 @@ def test_kinds_the_mode_does_not_send_are_applied_as_seen(
 def test_nothing_acted_on_applies_everything_whatever_the_outcomes(
     tmp_path: Path, base: str, plan: DiffOutput
 ) -> None:
-    report = outcomes(tmp_path / "o.jsonl", *((row_id, "rejected", op) for row_id, op in ATTEMPTS))
+    report = outcomes(tmp_path / "o.parquet", *((row_id, "rejected", op) for row_id, op in ATTEMPTS))
 
     snapshot = commit(tmp_path, base, plan, [report], acted_on=set())
 
@@ -139,10 +135,10 @@ def test_a_row_reported_twice_is_refused_and_nothing_is_committed(
     tmp_path: Path, base: str, plan: DiffOutput, split: bool
 ) -> None:
     if split:
-        files = [outcomes(tmp_path / "a.jsonl", (1, "rejected", "update", "429")),
-                 outcomes(tmp_path / "b.jsonl", (1, "succeeded", "update"))]
+        files = [outcomes(tmp_path / "a.parquet", (1, "rejected", "update", "429")),
+                 outcomes(tmp_path / "b.parquet", (1, "succeeded", "update"))]
     else:
-        files = [outcomes(tmp_path / "o.jsonl", (1, "succeeded", "update"), (0, "succeeded", "create"),
+        files = [outcomes(tmp_path / "o.parquet", (1, "succeeded", "update"), (0, "succeeded", "create"),
                           (1, "failed", "update"))]
 
     with pytest.raises(RuntimeError, match="report row 1 more than once; nothing was committed"):
@@ -154,7 +150,7 @@ def test_first_commit_without_base_keeps_only_acknowledged_rows(tmp_path: Path) 
     source = write(tmp_path / "s.parquet", {"id": [1, 2, 3], "name": ["a", "b", "c"]})
     plan = diff(tmp_path, "plan", source, None)
     report = outcomes(
-        tmp_path / "o.jsonl", (0, "succeeded", "create"), (2, "rejected", "create", "invalid email")
+        tmp_path / "o.parquet", (0, "succeeded", "create"), (2, "rejected", "create", "invalid email")
     )
 
     assert commit(tmp_path, None, plan, [report]) == {1: {"id": 1, "name": "a"}}
@@ -167,7 +163,7 @@ def test_rejected_rows_come_back_in_the_next_diff_and_acknowledged_ones_do_not(
     first = diff(tmp_path, "run1", source, base)
     rows = {row["id"]: row[ROW_ID_COLUMN] for row in pq.read_table(first.changes_path).to_pylist()}
     report = outcomes(
-        tmp_path / "o.jsonl",
+        tmp_path / "o.parquet",
         (rows[1], "succeeded", "upsert"),
         (rows[2], "rejected", "upsert", "bad name"),
         (rows[4], "succeeded", "upsert"),
@@ -207,7 +203,7 @@ def test_column_gone_all_null_keeps_unacknowledged_base_values(tmp_path: Path) -
     base = write(tmp_path / "b.parquet", {"id": [1, 2], "tag": ["x", "y"]})
     source = write(tmp_path / "s.parquet", {"id": [1, 2], "tag": [None, None]}, {"tag": pa.null()})
     plan = diff(tmp_path, "plan", source, base)
-    report = outcomes(tmp_path / "o.jsonl", (0, "succeeded", "update"), (1, "failed", "update"))
+    report = outcomes(tmp_path / "o.parquet", (0, "succeeded", "update"), (1, "failed", "update"))
 
     snapshot = commit(tmp_path, base, plan, [report])
 
@@ -220,7 +216,7 @@ def test_key_type_change_matches_base_rows_on_their_text_form(tmp_path: Path) ->
     source = write(tmp_path / "s.parquet", {"id": [1, 3], "name": ["A", "c"]})
     plan = diff(tmp_path, "plan", source, base)
     report = outcomes(
-        tmp_path / "o.jsonl",
+        tmp_path / "o.parquet",
         (0, "succeeded", "create"),
         (1, "succeeded", "update"),
         (2, "rejected", "delete"),
@@ -244,10 +240,10 @@ def test_rejected_rows_report(tmp_path: Path) -> None:
     plan = diff(tmp_path, "plan", source, base, key=["reason", "id"])
     # Rows: 0 adds (r3, 3), 1 adds (r4, 4), 2 changes (r1, 1), 3 removes (r2, 2).
     first = outcomes(
-        tmp_path / "a.jsonl", (0, "succeeded", "create"), (2, "rejected", "update", "bad v")
+        tmp_path / "a.parquet", (0, "succeeded", "create"), (2, "rejected", "update", "bad v")
     )
     second = outcomes(
-        tmp_path / "b.jsonl",
+        tmp_path / "b.parquet",
         (3, "failed", "delete", "503"),
         (1, "succeeded", "create"),
     )
@@ -283,7 +279,7 @@ def test_rejected_rows_report(tmp_path: Path) -> None:
 
 
 def test_no_rejected_rows_writes_no_file(tmp_path: Path, plan: DiffOutput) -> None:
-    report = outcomes(tmp_path / "o.jsonl", (0, "succeeded", "create"))
+    report = outcomes(tmp_path / "o.parquet", (0, "succeeded", "create"))
     out = tmp_path / "rejected.jsonl"
 
     assert (
@@ -297,13 +293,12 @@ def test_no_rejected_rows_writes_no_file(tmp_path: Path, plan: DiffOutput) -> No
 
 def test_count_outcomes_counts_rows_per_operation_and_outcome_across_files(tmp_path: Path) -> None:
     first = outcomes(
-        tmp_path / "a.jsonl", (0, "failed", "upsert"), (1, "succeeded", "upsert"), (2, "rejected", "delete")
+        tmp_path / "a.parquet", (0, "failed", "upsert"), (1, "succeeded", "upsert"), (2, "rejected", "delete")
     )
-    second = outcomes(tmp_path / "b.jsonl", (4, "succeeded", "upsert"), (3, "failed", "delete"))
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
+    second = outcomes(tmp_path / "b.parquet", (4, "succeeded", "upsert"), (3, "failed", "delete"))
+    empty = outcomes(tmp_path / "empty.parquet")
 
-    assert count_outcomes([first, second, str(empty)]) == {
+    assert count_outcomes([first, second, empty]) == {
         "upsert": {"succeeded": 2, "failed": 1},
         "delete": {"rejected": 1, "failed": 1},
     }
