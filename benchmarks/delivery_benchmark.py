@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import subprocess
 import sys
@@ -41,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+
+from measure import peak_rss_mb  # run as a script, so its own folder is on sys.path
 
 WORK_ROOT = Path(__file__).resolve().parent / ".work"
 KEY = "id"
@@ -237,22 +238,8 @@ def worker(args: argparse.Namespace) -> None:
         result = run_diff(args.source, args.state, args.plan, None)  # the diff keeps the engine's default
     else:
         result = run_delivery(args.state, args.plan, args.memory_limit, args.batch_size)
-    result["rss_mb"] = _peak_rss_mb()
+    result["rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak RSS. ``VmHWM`` first: on Linux ``ru_maxrss`` also carries the RSS the
-    parent had when it forked this process, which would charge the data generation to the phase."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)  # bytes on macOS, KiB elsewhere
 
 
 # --------------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -23,6 +22,8 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from measure import peak_rss_mb  # run as a script, so its own folder is on sys.path
 
 WORK_ROOT = Path(__file__).resolve().parent / ".work"
 KEY = "id"
@@ -137,22 +138,8 @@ ENGINES = {"duckdb": run_duckdb, "pandas": run_pandas}
 def worker(args: argparse.Namespace) -> None:
     """Run one engine and print its figures as JSON; peak RSS is this process's high-water mark."""
     result = ENGINES[args.worker](args.base, args.current, args.out, args.memory_limit, args.threads)
-    result["rss_mb"] = _peak_rss_mb()
+    result["rss_mb"] = peak_rss_mb()
     print(json.dumps(result))
-
-
-def _peak_rss_mb() -> float:
-    """This process's peak RSS. ``VmHWM`` first: on Linux ``ru_maxrss`` also carries the RSS the
-    parent had when it forked this process, which would charge the data generation to the engine."""
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / 1024 / (1024 if sys.platform == "darwin" else 1)  # bytes on macOS, KiB elsewhere
 
 
 # --------------------------------------------------------------------------------------------------
