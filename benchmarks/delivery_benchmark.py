@@ -1,7 +1,7 @@
 """Benchmark the delivery: is its peak RSS bounded whatever the number of changed rows?
 
     python benchmarks/delivery_benchmark.py [--rows 100000 1000000] [--repeat 3] [--batch-size 1000]
-                                            [--memory-limit 1GB]
+                                            [--memory-limit 64MB]
 
 The delivery reads the changes file in batches, so delivering 1M changed rows should take about the
 memory of delivering 100k; the target is a peak RSS within 10% of the smallest size measured in the
@@ -16,7 +16,7 @@ fresh subprocesses on a fresh state folder:
    destination that acknowledges every row at once and sends nothing over a network: the figures are
    the engine's, not a vendor's. Its ``identity()`` is the row's email, so the identity pass runs.
 
-``--memory-limit`` defaults to the engine's own default (1GB), the limit a sync task runs under when
+``--memory-limit`` defaults to the engine's own default for delivery (64MB), the limit a sync task runs under when
 its author sets none. A delivery that stops (say, DuckDB out of memory) is reported with its peak RSS
 up to the stop and counts as a missed target.
 
@@ -332,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="runs per size; the median is reported")
     parser.add_argument("--batch-size", type=int, default=1000, help="rows per batch sent to the destination")
     parser.add_argument(
-        "--memory-limit", default="1GB", help="DuckDB memory_limit of the diff and the delivery (the engine's default)"
+        "--memory-limit", default=None, help="DuckDB memory_limit of the delivery (default: the engine's, 64MB)"
     )
     parser.add_argument("--keep", action="store_true", help="keep the generated data")
     parser.add_argument("--worker", choices=("diff", "delivery"), help=argparse.SUPPRESS)

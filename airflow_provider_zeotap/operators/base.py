@@ -57,7 +57,8 @@ class BaseSyncOperator(BaseOperator):
         is bound to this task. Without it such a run is refused before anything is sent.
     :param take_over_existing: in a mirror, a record already at the target that this sync did not create is
         claimed (and so may later be removed) instead of left alone.
-    :param memory_limit: DuckDB memory limit for delivery and commit, e.g. ``"1GB"`` (it spills to disk beyond).
+    :param memory_limit: DuckDB memory limit for delivery and commit (default ``"64MB"``; it spills to disk
+        beyond, with one thread per 128 MB of it).
     :param max_rejected_ratio: fail the task when (rejected + failed) / selected rows exceeds this share (0 to 1),
         after the acknowledged rows are committed; None (default): no limit.
     :param fail_on_rejected: fail the task, after the commit, when any row was rejected or failed.

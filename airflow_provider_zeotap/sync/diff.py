@@ -133,16 +133,34 @@ def open_duckdb(
     order means something to the reader); elsewhere every output whose order matters says so with
     ORDER BY, and dropping the guarantee lets DuckDB stream large scans in parallel with less memory.
     """
+    limit = memory_limit or DEFAULT_MEMORY_LIMIT
     config: dict[str, str | bool | int | float | list[str]] = {
         "temp_directory": temp_directory,
         "preserve_insertion_order": preserve_order,
-        "memory_limit": memory_limit or DEFAULT_MEMORY_LIMIT,
+        "memory_limit": limit,
     }
+    threads = threads or threads_for(limit)
     if threads:
         config["threads"] = threads
     con = duckdb.connect(config=config)
     con.execute("SET enable_progress_bar = false")  # it would draw on stderr, that is into the task log
     return con
+
+
+#: What one DuckDB thread needs of a memory budget to spill rather than fail: each thread holds its own
+#: blocks of every operator, so a small budget shared by several threads runs out where one thread fits.
+MEMORY_PER_THREAD = 128 * 2**20
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def threads_for(memory_limit: str) -> int | None:
+    """Threads for a budget: one per ``MEMORY_PER_THREAD``, at most the machine's cores (None: DuckDB's own)."""
+    match = re.fullmatch(r"\s*([0-9.]+)\s*([A-Za-z]*)\s*", memory_limit)
+    if not match or match.group(2).upper() not in _UNITS:
+        return None
+    budget = float(match.group(1)) * _UNITS[match.group(2).upper()]
+    return max(1, min(os.cpu_count() or 1, int(budget // MEMORY_PER_THREAD)))
 
 
 def fetch_row(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:

@@ -77,6 +77,10 @@ from airflow_provider_zeotap.sync.summary import summary_lines
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "delivery:"
+#: The delivery waits on APIs; its DuckDB work is bookkeeping over a run's changes and outcomes (the
+#: identity check, the commit, the reports). A small budget, spilled past, keeps a worker's footprint
+#: the same whether a run delivers a hundred thousand rows or a million (see the delivery benchmark).
+DELIVERY_MEMORY_LIMIT = "64MB"
 #: Ownership records of runs without a binding (the engine used outside Airflow, in tests).
 _UNBOUND_TARGET = "unbound"
 
@@ -181,7 +185,7 @@ class DeliveryRunner:
         self.send_nulls = send_nulls
         self.retry_rejected = retry_rejected
         self.progress_interval = progress_interval
-        self.memory_limit = memory_limit
+        self.memory_limit = memory_limit or DELIVERY_MEMORY_LIMIT
         self.mapping = resolve_mapping(
             field_mapping,
             source_columns=plan.source_columns,
