@@ -24,10 +24,8 @@ row id occurs once across the files; a commit that finds a row reported twice re
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
-from contextlib import closing, contextmanager
 
 import duckdb
 import pyarrow as pa
@@ -37,24 +35,27 @@ from airflow_provider_zeotap.sync.diff import (
     DELIVERY_TYPES,
     conform_columns,
     fetch_row,
-    open_duckdb,
     parquet_relation,
     quote_identifier,
     quote_literal,
     relation_schema,
+    scratch_duckdb,
     settle_null_types,
 )
 from airflow_provider_zeotap.sync.models import (
     APPLIED_OUTCOMES,
     CHANGE_COLUMN,
+    IDENTITY_COLUMN,
     INTERNAL_PREFIX,
+    PAYLOAD_FIELDS_COLUMN,
+    PAYLOAD_HASH_COLUMN,
     ROW_ID_COLUMN,
     Change,
     Outcome,
 )
 
 #: Fields of the rejected-rows report next to the primary-key columns.
-_REPORT_FIELDS = ("change", "operation", "outcome", "reason")
+REPORT_FIELDS = ("change", "operation", "outcome", "reason")
 OUTCOME_SCHEMA = pa.schema(
     [
         ("row_id", pa.int64()),
@@ -70,7 +71,7 @@ OUTCOME_SCHEMA = pa.schema(
     ]
 )
 #: Outcome-file fields kept per row id, and the delivery column each one fills.
-_DELIVERY_FIELDS = {"identity": "__identity", "payload_hash": "__payload_hash", "payload_fields": "__payload_fields"}
+_DELIVERY_FIELDS = {"identity": IDENTITY_COLUMN, "payload_hash": PAYLOAD_HASH_COLUMN, "payload_fields": PAYLOAD_FIELDS_COLUMN}
 _CHANGE_KINDS = frozenset(change.value for change in Change)
 
 
@@ -105,7 +106,7 @@ def commit_snapshot(
         )
     out_dir = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(out_dir, exist_ok=True)
-    with _scratch_connection(out_dir, memory_limit) as con:
+    with scratch_duckdb(out_dir, memory_limit=memory_limit) as con:
         _check_one_outcome_per_row(con, outcome_paths)
         sql = _commit_sql(con, base_snapshot, changes_path, outcome_paths, acted_on, primary_key, out_path)
         (rows,) = fetch_row(con, sql)
@@ -134,7 +135,7 @@ def write_rejected_rows(
     failed = ", ".join(quote_literal(outcome.value) for outcome in (Outcome.REJECTED, Outcome.FAILED))
     out_dir = os.path.dirname(os.path.abspath(out_path))
     os.makedirs(out_dir, exist_ok=True)
-    with _scratch_connection(out_dir, memory_limit) as con:
+    with scratch_duckdb(out_dir, memory_limit=memory_limit) as con:
         (rows,) = fetch_row(
             con,
             f"""
@@ -156,9 +157,9 @@ def write_rejected_rows(
 def count_outcomes(outcome_paths: list[str], memory_limit: str | None = None) -> dict[str, dict[str, int]]:
     """Rows per operation and final outcome, e.g. ``{"upsert": {"succeeded": 98, "rejected": 2}}``.
 
-    Groups one row per delivered row id, so it runs under the task's ``memory_limit`` like the commit.
+    It scans every outcome of the run, so it runs under the task's ``memory_limit`` like the commit.
     """
-    with _scratch_connection(None, memory_limit) as con:
+    with scratch_duckdb(None, memory_limit=memory_limit) as con:
         rows = con.execute(
             f"""
             SELECT "operation", "outcome", count(*)
@@ -231,9 +232,10 @@ def _commit_sql(
     base_schema = relation_schema(con, base) if base is not None else {}
     target = settle_null_types(changes_schema, base_schema)
     # What this run delivered wins; a change not sent keeps what the base said was delivered.
+    carried = set(relation_schema(con, changes)) & set(DELIVERY_TYPES)
     delivered = ", ".join(
         f'coalesce("a"."o_{field}", "a".{quote_identifier(column)}) AS {quote_identifier(column)}'
-        if column in _delivery_columns_of(con, changes)
+        if column in carried
         else f'"a"."o_{field}" AS {quote_identifier(column)}'
         for field, column in _DELIVERY_FIELDS.items()
     )
@@ -256,10 +258,6 @@ def _commit_sql(
             {kept_rows}{new_rows}
         ) TO {quote_literal(out_path)} (FORMAT parquet)
     """
-
-
-def _delivery_columns_of(con: duckdb.DuckDBPyConnection, relation: str) -> set[str]:
-    return {name for name in relation_schema(con, relation) if name in DELIVERY_TYPES}
 
 
 def _applied_sql(
@@ -297,21 +295,5 @@ def key_match(primary_key: Sequence[str], base_schema: dict[str, str], target: d
     return " AND ".join(pairs)
 
 
-@contextmanager
-def _scratch_connection(
-    near: str | None, memory_limit: str | None = None
-) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A DuckDB connection that spills into a temporary directory beside ``near``, removed afterwards.
-
-    Insertion order is preserved because a line's position in an outcome file (its ordinality)
-    decides between two reports of one row in the same file.
-    """
-    with (
-        tempfile.TemporaryDirectory(prefix=".duckdb-", dir=near) as work_dir,
-        closing(open_duckdb(work_dir, memory_limit=memory_limit, preserve_order=True)) as con,
-    ):
-        yield con
-
-
 def _report_key_name(column: str) -> str:
-    return f"key_{column}" if column in _REPORT_FIELDS else column
+    return f"key_{column}" if column in REPORT_FIELDS else column

@@ -58,8 +58,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
-from contextlib import closing
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -161,6 +161,22 @@ def threads_for(memory_limit: str) -> int | None:
         return None
     budget = float(match.group(1)) * _UNITS[match.group(2).upper()]
     return max(1, min(os.cpu_count() or 1, int(budget // MEMORY_PER_THREAD)))
+
+
+@contextmanager
+def scratch_duckdb(
+    near: str | None, *, memory_limit: str | None = None, preserve_order: bool = True
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """``open_duckdb`` spilling into a temporary folder beside ``near``, removed with the connection.
+
+    For the engine's short statements over a run's files: nothing of theirs outlives the statement,
+    and a spill never lands among the files the statement reads or writes.
+    """
+    with (
+        tempfile.TemporaryDirectory(prefix=".duckdb-", dir=near) as spill,
+        closing(open_duckdb(spill, memory_limit=memory_limit, preserve_order=preserve_order)) as con,
+    ):
+        yield con
 
 
 def fetch_row(con: duckdb.DuckDBPyConnection, sql: str) -> tuple[Any, ...]:

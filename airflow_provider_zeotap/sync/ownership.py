@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import logging
 import os
-from contextlib import closing
 from collections.abc import Iterable, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from airflow_provider_zeotap.sync.commit import final_outcomes_sql
-from airflow_provider_zeotap.sync.diff import fetch_row, open_duckdb, quote_literal
+from airflow_provider_zeotap.sync.diff import fetch_row, quote_literal, scratch_duckdb
 from airflow_provider_zeotap.sync.models import APPLIED_OUTCOMES, IDENTITY_COLUMN
 from airflow_provider_zeotap.sync.storage import SyncStorage
 
@@ -77,7 +76,7 @@ class OwnershipLog:
         files = "[" + ", ".join(quote_literal(p) for p in paths) + "]"
         removed = _removed_identities_sql(outcome_paths)
         work = os.path.dirname(out)
-        with closing(open_duckdb(work, memory_limit=memory_limit)) as con:
+        with scratch_duckdb(work, memory_limit=memory_limit) as con:
             (rows,) = fetch_row(
                 con,
                 f"""

@@ -9,13 +9,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Sequence
-from contextlib import closing
 from typing import Any
 
 from airflow_provider_zeotap.sync.destination import OutboundRow
-from airflow_provider_zeotap.sync.diff import open_duckdb, quote_literal
+from airflow_provider_zeotap.sync.diff import quote_literal, scratch_duckdb
 from airflow_provider_zeotap.sync.modes import Operation
 
 
@@ -41,10 +39,7 @@ def write_remembered(outcome_paths: Sequence[str], path: str, memory_limit: str 
     """
     files = "[" + ", ".join(quote_literal(p) for p in outcome_paths) + "]"
     folder = os.path.dirname(os.path.abspath(path))
-    with (
-        tempfile.TemporaryDirectory(prefix=".duckdb-", dir=folder) as spill,
-        closing(open_duckdb(spill, memory_limit=memory_limit, preserve_order=True)) as con,
-    ):
+    with scratch_duckdb(folder, memory_limit=memory_limit) as con:
         con.execute(
             f"COPY (SELECT fingerprint, reason, since FROM read_parquet({files}) WHERE fingerprint IS NOT NULL) "
             f"TO {quote_literal(path)} (FORMAT json)"

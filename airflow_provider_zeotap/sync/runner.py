@@ -17,16 +17,16 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import closing, contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
 
 import duckdb
+import pyarrow.parquet as pq
 
 from airflow_provider_zeotap.errors import BindingError, ConfigurationError
 from airflow_provider_zeotap.sync.commit import (
@@ -43,12 +43,11 @@ from airflow_provider_zeotap.sync.destination import (
     RowOutcome,
 )
 from airflow_provider_zeotap.sync.diff import (
-    DEFAULT_MEMORY_LIMIT,
     DELIVERY_TYPES,
-    open_duckdb,
     parquet_relation,
     quote_identifier,
     quote_literal,
+    scratch_duckdb,
 )
 from airflow_provider_zeotap.sync.guards import Guards
 from airflow_provider_zeotap.sync.identity import IdentityCheck, identity_verdicts
@@ -352,15 +351,10 @@ class DeliveryRunner:
                     yield _Batch(index, operation, pending)
                     index += 1
 
-    @contextmanager
-    def _duckdb(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A DuckDB connection under the task's memory limit, spilling into a folder removed afterwards."""
+    def _duckdb(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
+        """A DuckDB connection under the task's memory limit, spilling beside the plan's delivery files."""
         folder = self.storage.local_dir(self.storage.plan_uri(self.plan.plan_id, "delivery"))
-        with (
-            tempfile.TemporaryDirectory(prefix=".duckdb-", dir=folder) as spill,
-            closing(open_duckdb(spill, memory_limit=self.memory_limit, preserve_order=True)) as con,
-        ):
-            yield con
+        return scratch_duckdb(folder, memory_limit=self.memory_limit)
 
     def _prepare(self, raw: dict[str, Any]) -> _Prepared:
         """Map one change row; work out its identity, payload fingerprint, and whether its record is ours."""
@@ -386,7 +380,7 @@ class DeliveryRunner:
     def _identity(self, row: OutboundRow) -> str:
         """The record a row becomes; by default its primary key (as JSON)."""
         identity = self.destination.identity(row)
-        return identity if identity is not None else json.dumps(dict(row.key), sort_keys=True, default=str)
+        return identity if identity is not None else _key_text(row)
 
     def _identity_verdicts(self) -> dict[int, tuple[Outcome, str]]:
         """Rows two of which would become one record (rejected), and removals of a record still wanted."""
@@ -403,7 +397,7 @@ class DeliveryRunner:
                         if prepared.row.change is Change.REMOVED and not self.rebinding:
                             self.handed_over.add(prepared.identity)
                         yield IdentityCheck(prepared.row.row_id, prepared.row.change.value,
-                                            prepared.identity, json.dumps(dict(prepared.row.key), default=str))
+                                            prepared.identity, _key_text(prepared.row))
 
         folder = self.storage.local_dir(self.storage.plan_uri(self.plan.plan_id, "delivery"))
         verdicts = identity_verdicts(
@@ -712,24 +706,19 @@ class DeliveryRunner:
         )
 
 
-def _refresh_changes(snapshot_path: str, primary_key: Sequence[str], out_path: str, memory_limit: str | None) -> int:
+def _refresh_changes(snapshot_path: str, primary_key: Sequence[str], out_path: str, memory_limit: str) -> int:
     """Every row of a snapshot as a 'refresh' change, numbered in key order: a target that is new gets all.
 
     Written once per plan to a fixed name, so a retried task cuts the same batches and resumes.
     """
     if os.path.exists(out_path):
-        with closing(duckdb.connect(config={"memory_limit": memory_limit or DEFAULT_MEMORY_LIMIT})) as con:
-            row = con.execute("SELECT count(*) FROM read_parquet(?)", [out_path]).fetchone()
-        return int(row[0]) if row else 0
+        return pq.ParquetFile(out_path).metadata.num_rows
     keys = ", ".join(quote_identifier(c) for c in primary_key)
     nothing_delivered = ", ".join(f"CAST(NULL AS {t}) AS {quote_identifier(c)}" for c, t in DELIVERY_TYPES.items())
     folder = os.path.dirname(out_path)
     os.makedirs(folder, exist_ok=True)
     partial = out_path + ".partial"
-    with (
-        tempfile.TemporaryDirectory(prefix=".duckdb-", dir=folder) as spill,
-        closing(open_duckdb(spill, memory_limit=memory_limit, preserve_order=True)) as con,
-    ):
+    with scratch_duckdb(folder, memory_limit=memory_limit) as con:
         (rows,) = con.execute(
             f"""COPY (
                 SELECT *, {nothing_delivered},
@@ -752,6 +741,11 @@ def _with_refresh(table: OperationTable, full_refresh: bool) -> OperationTable:
     if not full_refresh or Change.REFRESH not in table:
         return table
     return {**table, Change.CHANGED: table.get(Change.CHANGED, table[Change.REFRESH])}
+
+
+def _key_text(row: OutboundRow) -> str:
+    """A row's primary key as JSON: its identity where the destination has none, and its name in messages."""
+    return json.dumps(dict(row.key), sort_keys=True, default=str)
 
 
 def _complete(rows: Sequence[OutboundRow], outcomes: Sequence[RowOutcome]) -> list[RowOutcome]:

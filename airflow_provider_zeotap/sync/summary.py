@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from airflow_provider_zeotap.errors import ConfigurationError
-from airflow_provider_zeotap.sync.commit import _REPORT_FIELDS
+from airflow_provider_zeotap.sync.commit import REPORT_FIELDS
 from airflow_provider_zeotap.sync.models import SyncResult
 
 #: Rejected rows listed in the log; the rest are counted and stay in the file.
@@ -169,7 +169,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric: Sequen
 def _key(row: dict[str, Any]) -> str:
     """The primary key of a report line: every field the report adds is left out (see ``write_rejected_rows``)."""
     parts = [f"{name}={json.dumps(value, ensure_ascii=False, default=str)}"
-             for name, value in row.items() if name not in _REPORT_FIELDS]
+             for name, value in row.items() if name not in REPORT_FIELDS]
     return _cut(", ".join(parts), _KEY_WIDTH)
 
 
