@@ -11,7 +11,7 @@ from collections.abc import Iterable, Sequence
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from airflow_provider_zeotap.destinations.base import send_each
+from airflow_provider_zeotap.destinations.base import asend_each
 from airflow_provider_zeotap.hooks.personyze import PersonyzeHook
 from airflow_provider_zeotap.sync.destination import Capabilities, Destination, OutboundRow, RowOutcome
 from airflow_provider_zeotap.sync.modes import RECORD_MODES, Operation
@@ -72,6 +72,7 @@ class PersonyzeCatalog(Destination):
             accepts_any_field=True,  # catalog columns are dynamic: other fields pass through
             identity_fields=("internal_id",),
             clears_with="empty string",
+            batches_in_flight=2,  # rows flow across batch ends; the hook's max_in_flight caps the requests
         )
 
     def prepare(self, *, dry_run: bool) -> None:
@@ -104,39 +105,40 @@ class PersonyzeCatalog(Destination):
         fields["internal_id"] = str(row.payload["internal_id"])
         return fields
 
-    def existing_records(self) -> Iterable[dict[str, Any]]:
+    def existing_records(self) -> list[dict[str, Any]]:
         """Every item of the catalog, for ``take_over_existing=True`` in a mirror."""
-        for row in self.hook.iter_catalog(self.object_name):
-            if row.get("internal_id") not in (None, ""):
-                yield {"internal_id": str(row["internal_id"])}
+        return [{"internal_id": internal_id} for internal_id in self.hook.catalog_internal_ids(self.object_name)]
 
-    def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
-        return send_each(rows, lambda row: self._send_one(operation, row), max_in_flight=self.max_in_flight)
+    async def asend(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
+        return await asend_each(rows, lambda row: self._send_one(operation, row), max_in_flight=self.max_in_flight)
 
-    def _send_one(self, operation: Operation, row: OutboundRow) -> RowOutcome:
+    async def _send_one(self, operation: Operation, row: OutboundRow) -> RowOutcome:
         internal_id = str(row.payload["internal_id"])
         if operation is Operation.DELETE:
-            self.hook.delete_catalog_item(self.object_name, internal_id)  # 0 rows: already gone, as asked
+            await self.hook.delete_catalog_item(self.object_name, internal_id)  # 0 rows: already gone, as asked
             return RowOutcome.ok(row)
         fields = self.wire_fields(row)
         if operation is Operation.UPDATE:
             changes = {name: value for name, value in fields.items() if name != "internal_id"}
-            if changes and self.hook.update_catalog_item(self.object_name, internal_id, changes) == 0:
+            if changes and await self.hook.update_catalog_item(self.object_name, internal_id, changes) == 0:
                 return RowOutcome.rejected(
                     row, f"no such {self.noun}: {internal_id!r} is not in the Personyze {self.object_name} catalog "
                     "(update mode never creates; use sync_mode='upsert')"
                 )
             return RowOutcome.ok(row)
-        if self.leave_foreign_items and not row.ours and self.hook.catalog_item_exists(self.object_name, internal_id):
+        if self.leave_foreign_items and not row.ours and await self.hook.catalog_item_exists(self.object_name, internal_id):
             return RowOutcome.skipped(
                 row, f"{self.noun} {internal_id!r} is already in the catalog and this sync did not create it: mirror "
                 "leaves it alone and will never delete it (take_over_existing=True claims such items)"
             )
-        self.hook.upsert_catalog_item(self.object_name, fields)  # patches an existing internal_id
+        await self.hook.upsert_catalog_item(self.object_name, fields)  # patches an existing internal_id
         return RowOutcome.ok(row)
 
     def close(self) -> None:
         self.hook.close()
+
+    async def aclose(self) -> None:
+        await self.hook.aclose()
 
 
 class PersonyzeProducts(PersonyzeCatalog):

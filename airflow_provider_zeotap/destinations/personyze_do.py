@@ -29,6 +29,8 @@ UserKey = Literal["email", "internal_id"]
 #: (halving). Personyze documents no cap on commands per request, so the maximum stays modest too.
 DO_BATCH_SIZE = 100
 DO_MAX_BATCH_SIZE = 1000
+#: A few ``do`` requests in flight, as many as the hook lets run at once per account (its ``max_in_flight``).
+DO_BATCHES_IN_FLIGHT = 4
 _COMMAND_PREFIX = re.compile(r"^Command \d+: ")
 
 
@@ -50,6 +52,7 @@ class PersonyzeUsersDo(Destination):
         default_fields=USER_FIELDS,
         accepts_any_field=True,
         clears_with="empty string",
+        batches_in_flight=DO_BATCHES_IN_FLIGHT,
     )
 
     def __init__(self, hook: PersonyzeHook, *, user_key: UserKey = "email", normalize_email: bool = False) -> None:
@@ -90,9 +93,9 @@ class PersonyzeUsersDo(Destination):
         pairs = [item for name, value in fields.items() for item in (name, value)]
         return [self.user_key, key, "User profile", *pairs]
 
-    def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
+    async def asend(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
         try:
-            self.hook.run_commands([self.command(row) for row in rows])
+            await self.hook.run_commands([self.command(row) for row in rows])
         except BadRequestError as error:
             raise BatchRefused(refused_reason(error), permanent=True) from None
         except ApiError as error:
@@ -101,3 +104,6 @@ class PersonyzeUsersDo(Destination):
 
     def close(self) -> None:
         self.hook.close()
+
+    async def aclose(self) -> None:
+        await self.hook.aclose()

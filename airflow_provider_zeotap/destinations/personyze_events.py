@@ -16,13 +16,18 @@ import datetime as dt
 import json
 import math
 import re
+import asyncio
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from types import MappingProxyType
 from typing import Any, ClassVar
 
-from airflow_provider_zeotap.destinations.base import outcomes_for_error, send_each
-from airflow_provider_zeotap.destinations.personyze_do import DO_BATCH_SIZE, DO_MAX_BATCH_SIZE, refused_reason
+from airflow_provider_zeotap.destinations.base import asend_each, outcomes_for_error
+from airflow_provider_zeotap.destinations.personyze_do import (
+    DO_BATCH_SIZE,
+    DO_BATCHES_IN_FLIGHT,
+    DO_MAX_BATCH_SIZE,
+    refused_reason,
+)
 from airflow_provider_zeotap.hooks.personyze import PersonyzeHook
 from airflow_provider_zeotap.http import ApiError, BadRequestError
 from airflow_provider_zeotap.sync.destination import BatchRefused, Capabilities, Destination, OutboundRow, RowOutcome
@@ -103,6 +108,9 @@ class _Interactions(Destination):
     def close(self) -> None:
         self.hook.close()
 
+    async def aclose(self) -> None:
+        await self.hook.aclose()
+
 
 class PersonyzeProductInteractions(_Interactions):
     """Views, carts, likes and purchases: ``do``'s Product commands, looked up before any resend."""
@@ -115,6 +123,7 @@ class PersonyzeProductInteractions(_Interactions):
         modes=INSERT_ONLY,
         batch_size=DO_BATCH_SIZE,
         max_batch_size=DO_MAX_BATCH_SIZE,
+        batches_in_flight=DO_BATCHES_IN_FLIGHT,
         required_fields=("product_internal_id", "status", "transaction_time"),
         default_fields=(*USER_KEYS, "product_internal_id", "status", "quantity", "amount", "action_id",
                         "transaction_time"),
@@ -167,57 +176,60 @@ class PersonyzeProductInteractions(_Interactions):
         pairs = [item for name, value in self.options(row).items() for item in (name, value)]
         return [key_type, key, PRODUCT_STATUSES[row.payload["status"]], str(row.payload["product_internal_id"]), *pairs]
 
-    def send(self, operation: Operation, rows: Sequence[OutboundRow], *, attempts_left: int = 3) -> list[RowOutcome]:
+    async def asend(
+        self, operation: Operation, rows: Sequence[OutboundRow], *, attempts_left: int = 3
+    ) -> list[RowOutcome]:
         outcomes: list[RowOutcome] = []
         missing = list(rows)
         maybe_sent = [row for row in rows if row.ours or row.row_id in self._sent]
         if maybe_sent:
-            landed = self._landed(maybe_sent)
+            landed = await self._landed(maybe_sent)
             outcomes = [RowOutcome.ok(row) for row in maybe_sent if row.row_id in landed]
             missing = [row for row in rows if row.row_id not in landed]
         self._sent.update(row.row_id for row in missing)
         by_command = [row for row in missing if PRODUCT_STATUSES[row.payload["status"]]]
         delivered = [row for row in missing if not PRODUCT_STATUSES[row.payload["status"]]]
         if delivered:
-            outcomes += send_each(delivered, self._post_delivered, max_in_flight=self.max_in_flight)
+            outcomes += await asend_each(delivered, self._post_delivered, max_in_flight=self.max_in_flight)
         if not by_command:
             return outcomes
         try:
-            self.hook.run_commands([self.command(row) for row in by_command], replay_safe=False)
+            await self.hook.run_commands([self.command(row) for row in by_command], replay_safe=False)
         except BadRequestError as error:
             # Some command is bad; those before it may have landed. The runner halves the batch, and each half
             # is looked up before it goes out again (its rows are in ``_sent``).
             raise BatchRefused(refused_reason(error), permanent=True) from None
         except ApiError as error:
             if error.may_have_landed and error.retryable and attempts_left > 1:
-                return outcomes + self.send(operation, by_command, attempts_left=attempts_left - 1)
+                return outcomes + await self.asend(operation, by_command, attempts_left=attempts_left - 1)
             return outcomes + outcomes_for_error(by_command, error)
         return outcomes + [RowOutcome.ok(row) for row in by_command]
 
-    def _post_delivered(self, row: OutboundRow) -> RowOutcome:
+    async def _post_delivered(self, row: OutboundRow) -> RowOutcome:
         key_type, key = user_key(row)  # type: ignore[misc]
         field = {"user_id": "user_id", "internal_id": "user_internal_id", "email": "user_email"}[key_type]
-        self.hook.create_interaction({field: key, "product_internal_id": str(row.payload["product_internal_id"]),
+        await self.hook.create_interaction({field: key, "product_internal_id": str(row.payload["product_internal_id"]),
                                       "status": "delivered", **self.options(row)})
         return RowOutcome.ok(row)
 
-    def _landed(self, rows: Sequence[OutboundRow]) -> set[int]:
+    async def _landed(self, rows: Sequence[OutboundRow]) -> set[int]:
         """Row ids of the interactions already in Personyze, by ``[product_internal_id, user_id, transaction_time]``."""
-        def look_up(row: OutboundRow) -> bool:
-            key_type, key = user_key(row)  # type: ignore[misc]
-            user_id = self._user_ids.get((key_type, str(key)))
-            if user_id is None:
-                user_id = self.hook.find_user_id_by(key_type, key)
-                if user_id is None:
-                    return False  # no such user yet: nothing of theirs can have landed
-                self._user_ids[(key_type, str(key))] = user_id
-            options = self.options(row)
-            return self.hook.interaction_exists(str(row.payload["product_internal_id"]), user_id,
-                                                options["transaction_time"])
+        gate = asyncio.Semaphore(max(1, self.max_in_flight))
 
-        with ThreadPoolExecutor(max_workers=max(1, min(self.max_in_flight, len(rows))),
-                                thread_name_prefix="personyze-lookup") as pool:
-            found = list(pool.map(look_up, rows))
+        async def look_up(row: OutboundRow) -> bool:
+            key_type, key = user_key(row)  # type: ignore[misc]
+            async with gate:
+                user_id = self._user_ids.get((key_type, str(key)))
+                if user_id is None:
+                    user_id = await self.hook.find_user_id_by(key_type, key)
+                    if user_id is None:
+                        return False  # no such user yet: nothing of theirs can have landed
+                    self._user_ids[(key_type, str(key))] = user_id
+                return await self.hook.interaction_exists(
+                    str(row.payload["product_internal_id"]), user_id, self.options(row)["transaction_time"]
+                )
+
+        found = await asyncio.gather(*(look_up(row) for row in rows))
         return {row.row_id for row, hit in zip(rows, found) if hit}
 
 
@@ -233,6 +245,7 @@ class PersonyzeArticleInteractions(_Interactions):
         modes=INSERT_ONLY,
         batch_size=DO_BATCH_SIZE,
         max_batch_size=DO_MAX_BATCH_SIZE,
+        batches_in_flight=DO_BATCHES_IN_FLIGHT,
         required_fields=("article_internal_id", "status"),
         default_fields=(*USER_KEYS, "article_internal_id", "status"),
     )
@@ -244,9 +257,9 @@ class PersonyzeArticleInteractions(_Interactions):
         key_type, key = user_key(row)  # type: ignore[misc]
         return [key_type, key, f"Article {row.payload['status']}", str(row.payload["article_internal_id"])]
 
-    def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
+    async def asend(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
         try:
-            self.hook.run_commands([self.command(row) for row in rows])
+            await self.hook.run_commands([self.command(row) for row in rows])
         except BadRequestError as error:
             raise BatchRefused(refused_reason(error), permanent=True) from None
         except ApiError as error:

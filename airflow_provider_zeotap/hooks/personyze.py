@@ -237,63 +237,66 @@ class PersonyzeHook(ApiHook):
         path = build_path("user_list_users", where=[("user_list_id", "=", int(list_id)), ("user_id", "=", int(user_id))])
         return _number(self.client.request("DELETE", path), "rows affected", self.client.display_url)
 
-    # -- do: batched profile updates and interactions -----------------------------------------------
-    def run_commands(self, commands: Sequence[Sequence[Any]], *, replay_safe: bool = True) -> None:
+    # -- do: batched profile updates and interactions (async: many requests in flight) ---------------
+    async def run_commands(self, commands: Sequence[Sequence[Any]], *, replay_safe: bool = True) -> None:
         """``POST /rest/do``. A 400 means some command is bad: those before it may have been applied.
 
         ``replay_safe=False`` for commands that must not land twice (interactions): an answer lost after the
         request went out is then raised, not retried, so the caller can look up what landed first.
         """
-        self.client.request("POST", "/do", json=[list(c) for c in commands], replay_safe=replay_safe)
+        await self.client.arequest("POST", "/do", json=[list(c) for c in commands], replay_safe=replay_safe)
 
     # -- catalogs (products, articles) ---------------------------------------------------------------
-    def upsert_catalog_item(self, obj: str, fields: Mapping[str, Any]) -> int:
+    async def upsert_catalog_item(self, obj: str, fields: Mapping[str, Any]) -> int:
         """``POST /rest/<obj>``: creates, or patches the row with the same internal_id. Returns its id."""
-        response = self.client.request("POST", f"/{obj}", json=dict(fields))
+        response = await self.client.arequest("POST", f"/{obj}", json=dict(fields))
         return _number(response, "id", self.client.display_url)
 
-    def update_catalog_item(self, obj: str, internal_id: str, fields: Mapping[str, Any]) -> int:
+    async def update_catalog_item(self, obj: str, internal_id: str, fields: Mapping[str, Any]) -> int:
         """``PUT /rest/<obj>/where/internal_id=..``; returns rows affected (0: no such item)."""
-        response = self.client.request("PUT", build_path(obj, where={"internal_id": internal_id}), json=dict(fields))
-        return _number(response, "rows affected", self.client.display_url)
+        path = build_path(obj, where={"internal_id": internal_id})
+        return _number(await self.client.arequest("PUT", path, json=dict(fields)), "rows affected", self.client.display_url)
 
-    def delete_catalog_item(self, obj: str, internal_id: str) -> int:
+    async def delete_catalog_item(self, obj: str, internal_id: str) -> int:
         """``DELETE /rest/<obj>/where/internal_id=..``; returns rows affected (0: already gone)."""
-        response = self.client.request("DELETE", build_path(obj, where={"internal_id": internal_id}))
-        return _number(response, "rows affected", self.client.display_url)
+        path = build_path(obj, where={"internal_id": internal_id})
+        return _number(await self.client.arequest("DELETE", path), "rows affected", self.client.display_url)
 
-    def catalog_item_exists(self, obj: str, internal_id: str) -> bool:
-        return bool(self.client.json("GET", build_path(obj, where={"internal_id": internal_id}, columns=["id"], limit=1)))
+    async def catalog_item_exists(self, obj: str, internal_id: str) -> bool:
+        path = build_path(obj, where={"internal_id": internal_id}, columns=["id"], limit=1)
+        return bool(await self.client.ajson("GET", path))
 
-    def iter_catalog(self, obj: str, *, columns: Sequence[str] = ("id", "internal_id"), page: int = 1000):
-        """Every row of a catalog, paged by id (``offset + limit`` may not pass 1000, so pages follow the id)."""
-        last = 0
-        while True:
-            rows = self.client.json(
-                "GET", build_path(obj, where=[("id", ">", last)], columns=columns, order_by="id", limit=page)
-            ) or []
-            yield from rows
-            if len(rows) < page:
-                return
-            last = int(rows[-1]["id"])
+    def catalog_internal_ids(self, obj: str) -> list[str]:
+        """Every internal_id of a catalog, for a take-over; refused past the API's read window of 1000 rows
+        (``offset + limit`` may not pass it, and a partial list would leave the rest alone)."""
+        path = build_path(obj, columns=["id", "internal_id"], order_by="id", limit=MAX_READ_WINDOW)
+        rows = self.client.json("GET", path) or []
+        if len(rows) >= MAX_READ_WINDOW:
+            raise ConfigurationError(
+                f"The Personyze {obj} catalog has {MAX_READ_WINDOW} or more items, more than one read may return, so "
+                "take_over_existing cannot list them all. Run without take_over_existing (mirror then deletes only "
+                "what this sync created)."
+            )
+        return [str(row["internal_id"]) for row in rows if row.get("internal_id") not in (None, "")]
 
     # -- product interactions ------------------------------------------------------------------------
-    def find_user_id_by(self, key_type: str, value: Any) -> int | None:
+    async def find_user_id_by(self, key_type: str, value: Any) -> int | None:
         """The user_id of the user whose ``email`` or ``internal_id`` is ``value`` (None: no such user)."""
         if key_type == "user_id":
             return int(value)
-        rows = self.find_users({key_type: value}, columns=["user_id"], limit=1)
+        rows = await self.client.ajson("GET", build_path("users", where={key_type: value}, columns=["user_id"], limit=1))
         return int(rows[0]["user_id"]) if rows else None
 
-    def interaction_exists(self, product_internal_id: str, user_id: int, transaction_time: int) -> bool:
+    async def interaction_exists(self, product_internal_id: str, user_id: int, transaction_time: int) -> bool:
         """Looked up through the index ``[product_internal_id, user_id, transaction_time]``."""
         where = [("product_internal_id", "=", product_internal_id), ("user_id", "=", int(user_id)),
                  ("transaction_time", "=", int(transaction_time))]
-        return bool(self.client.json("GET", build_path("products_interactions", where=where, columns=["user_id"], limit=1)))
+        path = build_path("products_interactions", where=where, columns=["user_id"], limit=1)
+        return bool(await self.client.ajson("GET", path))
 
-    def create_interaction(self, fields: Mapping[str, Any]) -> int:
+    async def create_interaction(self, fields: Mapping[str, Any]) -> int:
         """``POST /rest/products_interactions`` (never replayed: see ``run_commands``)."""
-        response = self.client.request("POST", "/products_interactions", json=dict(fields), replay_safe=False)
+        response = await self.client.arequest("POST", "/products_interactions", json=dict(fields), replay_safe=False)
         return _number(response, "id", self.client.display_url)
 
     def _advice(self, error: ApiError) -> str | None:
