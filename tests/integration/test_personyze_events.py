@@ -146,3 +146,41 @@ def test_a_command_the_api_refuses_rejects_only_its_row_and_duplicates_nothing(d
     assert rejected["line_id"] == 6 and "Row not found" in rejected["reason"]
     logged = Counter((r["product_internal_id"], r["status"]) for r in personyze.interactions)
     assert logged == Counter({(f"SKU-{i}", "delivered" if i == 8 else "viewed"): 1 for i in range(10) if i != 6})
+
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "..", "dags_examples")
+
+
+def example_dag(dag_runner, name: str) -> str:
+    """The example DAG file, as it ships, placed in the DAGs folder under its own name."""
+    with open(os.path.join(EXAMPLES, f"{name}.py"), encoding="utf-8") as handle:
+        return dag_runner.write(handle.read())
+
+
+def test_the_example_dags_mirror_a_catalog_and_insert_purchases_end_to_end(dag_runner, warehouse, personyze):
+    personyze.create_product(internal_id="HOUSE-1", title="Added by hand in Personyze")
+    products = [{"sku": f"SKU-{i}", "title": f"Product {i}", "price": 9.5 + i, "brand": "Acme", "category": "tools",
+                 "in_stock": i % 2, "image_url": f"https://cdn.example.com/{i}.jpg"} for i in range(1, 6)]
+    warehouse.replace("products", products, list(products[0]))
+    orders = [{"order_line_id": i, "customer_email": f"buyer{i % 3}@example.com", "sku": f"SKU-{i % 5 + 1}",
+               "quantity": 1, "line_total": 9.5 + i, "ordered_at": f"2026-01-0{i % 9 + 1} 10:00:0{i % 10}"}
+              for i in range(12)]
+    warehouse.replace("order_lines", orders, list(orders[0]))
+    mirror, purchases = example_dag(dag_runner, "personyze_products_mirror"), example_dag(dag_runner, "personyze_purchases_insert")
+    for dag in (mirror, purchases):
+        run = dag_runner.run(dag)
+        assert run.state == "success", run.task_states
+    assert set(personyze.products) == {"HOUSE-1", *(p["sku"] for p in products)}
+    assert personyze.products["SKU-1"]["is_in_stock"] == "yes" and personyze.products["SKU-2"]["is_in_stock"] == "no"
+    assert personyze.products["SKU-1"]["image_big_url"] == "https://cdn.example.com/1.jpg"
+    assert len(personyze.interactions) == 12 and {i["status"] for i in personyze.interactions} == {"goal"}
+    first = next(i for i in personyze.interactions if i["amount"] == 9.5)
+    assert first["transaction_time"] == 1767261600  # 2026-01-01 10:00:00 read as UTC
+
+    warehouse.replace("products", products[1:], list(products[0]))
+    warehouse.replace("order_lines", orders + [{**orders[0], "order_line_id": 12, "ordered_at": "2026-01-09 11:00:00"}],
+                      list(orders[0]))
+    for dag in (mirror, purchases):
+        assert dag_runner.run(dag).state == "success"
+    assert set(personyze.products) == {"HOUSE-1", *(p["sku"] for p in products[1:])}
+    assert len(personyze.interactions) == 13
