@@ -177,3 +177,18 @@ def test_settings_no_personyze_path_can_serve_are_refused_when_the_dag_is_parsed
     bag = DagBag(dag_folder=path)
     assert bag.dags == {} and expected in bag.import_errors[path]
     assert personyze.requests == []
+
+
+def test_take_over_existing_makes_a_catalog_mirror_equal_to_the_source(dag_runner, warehouse, personyze):
+    personyze.create_product(internal_id="FOREIGN-1", title="Made by hand")
+    personyze.create_product(internal_id="SKU-1", title="Made by hand too")
+    warehouse.replace("products", [product(1), product(2)], PRODUCT_COLUMNS)
+    dag = sync_dag(
+        dag_runner, "personyze_catalog_take_over", sql="SELECT * FROM products", primary_key="sku",
+        sync_args='object_type="products", sync_mode="mirror", take_over_existing=True, '
+                  'field_mapping={"internal_id": "sku", "title": "title"}',
+    )
+    run = dag_runner.run(dag)
+    assert run.state == "success", run.task_states
+    assert (run.result("sync")["succeeded"], run.result("sync")["skipped"]) == (3, 0)  # 2 upserts, 1 removal
+    assert {sku: p["title"] for sku, p in personyze.products.items()} == {"SKU-1": "Product 1", "SKU-2": "Product 2"}
