@@ -126,7 +126,8 @@ class PersonyzeCatalog(Destination):
                     "(update mode never creates; use sync_mode='upsert')"
                 )
             return RowOutcome.ok(row)
-        if self.leave_foreign_items and not row.ours and await self.hook.catalog_item_exists(self.object_name, internal_id):
+        foreign = self.leave_foreign_items and not row.ours
+        if foreign and await self.hook.catalog_item_exists(self.object_name, internal_id):
             return RowOutcome.skipped(
                 row, f"{self.noun} {internal_id!r} is already in the catalog and this sync did not create it: mirror "
                 "leaves it alone and will never delete it (take_over_existing=True claims such items)"

@@ -255,7 +255,8 @@ class PersonyzeHook(ApiHook):
     async def update_catalog_item(self, obj: str, internal_id: str, fields: Mapping[str, Any]) -> int:
         """``PUT /rest/<obj>/where/internal_id=..``; returns rows affected (0: no such item)."""
         path = build_path(obj, where={"internal_id": internal_id})
-        return _number(await self.client.arequest("PUT", path, json=dict(fields)), "rows affected", self.client.display_url)
+        response = await self.client.arequest("PUT", path, json=dict(fields))
+        return _number(response, "rows affected", self.client.display_url)
 
     async def delete_catalog_item(self, obj: str, internal_id: str) -> int:
         """``DELETE /rest/<obj>/where/internal_id=..``; returns rows affected (0: already gone)."""
@@ -284,7 +285,8 @@ class PersonyzeHook(ApiHook):
         """The user_id of the user whose ``email`` or ``internal_id`` is ``value`` (None: no such user)."""
         if key_type == "user_id":
             return int(value)
-        rows = await self.client.ajson("GET", build_path("users", where={key_type: value}, columns=["user_id"], limit=1))
+        path = build_path("users", where={key_type: value}, columns=["user_id"], limit=1)
+        rows = await self.client.ajson("GET", path)
         return int(rows[0]["user_id"]) if rows else None
 
     async def interaction_exists(self, product_internal_id: str, user_id: int, transaction_time: int) -> bool:

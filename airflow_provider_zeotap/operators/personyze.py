@@ -183,10 +183,12 @@ class PersonyzeSyncOperator(BaseSyncOperator):
         kind = self.object_type
         if kind == "users":
             if self.users_write == "do":
-                return PersonyzeUsersDo(hook, user_key=self.user_key(), normalize_email=self.normalize_email)  # type: ignore[arg-type]
+                key = self.user_key()
+                return PersonyzeUsersDo(hook, user_key=key, normalize_email=self.normalize_email)  # type: ignore[arg-type]
             return PersonyzeUsers(hook, normalize_email=self.normalize_email)
         if kind in CATALOGS:
-            return CATALOGS[kind](hook, max_in_flight=self.max_in_flight, leave_foreign_items=self.sync_mode == "mirror")
+            mirror = self.sync_mode == "mirror"
+            return CATALOGS[kind](hook, max_in_flight=self.max_in_flight, leave_foreign_items=mirror)
         if kind in EVENTS:
             return EVENTS[kind](hook, max_in_flight=self.max_in_flight)
         return PersonyzeListMembers(

@@ -424,7 +424,8 @@ class PersonyzeEmulator(Emulator):
         """Apply the commands in order; the first bad one aborts (the ones before it stay applied)."""
         def resolve(key_type: str, key: Any) -> int:
             try:
-                return self._resolve_user({"email": "user_email", "internal_id": "user_internal_id"}.get(key_type, key_type), key)
+                field = {"email": "user_email", "internal_id": "user_internal_id"}.get(key_type, key_type)
+                return self._resolve_user(field, key)
             except ApiError as error:
                 raise ObjectError(error.message) from None
 

@@ -107,7 +107,7 @@ def _option_value(option: str, value: Any) -> Any:
 class DoInterpreter:
     """Applies one ``do`` request's commands in order against the emulator's state (lock held by the caller).
 
-    ``find_or_create_user(key_type, key)`` resolves the key (creating a stub for an email or internal_id);
+    ``resolve_user(key_type, key)`` finds the user (creating a stub for an email or internal_id);
     ``log_interaction`` / ``remove_interactions`` / ``log_article`` change the interaction tables.
     """
 
@@ -154,7 +154,8 @@ class DoInterpreter:
             sku, options = _product_args(args)
             user_id = self.resolve_user(key_type, key)
             if adds:
-                self.log_interaction(interaction_row({"product_internal_id": sku, "status": status, **options}, user_id))
+                fields = {"product_internal_id": sku, "status": status, **options}
+                self.log_interaction(interaction_row(fields, user_id))
             else:
                 self.remove_interactions(user_id, sku, status)
         elif name in ARTICLE_COMMANDS:

@@ -118,7 +118,7 @@ def test_a_request_that_must_not_land_twice_is_not_replayed_after_it_may_have_la
     with respx.mock:
         route = respx.post("https://api.test/do")
         effects = [failure, failure, httpx.Response(200)]
-        route.side_effect = [e if isinstance(e, Exception) else e for e in effects]
+        route.side_effect = effects
         if calls == 1:
             with pytest.raises(Exception) as raised:
                 client.request("POST", "/do", json=[], replay_safe=replay_safe)
