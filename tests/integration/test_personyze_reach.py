@@ -45,6 +45,7 @@ def test_a_5000_user_upsert_through_do_lands_exactly_and_a_bad_command_rejects_o
             for i in range(5000)]
     rows[1234]["bio"] = "x" * 70_000  # longer than a Personyze text column holds: the API refuses that command
     warehouse.replace("customers", rows, ["customer_id", "email", "first_name", "bio"])
+    personyze.set_faults(latency_ms=30, path_prefix="/rest/do")  # long enough to see the batches overlap
     dag = sync_dag(dag_runner, "personyze_do_5000", sql="SELECT * FROM customers", primary_key="customer_id",
                    sync_args='object_type="users", sync_mode="upsert", '
                              'field_mapping={"email": "email", "first_name": "first_name", "bio": "bio"}')
@@ -65,6 +66,7 @@ def test_a_5000_user_upsert_through_do_lands_exactly_and_a_bad_command_rejects_o
     # 50 batches of 100, plus the halving of the one refused batch down to its bad command (2 per level).
     assert 50 < len(commands) <= 50 + 2 * 7
     assert all(c[:3] == ["email", c[1], "User profile"] for batch in commands for c in batch)
+    assert 2 <= personyze.max_in_flight_seen("POST", "/rest/do") <= 4  # a few batches in flight, never more
 
     # A cleared field is sent as the empty value do accepts; only the changed rows go out.
     personyze.clear_requests()
