@@ -27,8 +27,9 @@ with DAG(
         task_id="diff_order_lines",
         sync_id="personyze_purchases",
         conn_id="warehouse",
-        sql="SELECT order_line_id, customer_email, sku, quantity, line_total, ordered_at, 'goal' AS status "
-        "FROM order_lines",
+        # Personyze matches emails case-sensitively: lowercase them as the users sync does (normalize_email).
+        sql="SELECT order_line_id, lower(customer_email) AS customer_email, sku, quantity, line_total, ordered_at, "
+        "'goal' AS status FROM order_lines",
         primary_key="order_line_id",
     )
     PersonyzeSyncOperator(
