@@ -201,6 +201,9 @@ class PersonyzeProductInteractions(_Interactions):
             raise BatchRefused(refused_reason(error), permanent=True) from None
         except ApiError as error:
             if error.may_have_landed and error.retryable and attempts_left > 1:
+                # The answer was lost, not necessarily the write: give a slow server a moment to finish it, then
+                # look the rows up (they are in ``_sent``) and send only what is missing.
+                await asyncio.sleep(self.hook.client.retry.backoff_initial * (4 - attempts_left))
                 return outcomes + await self.asend(operation, by_command, attempts_left=attempts_left - 1)
             return outcomes + outcomes_for_error(by_command, error)
         return outcomes + [RowOutcome.ok(row) for row in by_command]
