@@ -184,3 +184,16 @@ def test_the_example_dags_mirror_a_catalog_and_insert_purchases_end_to_end(dag_r
         assert dag_runner.run(dag).state == "success"
     assert set(personyze.products) == {"HOUSE-1", *(p["sku"] for p in products[1:])}
     assert len(personyze.interactions) == 13
+
+
+def test_a_purchases_batch_whose_answer_was_lost_is_looked_up_not_sent_again(dag_runner, warehouse, personyze):
+    rows = [purchase(i) for i in range(30)]
+    warehouse.replace("order_lines", rows, COLUMNS)
+    personyze.set_faults(drop_first=1, path_prefix="/rest/do")  # the batch lands, its answer is cut off
+    run = dag_runner.run(purchases_dag(dag_runner, "personyze_purchases_lost_answer"))
+    assert run.state == "success", run.task_states
+    assert run.result("sync")["succeeded"] == 30
+    assert triples(personyze) == expected(rows)  # each purchase exactly once
+    assert [r.fault for r in do_requests(personyze)] == ["dropped"]  # never replayed
+    lookups = [r for r in personyze.requests if r.path.startswith("/rest/products_interactions/where/")]
+    assert len(lookups) == 30
