@@ -211,8 +211,10 @@ class PersonyzeProductInteractions(_Interactions):
     async def _post_delivered(self, row: OutboundRow) -> RowOutcome:
         key_type, key = user_key(row)  # type: ignore[misc]
         field = {"user_id": "user_id", "internal_id": "user_internal_id", "email": "user_email"}[key_type]
-        await self.hook.create_interaction({field: key, "product_internal_id": str(row.payload["product_internal_id"]),
-                                      "status": "delivered", **self.options(row)})
+        product = str(row.payload["product_internal_id"])
+        await self.hook.create_interaction(
+            {field: key, "product_internal_id": product, "status": "delivered", **self.options(row)}
+        )
         return RowOutcome.ok(row)
 
     async def _landed(self, rows: Sequence[OutboundRow]) -> set[int]:
