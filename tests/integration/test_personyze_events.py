@@ -197,3 +197,36 @@ def test_a_purchases_batch_whose_answer_was_lost_is_looked_up_not_sent_again(dag
     assert [r.fault for r in do_requests(personyze)] == ["dropped"]  # never replayed
     lookups = [r for r in personyze.requests if r.path.startswith("/rest/products_interactions/where/")]
     assert len(lookups) == 30
+
+
+def test_article_interactions_are_appended_through_do_and_a_bad_status_is_refused_before_sending(
+    dag_runner, warehouse, personyze
+):
+    reads = [{"id": i, "reader": f"reader{i % 2}@example.com", "slug": f"post-{i}", "action": "viewed"} for i in range(4)]
+    reads[1]["action"] = "liked"
+    reads[3]["action"] = "shared"  # not an article interaction Personyze knows
+    warehouse.replace("reads", reads, ["id", "reader", "slug", "action"])
+    dag = dag_runner.write('''
+        from datetime import datetime
+        from airflow.sdk import DAG
+        from airflow_provider_zeotap.operators.diff import SyncDiffOperator
+        from airflow_provider_zeotap.operators.personyze import PersonyzeSyncOperator
+
+        with DAG(dag_id="personyze_article_reads", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+            diff = SyncDiffOperator(task_id="diff", sync_id="personyze_article_reads", conn_id="warehouse",
+                                    sql="SELECT * FROM reads", primary_key="id")
+            PersonyzeSyncOperator(task_id="sync", plan=diff.output, object_type="article_interactions",
+                                  sync_mode="insert", field_mapping={"user_email": "reader",
+                                  "article_internal_id": "slug", "status": "action"})
+    ''')
+    run = dag_runner.run(dag)
+    assert run.state == "success", run.task_states
+    assert (run.result("sync")["succeeded"], run.result("sync")["rejected"]) == (3, 1)
+    emails = {user_id: row["email"] for user_id, row in personyze.users.items()}
+    logged = sorted((emails[a["user_id"]], a["article_internal_id"], a["action"]) for a in personyze.article_interactions)
+    assert logged == [("reader0@example.com", "post-0", "viewed"), ("reader0@example.com", "post-2", "viewed"),
+                      ("reader1@example.com", "post-1", "liked")]
+    assert [c[2] for r in do_requests(personyze) for c in r.json] == ["Article viewed", "Article liked",
+                                                                      "Article viewed"]
+    personyze.clear_requests()
+    assert dag_runner.run(dag).state == "success" and do_requests(personyze) == []  # nothing new, nothing sent
