@@ -82,23 +82,22 @@ def sync_page(
         f"<p><a href=\"{escape(base)}/\">← all syncs</a></p>",
         f"<h1>Sync <code>{escape(sync.sync_id)}</code> {_badge(sync.warning)}</h1>",
         "<dl id=about>",
-        _dd("DAG and task", f"{sync.dag_id or '—'} . {sync.task_id or '—'}"),
+        _dd("DAG and task", f"{sync.dag_id or '—'} / {sync.task_id or '—'}"),
         _dd("destination", " ".join(filter(None, [sync.destination, f"({sync.mode})" if sync.mode else None])) or "—"),
         _dd("target", _target(sync.target)),
         _dd("connection", sync.conn_id or "—"),
-        _dd("committed rows", _plain_num(sync.committed_rows)),
+        _dd("committed rows", _num(sync.committed_rows)),
         _dd("committed at", _plain_time(sync.committed_at)),
         _dd("state location", sync.state_location or "—", code=True),
         "</dl>",
         f"<h2>Rows per run, last {len(detail.runs[:chart_runs])} runs</h2>",
         chart(list(reversed(detail.runs[:chart_runs]))),
-        "<h2>Guard settings</h2>",
-        _settings(detail),
         "<h2>Runs</h2>",
         _runs_table(detail.runs, page_url, selected),
     ]
     if selected is not None and rejected is not None:
         parts.append(_rejected_section(sync.sync_id, selected, rejected, page_url, base))
+    parts += ["<h2>Guard settings</h2>", _settings(detail)]
     parts.append(
         f"<p class=muted>JSON: <a href=\"{escape(base)}/syncs/{escape(sid)}/runs\">{escape(base)}/syncs/{escape(sid)}/runs</a></p>"
     )
@@ -273,10 +272,6 @@ def _target(target: dict[str, str]) -> str:
 
 
 def _num(value: int | None) -> str:
-    return "—" if value is None else f"{value:,}"
-
-
-def _plain_num(value: int | None) -> str:
     return "—" if value is None else f"{value:,}"
 
 

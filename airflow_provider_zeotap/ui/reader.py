@@ -22,6 +22,8 @@ from airflow_provider_zeotap.sync.records import FAILURE_KEY, SETTINGS_KEY
 from airflow_provider_zeotap.sync.state import ASSET_SCHEME, POINTER_KEY
 
 RETURN_KEY = "return_value"
+#: The group ``sync/state.py:sync_asset`` gives every sync Asset.
+ASSET_GROUP = "zeotap-sync"
 SYNC_URI_PREFIX = f"{ASSET_SCHEME}://"
 
 TaskRef = tuple[str, str]  # (dag_id, task_id)
@@ -64,11 +66,14 @@ class MetadataReader:
     def syncs(self, sync_id: str | None = None) -> list[SyncAssetRow]:
         from airflow.models.asset import AssetModel, TaskInletAssetReference, TaskOutletAssetReference
 
-        query = select(AssetModel.id, AssetModel.uri).where(AssetModel.uri.startswith(SYNC_URI_PREFIX, autoescape=True))
+        # By name: Airflow keeps the name as given and normalises the URI (a trailing slash is added).
+        query = select(AssetModel.id, AssetModel.name).where(
+            AssetModel.group == ASSET_GROUP, AssetModel.name.startswith(SYNC_URI_PREFIX, autoescape=True)
+        )
         if sync_id is not None:
-            query = query.where(AssetModel.uri == SYNC_URI_PREFIX + sync_id)
-        rows = {asset_id: SyncAssetRow(asset_id, uri[len(SYNC_URI_PREFIX):])
-                for asset_id, uri in self.session.execute(query.order_by(AssetModel.uri))}
+            query = query.where(AssetModel.name == SYNC_URI_PREFIX + sync_id)
+        rows = {asset_id: SyncAssetRow(asset_id, name[len(SYNC_URI_PREFIX):])
+                for asset_id, name in self.session.execute(query.order_by(AssetModel.name))}
         if not rows:
             return []
         for model, target in ((TaskOutletAssetReference, "producers"), (TaskInletAssetReference, "consumers")):
