@@ -117,7 +117,7 @@ def chart(runs: Sequence[SyncRun], *, width: int = 900, height: int = 240) -> st
     left, bottom, plot_top = 40, 40, 24
     plot_h = height - bottom - plot_top
     group_w = (width - left - 10) / len(runs)
-    bar_w = max(2.0, min(18.0, (group_w - 8) / len(SERIES)))
+    bar_w = max(2.0, min(26.0, (group_w - 8) / len(SERIES)))
     out = [
         f"<svg id=chart role=img aria-label=\"rows per run\" width=\"{width}\" height=\"{height + 24}\" "
         f"viewBox=\"0 0 {width} {height + 24}\" xmlns=\"http://www.w3.org/2000/svg\" font-size=\"10\">",

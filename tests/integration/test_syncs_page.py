@@ -54,17 +54,17 @@ def segments(ids, renamed=()):
 def load(warehouse: Path, customer_rows, segment_rows) -> None:
     with sqlite3.connect(warehouse) as db:
         for table, rows in (("customers", customer_rows), ("segments", segment_rows)):
-            columns = list(rows[0])
+            columns = list(rows[0]) if rows else ["code", "name", "description"]
             db.execute(f"DROP TABLE IF EXISTS {table}")
             db.execute(f"CREATE TABLE {table} ({', '.join(columns)})")
             db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(columns))})",
                            [tuple(r[c] for c in columns) for r in rows])
 
 
-def airflow(env, *args) -> str:
+def airflow(env, *args, fails: bool = False) -> str:
     result = subprocess.run([sys.executable, "-m", "airflow", *args], env=env, capture_output=True, text=True, timeout=300)
     output = result.stdout + result.stderr
-    assert result.returncode == 0 and "state=failed" not in output, output[-4000:]
+    assert ("state=failed" in output) is fails and (fails or result.returncode == 0), output[-4000:]
     return output
 
 
@@ -107,6 +107,9 @@ def run_examples(home: Path) -> dict[str, str]:
         load(warehouse, customers(range(2, 23), renamed={3, 4}), segments(range(2, 14), renamed={5}))
         for dag_id, _ in SYNCS.values():
             airflow(env, "dags", "test", dag_id, "2026-01-02T00:00:00+00:00")
+        # An emptied segments table: the allow_empty_source guard stops the mirror before any write.
+        load(warehouse, customers(range(2, 23), renamed={3, 4}), [])
+        airflow(env, "dags", "test", SYNCS["permutive_segments"][0], "2026-01-03T00:00:00+00:00", fails=True)
     return env
 
 
@@ -146,6 +149,13 @@ def test_the_api_lists_both_syncs_with_their_runs_and_rejected_rows(site):
     for sync_id, (dag_id, task_id) in SYNCS.items():
         stored = stored_runs(home, dag_id, task_id)
         runs = httpx.get(f"{server.url}/zeotap-sync/syncs/{sync_id}/runs", headers=admin, timeout=30).json()
+        if sync_id == "permutive_segments":  # its third run hit the guard: no result, a failure record
+            guarded, runs, stored = runs[0], runs[1:], stored[:-1]
+            assert (guarded["state"], guarded["outcome"], guarded["warning"], guarded["rejected"]) == (
+                "failed", "guard", "guard", None)
+            assert "allow_empty_source=True" in guarded["failure"]["message"]
+            assert guarded["settings"]["allow_empty_source"] is False
+            assert (by_id[sync_id]["warning"], by_id[sync_id]["rejected_last_run"]) == ("guard", 0)
         assert [r["run_id"] for r in runs] == [s["run_id"] for s in reversed(stored)]
         for run, truth in zip(runs, reversed(stored)):
             assert run["plan"]["added"] == truth["plan"]["counts"]["added"]
@@ -153,8 +163,8 @@ def test_the_api_lists_both_syncs_with_their_runs_and_rejected_rows(site):
             assert (run["rejected"], run["succeeded"]) == (truth["result"]["rejected"], truth["result"]["succeeded"])
             assert run["rejected"] >= 1 and run["warning"] is None
         assert by_id[sync_id]["committed_rows"] == stored[-1]["result"]["committed"]["rows"]
-        assert by_id[sync_id]["rejected_last_run"] == stored[-1]["result"]["rejected"]
-    run_id = runs[0]["run_id"]  # permutive_segments' newest run
+    assert (by_id["personyze_users"]["warning"], by_id["personyze_users"]["rejected_last_run"]) == (None, 1)
+    run_id = runs[0]["run_id"]  # permutive_segments' newest run that delivered
     page = httpx.get(f"{server.url}/zeotap-sync/syncs/permutive_segments/runs/{run_id}/rejected",
                      params={"search": "BAD CODE"}, headers=admin, timeout=30).json()
     assert page["total"] == 1 and page["rows"][0]["key"] == {"code": "bad code 99"}
@@ -198,8 +208,10 @@ def test_a_person_sees_the_syncs_the_chart_and_the_rejected_row_in_chromium(site
         table = wait.until(EC.presence_of_element_located((By.ID, "syncs")))
         listed = {row.get_attribute("data-sync-id"): row for row in table.find_elements(By.CSS_SELECTOR, "tbody tr")}
         assert set(listed) == set(SYNCS) | set(NOT_RUN)
-        for sync_id in SYNCS:
-            assert listed[sync_id].find_element(By.CSS_SELECTOR, "[data-field=rejected]").text == "1", sync_id
+        users, segments_row = listed["personyze_users"], listed["permutive_segments"]
+        assert users.find_element(By.CSS_SELECTOR, "[data-field=rejected]").text == "1"
+        assert not users.find_elements(By.CSS_SELECTOR, ".badge.warn")
+        assert "guard" in segments_row.find_element(By.CSS_SELECTOR, ".badge.warn").text
         assert "no run yet" in listed["personyze_vip_list"].text
         driver.switch_to.default_content()
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
