@@ -18,8 +18,6 @@ from airflow_provider_zeotap.ui import pages
 from airflow_provider_zeotap.ui.models import RejectedRowsPage, SyncDetail, SyncRun, SyncSummary
 from airflow_provider_zeotap.ui.service import DEFAULT_RUNS, MAX_RUNS, NotFound, SyncsService
 
-#: Where the plugin mounts the app in the API server.
-URL_PREFIX = "/zeotap-sync"
 CHART_RUNS = 20
 
 

@@ -247,3 +247,18 @@ def test_a_failure_record_hides_registered_secrets():
     ti = FakeTI()
     _record_failure({"ti": ti}, RuntimeError("the key s3cr3t-api-key-value was refused"))
     assert "s3cr3t-api-key-value" not in json.dumps(ti.pushed) and SETTINGS_KEY not in ti.pushed
+
+
+def test_the_plugin_is_registered_by_its_entry_point_and_adds_the_nav_entry():
+    from importlib.metadata import entry_points
+
+    from airflow.plugins_manager import is_valid_plugin
+
+    from airflow_provider_zeotap.ui.plugin import URL_PREFIX, SyncsApp, ZeotapSyncsPlugin
+
+    (entry,) = [ep for ep in entry_points(group="airflow.plugins") if ep.name == "zeotap_syncs"]
+    assert entry.load() is ZeotapSyncsPlugin and is_valid_plugin(ZeotapSyncsPlugin)
+    (app,) = ZeotapSyncsPlugin.fastapi_apps
+    assert app["url_prefix"] == URL_PREFIX and isinstance(app["app"], SyncsApp)
+    (view,) = ZeotapSyncsPlugin.external_views
+    assert (view["name"], view["href"], view["destination"]) == ("Syncs", f"{URL_PREFIX}/", "nav")
