@@ -24,7 +24,8 @@ from tests.integration.conftest import connection_env
 pytestmark = pytest.mark.integration
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-QUOTE = re.compile(r'^- \*"(.+?)"\*(?=:| \()', re.MULTILINE)
+#: A quote opens a bullet: ``- *"message"*:`` or ``- *"message"* (...)``; it may wrap over lines.
+QUOTE = re.compile(r'^- \*"([^*]+?)"\*(?=:| \()', re.MULTILINE)
 #: Where each scenario's quotes are: (page, ``## `` heading), or (page, None) for the whole page.
 PAGES = {
     "Connections": ("connections.md", "What the errors say"),
@@ -53,7 +54,7 @@ def section(page: str, heading: str | None) -> str:
 
 
 def quotes(page: str, heading: str | None = None) -> list[str]:
-    return QUOTE.findall(section(page, heading))
+    return [" ".join(quote.split()) for quote in QUOTE.findall(section(page, heading))]
 
 
 def as_pattern(quote: str) -> re.Pattern[str]:
