@@ -1,7 +1,7 @@
 """Pacing: stay under an API's documented limits instead of bouncing off them with 429s.
 
-Request starts are spaced evenly (a 10% margin under the tighter of the per-second and per-minute
-rates), which keeps every sliding window under its limit. A cap on requests in flight is a semaphore.
+Request starts are spaced evenly (a margin under the tighter of the per-second and per-minute rates:
+``Limits.pacing_margin``, 10% unless the vendor's hook says otherwise), which keeps every sliding window under its limit. A cap on requests in flight is a semaphore.
 One ``Pacer`` serves threads and coroutines alike: the spacing is reserved under a lock, and only the
 waiting differs. The in-flight cap is one semaphore for threads and one per event loop, so a hook
 should use one style per run (the sync engine does).
@@ -18,8 +18,6 @@ from contextlib import asynccontextmanager, contextmanager
 
 from airflow_provider_zeotap.http.settings import Limits
 
-SAFETY_MARGIN = 1.1
-
 
 class Pacer:
     def __init__(self, limits: Limits | None = None) -> None:
@@ -30,7 +28,7 @@ class Pacer:
             intervals.append(1.0 / limits.rate_per_second)
         if limits.rate_per_minute:
             intervals.append(60.0 / limits.rate_per_minute)
-        self.interval = max(intervals) * SAFETY_MARGIN if intervals else 0.0
+        self.interval = max(intervals) * (1 + limits.pacing_margin) if intervals else 0.0
         self._lock = threading.Lock()
         self._next_start = 0.0
         self._paused_until = 0.0
