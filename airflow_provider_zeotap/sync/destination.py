@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from airflow_provider_zeotap.sync.models import Change, Outcome
@@ -107,6 +107,13 @@ class Capabilities:
     identity_fields: Sequence[str] = ()
     #: How a cleared field reaches this destination (for logs and the README): "null" or "empty string".
     clears_with: str = "null"
+    # Stand-ins for the contract the engine is gaining (per-operation batch sizes, whole-or-nothing writes,
+    # combined operations, async delivery); main's definitions replace these on merge.
+    batch_sizes: Mapping[Operation, int] = field(default_factory=dict)
+    max_batch_sizes: Mapping[Operation, int] = field(default_factory=dict)
+    split_refused_batches: bool = True
+    combined_operations: bool = False
+    batches_in_flight: int = 1
 
     def operations_for(self, mode: str) -> OperationTable:
         """The mode's table, with ``refresh`` rows sent like added ones (unless that would remove)."""
