@@ -9,17 +9,9 @@ import pytest
 from airflow_provider_zeotap.errors import FatalError
 from airflow_provider_zeotap.hooks.zeotap import MTLS_HOST, NO_ORG_ID, ZeotapProfileHook
 from airflow_provider_zeotap.http import ConfigurationError, PermissionDeniedError
-from tests.integration.conftest import FAST_RETRIES, connection_env
+from tests.integration.conftest import connection_env
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def zeotap(zeotap_emulator, monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_ZEOTAP_DEFAULT", connection_env(
-        "zeotap", zeotap_emulator.url, zeotap_emulator.api_key, org_id=str(zeotap_emulator.org_id),
-        region=zeotap_emulator.region, **FAST_RETRIES))
-    return zeotap_emulator
 
 
 def bodies(emulator, path: str) -> list[dict]:
