@@ -165,16 +165,6 @@ class ZeotapProfiles(Destination):
         return None if value is None else str(value)
 
     # -- sending ---------------------------------------------------------------------------------------
-    def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
-        """The runner delivers through ``asend``; this form is for callers without an event loop."""
-        async def once() -> list[RowOutcome]:
-            try:
-                return await self.asend(operation, rows)
-            finally:
-                await self.hook.aclose()
-
-        return asyncio.run(once())
-
     async def asend(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
         if self._fatal is not None:
             raise DeliveryStopped(self._fatal, [])
@@ -187,8 +177,7 @@ class ZeotapProfiles(Destination):
                 RowOutcome.skipped(
                     row,
                     "a profile with this id already exists in Zeotap and this sync did not create it: mirror leaves it "
-                    "alone and will never delete it (take_over_existing=True claims such profiles; sync_mode='upsert' "
-                    "updates profiles and never deletes)",
+                    "alone and will never delete it (sync_mode='upsert' updates such profiles and never deletes)",
                 )
                 for row in rows
                 if self._id(row) in foreign

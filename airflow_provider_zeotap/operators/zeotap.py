@@ -54,8 +54,9 @@ class ZeotapProfileSyncOperator(BaseSyncOperator):
 
     :param id_type: the Zeotap id type of the key column's values (``email``, ``user_id``, a custom id).
     :param sync_mode: ``upsert`` writes added and changed rows; ``mirror`` also deletes the profiles of removed
-        rows, 400 ids a call, and only profiles this sync delivered (a profile that existed before this sync
-        wrote to it is left alone unless ``take_over_existing=True``). The removal guards apply.
+        rows, 400 ids a call, and only profiles this sync delivered: a profile that existed before this sync
+        wrote to it is left alone (reported as skipped), never updated or deleted by a mirror. The removal guards
+        apply. The API cannot list an organisation's profiles, so ``take_over_existing`` is refused in a mirror.
     :param region: the data region (EU, UK, US...); default: the connection's ``region`` extra.
     :param org_id: the organisation id; default: the connection's ``org_id`` extra.
     """
