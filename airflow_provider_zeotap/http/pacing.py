@@ -36,6 +36,9 @@ class Pacer:
         self._loop_semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
             weakref.WeakKeyDictionary()
         )
+        self._loop_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+            weakref.WeakKeyDictionary()
+        )
 
     def reserve(self) -> float:
         """Claim the next start time; return how long the caller must wait for it."""
@@ -65,17 +68,33 @@ class Pacer:
 
     @asynccontextmanager
     async def aslot(self) -> AsyncIterator[None]:
+        """A start time and an in-flight place, for a coroutine.
+
+        One coroutine of a loop waits for the next start at a time (``_turns``): were every holder of an
+        in-flight place to reserve its start at once, up to ``max_in_flight`` starts would be booked ahead,
+        and a loop that stalls (a batch being prepared, a busy machine) would send all that fell due in one
+        burst. Waiting in turn, a late start books the next one an interval after itself.
+        """
         semaphore = self._async_semaphore()
         if semaphore is not None:
             await semaphore.acquire()
         try:
-            wait = self.reserve()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if self.interval or self._paused_until:
+                async with self._async_turns():
+                    wait = self.reserve()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
             yield
         finally:
             if semaphore is not None:
                 semaphore.release()
+
+    def _async_turns(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if loop not in self._loop_turns:
+                self._loop_turns[loop] = asyncio.Lock()
+            return self._loop_turns[loop]
 
     def _async_semaphore(self) -> asyncio.Semaphore | None:
         if not self.limits.max_in_flight:
