@@ -50,7 +50,7 @@ def main() -> int:
         print(f"  Personyze emulator {personyze.url} (list {list_id}), Permutive emulator {permutive.url} "
               f"(import {import_id}), warehouse {WAREHOUSE}")
 
-        load_warehouse(customers(range(1, 21)), segments(range(1, 13)))
+        load_warehouse(customers(range(1, 21)), segments(range(1, 13)), products(range(1, 9)), order_lines(range(30)))
         writes = lambda: _writes(personyze, permutive, zeotap)  # noqa: E731
         run_all(writes, "first run: everything is new")
         print(f"  Personyze now holds {len(personyze.users)} users; list {list_id} has "
@@ -59,19 +59,23 @@ def main() -> int:
 
         changed = customers(range(1, 21), renamed={3, 4}) + customers([21])
         changed = [c for c in changed if c["customer_id"] != 20]
-        load_warehouse(changed, segments(range(2, 14), renamed={5}), deletion_requests=[20])
-        run_all(writes, "second run: 2 customers renamed, 1 added, 1 removed; 1 segment renamed, 1 added, 1 removed")
+        load_warehouse(changed, segments(range(2, 14), renamed={5}), products(range(2, 10), repriced={3}),
+                       order_lines(range(35)), deletion_requests=[20])
+        run_all(writes, "second run: 2 customers renamed, 1 added, 1 removed; 1 segment renamed, 1 added, 1 removed; "
+                "1 product repriced, 1 added, 1 removed; 5 new order lines; 1 deletion request")
         run_all(writes, "third run: nothing changed")
         print(f"  Personyze now holds {len(personyze.users)} users; list {list_id} has "
               f"{len(personyze.list_member_ids(list_id))} members; Permutive import has "
               f"{len(permutive.segments(import_id))} segments")
+        print(f"  Personyze catalog: {len(personyze.products)} products; {len(personyze.interactions)} purchases")
     step(f"Done. Logs of every run are in {DEMO / 'logs'}; the sync state in {DEMO / 'sync_state'}.")
     return 0
 
 
 def run_all(writes: Callable[[], dict[str, int]], title: str) -> None:
     step(title.capitalize())
-    for dag_id in ("personyze_users_sync", "personyze_list_mirror", "permutive_segments_mirror",
+    for dag_id in ("personyze_users_sync", "personyze_list_mirror", "personyze_products_mirror",
+                   "personyze_purchases_insert", "permutive_segments_mirror",
                    "zeotap_profiles_sync", "zeotap_profiles_delete", "zeotap_profiles_fetch"):
         before = writes()
         started = time.monotonic()
@@ -89,6 +93,8 @@ def _writes(personyze, permutive, zeotap) -> dict[str, int]:
             if request.method in ("POST", "PUT", "PATCH", "DELETE") and not request.path.endswith("/_search"):
                 ops = len((request.json or {}).get("operations", [])) if request.method == "PATCH" else 0
                 key = f"{request.method} {request.path.split('/where/')[0]}"
+                if request.path == "/rest/do":
+                    key = f"POST /rest/do ({len(request.json or [])} commands)"
                 if request.method == "PATCH":
                     key = f"PATCH segments ({ops} operations)" if ops else "PATCH segments (write-access check)"
                 counts[key] = counts.get(key, 0) + 1
@@ -119,12 +125,30 @@ def segments(ids, renamed: set[int] = frozenset()) -> list[dict]:
     ]
 
 
-def load_warehouse(customer_rows: list[dict], segment_rows: list[dict], deletion_requests: list[int] = ()) -> None:
+def products(ids, repriced: set[int] = frozenset()) -> list[dict]:
+    return [
+        {"sku": f"SKU-{i:03d}", "title": f"Product {i}", "price": 19.99 + i + (5 if i in repriced else 0),
+         "brand": "Acme", "category": "tools", "in_stock": i % 3 != 0, "image_url": f"https://cdn.example.com/{i}.jpg"}
+        for i in ids
+    ]
+
+
+def order_lines(ids) -> list[dict]:
+    return [
+        {"order_line_id": i, "customer_email": f"Customer{i % 20 + 1}@Example.com", "sku": f"SKU-{i % 8 + 2:03d}",
+         "quantity": 1 + i % 2, "line_total": 19.99 + i, "ordered_at": f"2026-01-{i % 28 + 1:02d} 12:{i % 60:02d}:00"}
+        for i in ids
+    ]
+
+
+def load_warehouse(customer_rows: list[dict], segment_rows: list[dict], product_rows: list[dict],
+                   order_rows: list[dict], deletion_requests: list[int] = ()) -> None:
     with sqlite3.connect(WAREHOUSE) as db:
         db.execute("DROP TABLE IF EXISTS deletion_requests")
         db.execute("CREATE TABLE deletion_requests (customer_id)")
         db.executemany("INSERT INTO deletion_requests VALUES (?)", [(i,) for i in deletion_requests])
-        for table, rows in (("customers", customer_rows), ("segments", segment_rows)):
+        for table, rows in (("customers", customer_rows), ("segments", segment_rows), ("products", product_rows),
+                            ("order_lines", order_rows)):
             columns = list(rows[0])
             db.execute(f"DROP TABLE IF EXISTS {table}")
             db.execute(f"CREATE TABLE {table} ({', '.join(columns)})")
