@@ -33,15 +33,17 @@ def main() -> int:
             "AIRFLOW__ZEOTAP_SYNC__STATE_URI": f"file://{DEMO / 'sync_state'}",
         }
     )
-    from airflow_provider_zeotap.testing import PermutiveEmulator, PersonyzeEmulator
+    from airflow_provider_zeotap.testing import PermutiveEmulator, PersonyzeEmulator, ZeotapEmulator
 
     step("Creating the Airflow metadata database (SQLite)")
     airflow("db", "migrate", log="db-migrate")
-    with PersonyzeEmulator() as personyze, PermutiveEmulator() as permutive:
+    with PersonyzeEmulator() as personyze, PermutiveEmulator() as permutive, ZeotapEmulator() as zeotap:
         list_id = personyze.create_list("VIP customers")
         import_id = permutive.create_import("Warehouse segments")
         os.environ.update(personyze.airflow_env())
         os.environ.update(permutive.airflow_env())
+        os.environ.update(zeotap.airflow_env())
+        os.environ["AIRFLOW_VAR_ZEOTAP_PROFILES_FOLDER"] = f"file://{DEMO / 'zeotap_profiles'}"
         os.environ["AIRFLOW_CONN_WAREHOUSE"] = json.dumps({"conn_type": "sqlite", "host": str(WAREHOUSE)})
         os.environ["AIRFLOW_VAR_PERSONYZE_LIST_ID"] = str(list_id)
         os.environ["AIRFLOW_VAR_PERMUTIVE_IMPORT_ID"] = import_id
@@ -49,7 +51,7 @@ def main() -> int:
               f"(import {import_id}), warehouse {WAREHOUSE}")
 
         load_warehouse(customers(range(1, 21)), segments(range(1, 13)), products(range(1, 9)), order_lines(range(30)))
-        writes = lambda: _writes(personyze, permutive)  # noqa: E731
+        writes = lambda: _writes(personyze, permutive, zeotap)  # noqa: E731
         run_all(writes, "first run: everything is new")
         print(f"  Personyze now holds {len(personyze.users)} users; list {list_id} has "
               f"{len(personyze.list_member_ids(list_id))} members; Permutive import has "
@@ -58,9 +60,9 @@ def main() -> int:
         changed = customers(range(1, 21), renamed={3, 4}) + customers([21])
         changed = [c for c in changed if c["customer_id"] != 20]
         load_warehouse(changed, segments(range(2, 14), renamed={5}), products(range(2, 10), repriced={3}),
-                       order_lines(range(35)))
+                       order_lines(range(35)), deletion_requests=[20])
         run_all(writes, "second run: 2 customers renamed, 1 added, 1 removed; 1 segment renamed, 1 added, 1 removed; "
-                "1 product repriced, 1 added, 1 removed; 5 new order lines")
+                "1 product repriced, 1 added, 1 removed; 5 new order lines; 1 deletion request")
         run_all(writes, "third run: nothing changed")
         print(f"  Personyze now holds {len(personyze.users)} users; list {list_id} has "
               f"{len(personyze.list_member_ids(list_id))} members; Permutive import has "
@@ -73,7 +75,8 @@ def main() -> int:
 def run_all(writes: Callable[[], dict[str, int]], title: str) -> None:
     step(title.capitalize())
     for dag_id in ("personyze_users_sync", "personyze_list_mirror", "personyze_products_mirror",
-                   "personyze_purchases_insert", "permutive_segments_mirror"):
+                   "personyze_purchases_insert", "permutive_segments_mirror",
+                   "zeotap_profiles_sync", "zeotap_profiles_delete", "zeotap_profiles_fetch"):
         before = writes()
         started = time.monotonic()
         airflow("dags", "test", dag_id, log=f"{dag_id}-{int(time.time() * 1000)}")
@@ -83,11 +86,11 @@ def run_all(writes: Callable[[], dict[str, int]], title: str) -> None:
               + (", ".join(f"{n} {k}" for k, n in sent.items()) or "none"))
 
 
-def _writes(personyze, permutive) -> dict[str, int]:
+def _writes(personyze, permutive, zeotap) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for emulator in (personyze, permutive):
+    for emulator in (personyze, permutive, zeotap):
         for request in emulator.requests:
-            if request.method in ("POST", "PUT", "PATCH", "DELETE"):
+            if request.method in ("POST", "PUT", "PATCH", "DELETE") and not request.path.endswith("/_search"):
                 ops = len((request.json or {}).get("operations", [])) if request.method == "PATCH" else 0
                 key = f"{request.method} {request.path.split('/where/')[0]}"
                 if request.path == "/rest/do":
@@ -107,6 +110,8 @@ def customers(ids, renamed: set[int] = frozenset()) -> list[dict]:
             "last_name": f"Last{i}",
             "company": "Acme" if i % 2 else "Globex",
             "plan": "vip" if i % 4 == 0 else "basic",
+            "gdpr_ok": i % 2 == 0,
+            "sms_optin": i % 3 == 0,
         }
         for i in ids
     ]
@@ -137,8 +142,11 @@ def order_lines(ids) -> list[dict]:
 
 
 def load_warehouse(customer_rows: list[dict], segment_rows: list[dict], product_rows: list[dict],
-                   order_rows: list[dict]) -> None:
+                   order_rows: list[dict], deletion_requests: list[int] = ()) -> None:
     with sqlite3.connect(WAREHOUSE) as db:
+        db.execute("DROP TABLE IF EXISTS deletion_requests")
+        db.execute("CREATE TABLE deletion_requests (customer_id)")
+        db.executemany("INSERT INTO deletion_requests VALUES (?)", [(i,) for i in deletion_requests])
         for table, rows in (("customers", customer_rows), ("segments", segment_rows), ("products", product_rows),
                             ("order_lines", order_rows)):
             columns = list(rows[0])

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.integration
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 #: A quote opens a bullet: ``- *"message"*:`` or ``- *"message"* (...)``; it may wrap over lines.
-QUOTE = re.compile(r'^- \*"([^*]+?)"\*(?=:| \()', re.MULTILINE)
+QUOTE = re.compile(r'^- \*"([^*]+?)"\*(?=:|\s+\()', re.MULTILINE)
 #: Where each scenario's quotes are: (page, ``## `` heading), or (page, None) for the whole page.
 PAGES = {
     "Connections": ("connections.md", "What the errors say"),
@@ -38,6 +38,7 @@ INDEX = "troubleshooting.md"
 INDEX_SECTIONS = {
     "Personyze": "tests/integration/test_docs_messages.py",
     "Permutive": "tests/integration/test_docs_messages.py",
+    "Zeotap Profile API": "tests/integration/test_zeotap_docs_messages.py",
 }
 
 
