@@ -6,7 +6,9 @@ windows are counted instead: a request starts once, in each window, the request 
 it was *answered* at least the window's length ago. The server saw that earlier request before it
 answered, and sees the new one after it starts, so the server's own window never holds more than
 ``count`` requests, whatever the network delays; and no margin is lost (2/s sustains about 1.99/s where
-spacing sustains 1.82/s). A cap on requests in flight is a semaphore.
+spacing sustains 1.82/s). A new pacer counts its shortest window as full, so a task that follows another
+on the same key at once starts one window later instead of meeting a 429. A cap on requests in flight
+is a semaphore.
 One ``Pacer`` serves threads and coroutines alike: the spacing is reserved under a lock, and only the
 waiting differs. The in-flight cap is one semaphore for threads and one per event loop, so a hook
 should use one style per run (the sync engine does).
@@ -50,9 +52,16 @@ class _Started:
 class _WindowGate:
     """The sliding-window rule (see the module docstring); called under the pacer's lock."""
 
-    def __init__(self, windows: list[_Window]) -> None:
+    def __init__(self, windows: list[_Window], now: float) -> None:
         self.windows = windows
         self._recent: deque[_Started] = deque(maxlen=max(w.count for w in windows))
+        # The shortest window counts as full when the pacer is made: a task that follows another on the same
+        # key at once (the previous one's last requests still in the server's window) waits one window instead
+        # of meeting a 429. Tasks one after another then never exceed the per-second rate together.
+        for _ in range(min(windows, key=lambda w: w.seconds).count):
+            phantom = _Started()
+            phantom.answered = now
+            self._recent.append(phantom)
 
     def try_start(self, now: float, paused_until: float) -> tuple[_Started | None, float]:
         """Start a request now, or say how long to wait before asking again."""
@@ -85,7 +94,7 @@ class Pacer:
             for rate, unit in ((limits.rate_per_second, 1.0), (limits.rate_per_minute, 60.0))
             if rate
         ]
-        self._gate = _WindowGate(windows) if limits.sliding_windows and windows else None
+        self._gate = _WindowGate(windows, time.monotonic()) if limits.sliding_windows and windows else None
         self._lock = threading.Lock()
         self._next_start = 0.0
         self._paused_until = 0.0

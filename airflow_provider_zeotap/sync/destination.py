@@ -107,6 +107,10 @@ class Capabilities:
     identity_fields: Sequence[str] = ()
     #: How a cleared field reaches this destination (for logs and the README): "null" or "empty string".
     clears_with: str = "null"
+    #: False: the write is whole or nothing; a ``BatchRefused`` rejects every row of the batch, never split.
+    split_refused_batches: bool = True
+    #: True: one batch may carry several operations, delivered by ``send_combined`` in one write.
+    combined_operations: bool = False
 
     def operations_for(self, mode: str) -> OperationTable:
         """The mode's table, with ``refresh`` rows sent like added ones (unless that would remove)."""
