@@ -33,43 +33,55 @@ def main() -> int:
             "AIRFLOW__ZEOTAP_SYNC__STATE_URI": f"file://{DEMO / 'sync_state'}",
         }
     )
-    from airflow_provider_zeotap.testing import PermutiveEmulator, PersonyzeEmulator
+    from airflow_provider_zeotap.testing import OptimizelyEmulator, PermutiveEmulator, PersonyzeEmulator
 
     step("Creating the Airflow metadata database (SQLite)")
     airflow("db", "migrate", log="db-migrate")
-    with PersonyzeEmulator() as personyze, PermutiveEmulator() as permutive:
+    with PersonyzeEmulator() as personyze, PermutiveEmulator() as permutive, OptimizelyEmulator() as optimizely:
         list_id = personyze.create_list("VIP customers")
         import_id = permutive.create_import("Warehouse segments")
+        project_id = optimizely.create_project("Web")
+        # One id was put in the list by hand: the mirror leaves it there.
+        list_attribute_id = optimizely.create_list_attribute(project_id, "vip_customers", ["added-by-hand"])
         os.environ.update(personyze.airflow_env())
         os.environ.update(permutive.airflow_env())
+        os.environ.update(optimizely.airflow_env())
+        os.environ["AIRFLOW_VAR_OPTIMIZELY_PROJECT_ID"] = str(project_id)
+        os.environ["AIRFLOW_VAR_OPTIMIZELY_LIST_ATTRIBUTE_ID"] = str(list_attribute_id)
         os.environ["AIRFLOW_CONN_WAREHOUSE"] = json.dumps({"conn_type": "sqlite", "host": str(WAREHOUSE)})
         os.environ["AIRFLOW_VAR_PERSONYZE_LIST_ID"] = str(list_id)
         os.environ["AIRFLOW_VAR_PERMUTIVE_IMPORT_ID"] = import_id
         print(f"  Personyze emulator {personyze.url} (list {list_id}), Permutive emulator {permutive.url} "
               f"(import {import_id}), warehouse {WAREHOUSE}")
 
-        load_warehouse(customers(range(1, 21)), segments(range(1, 13)))
-        writes = lambda: _writes(personyze, permutive)  # noqa: E731
+        load_warehouse(customers(range(1, 21)), segments(range(1, 13)), tracked_events(range(1, 6)))
+        writes = lambda: _writes(personyze, permutive, optimizely)  # noqa: E731
         run_all(writes, "first run: everything is new")
         print(f"  Personyze now holds {len(personyze.users)} users; list {list_id} has "
               f"{len(personyze.list_member_ids(list_id))} members; Permutive import has "
-              f"{len(permutive.segments(import_id))} segments")
+              f"{len(permutive.segments(import_id))} segments; Optimizely list attribute has "
+              f"{len(optimizely.list_members(list_attribute_id))} ids and the project "
+              f"{len(optimizely.objects('custom_events', project_id))} custom events")
 
         changed = customers(range(1, 21), renamed={3, 4}) + customers([21])
         changed = [c for c in changed if c["customer_id"] != 20]
-        load_warehouse(changed, segments(range(2, 14), renamed={5}))
-        run_all(writes, "second run: 2 customers renamed, 1 added, 1 removed; 1 segment renamed, 1 added, 1 removed")
+        load_warehouse(changed, segments(range(2, 14), renamed={5}), tracked_events(range(1, 7)))
+        run_all(writes, "second run: 2 customers renamed, 1 added, 1 removed; 1 segment renamed, 1 added, 1 removed; "
+                        "1 event added")
         run_all(writes, "third run: nothing changed")
         print(f"  Personyze now holds {len(personyze.users)} users; list {list_id} has "
               f"{len(personyze.list_member_ids(list_id))} members; Permutive import has "
-              f"{len(permutive.segments(import_id))} segments")
+              f"{len(permutive.segments(import_id))} segments; Optimizely list attribute has "
+              f"{len(optimizely.list_members(list_attribute_id))} ids and the project "
+              f"{len(optimizely.objects('custom_events', project_id))} custom events")
     step(f"Done. Logs of every run are in {DEMO / 'logs'}; the sync state in {DEMO / 'sync_state'}.")
     return 0
 
 
 def run_all(writes: Callable[[], dict[str, int]], title: str) -> None:
     step(title.capitalize())
-    for dag_id in ("personyze_users_sync", "personyze_list_mirror", "permutive_segments_mirror"):
+    for dag_id in ("personyze_users_sync", "personyze_list_mirror", "permutive_segments_mirror",
+                   "optimizely_list_mirror", "optimizely_custom_events"):
         before = writes()
         started = time.monotonic()
         airflow("dags", "test", dag_id, log=f"{dag_id}-{int(time.time() * 1000)}")
@@ -79,14 +91,14 @@ def run_all(writes: Callable[[], dict[str, int]], title: str) -> None:
               + (", ".join(f"{n} {k}" for k, n in sent.items()) or "none"))
 
 
-def _writes(personyze, permutive) -> dict[str, int]:
+def _writes(personyze, permutive, optimizely) -> dict[str, int]:
     counts: dict[str, int] = {}
-    for emulator in (personyze, permutive):
+    for emulator in (personyze, permutive, optimizely):
         for request in emulator.requests:
             if request.method in ("POST", "PUT", "PATCH", "DELETE"):
                 ops = len((request.json or {}).get("operations", [])) if request.method == "PATCH" else 0
                 key = f"{request.method} {request.path.split('/where/')[0]}"
-                if request.method == "PATCH":
+                if request.method == "PATCH" and emulator is permutive:
                     key = f"PATCH segments ({ops} operations)" if ops else "PATCH segments (write-access check)"
                 counts[key] = counts.get(key, 0) + 1
     return counts
@@ -114,9 +126,13 @@ def segments(ids, renamed: set[int] = frozenset()) -> list[dict]:
     ]
 
 
-def load_warehouse(customer_rows: list[dict], segment_rows: list[dict]) -> None:
+def tracked_events(ids) -> list[dict]:
+    return [{"event_key": f"event_{i}", "event_name": f"Event {i}", "description": f"Tracked event {i}"} for i in ids]
+
+
+def load_warehouse(customer_rows: list[dict], segment_rows: list[dict], event_rows: list[dict]) -> None:
     with sqlite3.connect(WAREHOUSE) as db:
-        for table, rows in (("customers", customer_rows), ("segments", segment_rows)):
+        for table, rows in (("customers", customer_rows), ("segments", segment_rows), ("tracked_events", event_rows)):
             columns = list(rows[0])
             db.execute(f"DROP TABLE IF EXISTS {table}")
             db.execute(f"CREATE TABLE {table} ({', '.join(columns)})")

@@ -262,3 +262,28 @@ def test_a_missing_project_or_list_attribute_fails_before_any_write(dag_runner, 
     missing_project = dag_runner.run(list_dag(dag_runner, "optimizely_missing_project_it", 12345, 999))
     assert (missing_list.state, missing_project.state) == ("failed", "failed")
     assert not [r for r in optimizely.requests if r.method in ("PATCH", "POST")]
+
+
+def test_a_list_that_would_reach_5_mb_is_refused_before_writing_with_the_sizes(optimizely_emulator, monkeypatch):
+    from airflow_provider_zeotap.destinations.optimizely_lists import OptimizelyListAttribute
+    from airflow_provider_zeotap.hooks.optimizely import OptimizelyHook
+    from airflow_provider_zeotap.sync.destination import BatchRefused, OutboundRow
+    from airflow_provider_zeotap.sync.models import Change
+    from airflow_provider_zeotap.sync.modes import Operation
+
+    monkeypatch.setenv("AIRFLOW_CONN_OPTIMIZELY_DEFAULT",
+                       connection_env("optimizely", optimizely_emulator.url, optimizely_emulator.token))
+    project = optimizely_emulator.create_project("Web")
+    held = [f"{i:09d}" + "x" * 50_000 for i in range(80)]  # about 4 MB already in the list
+    list_id = optimizely_emulator.create_list_attribute(project, "big", held)
+    destination = OptimizelyListAttribute(OptimizelyHook(), project_id=project, list_attribute_id=list_id)
+    destination.prepare(dry_run=False)
+    rows = [OutboundRow(i, Change.ADDED, {"id": i}, {"user_id": f"new{i:05d}" + "y" * 50_000}) for i in range(30)]
+    with pytest.raises(BatchRefused, match=r"would be 5,\d{3},\d{3} bytes \(110 ids; the list holds 80 now\)"):
+        destination.send(Operation.ADD, rows)
+    assert not [r for r in optimizely_emulator.requests if r.method == "PATCH"]
+    assert optimizely_emulator.list_members(list_id) == held
+    # Under the limit, the same destination writes (once).
+    assert all(o.reason is None for o in destination.send(Operation.ADD, rows[:10]))
+    assert len(optimizely_emulator.list_members(list_id)) == 90
+    destination.close()
