@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from types import MappingProxyType
 from typing import Any
 
@@ -168,6 +168,12 @@ class PermutiveSegments(Destination):
 
     def target(self) -> dict[str, Any]:
         return {"import_id": self.import_id}
+
+    def existing_records(self) -> Iterator[dict[str, Any]]:
+        return (
+            {"segment_code": segment["code"], "segment_name": segment.get("name")}
+            for segment in self.hook.iter_segments(self.import_id)
+        )
 
     # -- rows -> operations ------------------------------------------------------------------------
     def _name(self, row: OutboundRow) -> str | None:

@@ -137,6 +137,9 @@ class PersonyzeListMembers(Destination):
     def target(self) -> dict[str, Any]:
         return {"object": "user_list_members", "list_id": self.list_id}
 
+    def existing_records(self) -> list[dict[str, Any]]:
+        return [{"email": email} for email in self.hook.list_member_emails(self.list_id)]
+
     def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
         return send_each(rows, lambda row: self._send_one(operation, row), max_in_flight=self.max_in_flight)
 

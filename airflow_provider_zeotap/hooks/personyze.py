@@ -23,6 +23,8 @@ Condition = tuple[str, str, Any]
 OPERATORS = frozenset({"=", "!=", ">", ">=", "<", "<=", ":", "!:"})
 USERS_POST_LANE = "users_post"
 ROW_NOT_FOUND = "Row not found"
+#: A read returns at most this many rows: offset + limit may not pass it.
+MAX_READ_WINDOW = 1000
 _EMAIL_IN_PATH = re.compile(r"[^/&|=:<>!,]*(?:%40|@)[^/&|,]*")
 
 
@@ -199,6 +201,31 @@ class PersonyzeHook(ApiHook):
             "user_list_users", where=[("user_list_id", "=", int(list_id)), ("user_id", "=", int(user_id))], limit=1
         )
         return bool(self.client.json("GET", path))
+
+    def list_member_emails(self, list_id: int) -> list[str]:
+        """Every member's email, for a take-over; refused past the API's read window of 1000 rows.
+
+        Reads page with ``limit/<offset>,<n>`` and offset + n may not pass 1000. Paging further needs a
+        ``user_id>`` condition, and ``>`` does not survive an HTTP client's path encoding, so a bigger
+        list is refused rather than read in part (a part would leave the rest of the list alone).
+        """
+        path = build_path(
+            "user_list_users", where={"user_list_id": int(list_id)}, columns=["user_id"], order_by="user_id",
+            limit=MAX_READ_WINDOW,
+        )
+        user_ids = [int(row["user_id"]) for row in self.client.json("GET", path) or []]
+        if len(user_ids) >= MAX_READ_WINDOW:
+            raise ConfigurationError(
+                f"Personyze user list {list_id} has {MAX_READ_WINDOW} or more members, more than one read may return, "
+                "so take_over_existing cannot list them all. Empty the list, or run without take_over_existing "
+                "(mirror then removes only what this sync delivered)."
+            )
+        emails: list[str] = []
+        for start in range(0, len(user_ids), 100):
+            chunk = user_ids[start : start + 100]
+            users = self.find_users([("user_id", ":", chunk)], columns=["user_id", "email"], limit=len(chunk))
+            emails += [str(user["email"]) for user in users if user.get("email")]
+        return emails
 
     def remove_list_member(self, list_id: int, user_id: int) -> int:
         """Remove one membership; returns rows affected (0: it was not there)."""

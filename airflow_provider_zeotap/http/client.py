@@ -6,8 +6,10 @@ by the same functions, so a rule (say, "429 does not use up an attempt") is writ
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import json
+import weakref
 import logging
 import random
 import ssl
@@ -133,7 +135,11 @@ class ApiClient:
         self._describe_path = describe_path
         self._throttle_markers = tuple(throttle_markers)
         self._client: httpx.Client | None = None
-        self._aclient: httpx.AsyncClient | None = None
+        #: One async client per event loop: an ``httpx.AsyncClient`` belongs to the loop it first ran on, and
+        #: a client kept across ``asyncio.run`` calls fails with "Event loop is closed" on the second one.
+        self._aclients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx.AsyncClient] = (
+            weakref.WeakKeyDictionary()
+        )
 
     # -- clients -----------------------------------------------------------------------------------
     def _client_kwargs(self) -> dict[str, Any]:
@@ -154,9 +160,12 @@ class ApiClient:
 
     @property
     def aclient(self) -> httpx.AsyncClient:
-        if self._aclient is None:
-            self._aclient = httpx.AsyncClient(**self._client_kwargs())
-        return self._aclient
+        """The async client of the running event loop (made on first use in that loop)."""
+        loop = asyncio.get_running_loop()
+        client = self._aclients.get(loop)
+        if client is None:
+            client = self._aclients[loop] = httpx.AsyncClient(**self._client_kwargs())
+        return client
 
     def close(self) -> None:
         if self._client is not None:
@@ -164,9 +173,10 @@ class ApiClient:
             self._client = None
 
     async def aclose(self) -> None:
-        if self._aclient is not None:
-            await self._aclient.aclose()
-            self._aclient = None
+        """Close the running loop's async client; call it on the loop that used it, before that loop ends."""
+        client = self._aclients.pop(asyncio.get_running_loop(), None)
+        if client is not None:
+            await client.aclose()
 
     # -- requests ----------------------------------------------------------------------------------
     def request(self, method: str, path: str, *, lane: str | None = None, **kwargs: Any) -> httpx.Response:

@@ -124,16 +124,20 @@ class BaseSyncOperator(BaseOperator):
         default_pool(self, self.connection_id)
         capabilities = self.capabilities()
         try:
-            capabilities.operations_for(self.mode)
+            table = capabilities.operations_for(self.mode)
         except ValueError as error:
             raise ConfigurationError(f"{self.task_id}: {error}") from None
-        if self.batch_size is not None and not (
-            isinstance(self.batch_size, int) and 1 <= self.batch_size <= capabilities.max_batch_size
-        ):
-            raise ConfigurationError(
-                f"{self.task_id}: batch_size must be from 1 to {capabilities.max_batch_size} for "
-                f"{capabilities.name}, got {self.batch_size!r}."
+        if self.batch_size is not None:
+            maximum = (
+                capabilities.max_batch_size
+                if capabilities.combined_operations
+                else min(capabilities.max_batch_size_for(op) for op in table.values())
             )
+            if not (isinstance(self.batch_size, int) and 1 <= self.batch_size <= maximum):
+                raise ConfigurationError(
+                    f"{self.task_id}: batch_size must be from 1 to {maximum} for {capabilities.name} "
+                    f"{capabilities.mode_argument}={self.mode!r}, got {self.batch_size!r}."
+                )
 
     @property
     @abstractmethod

@@ -5,7 +5,18 @@ it does not know how the rows were chosen. The runner owns batching, splitting r
 ownership records, checkpoints, outcomes files and the commit. Adapters live in ``destinations/`` and
 import this module; this module imports nothing of theirs.
 
-What ``send`` may do:
+The four shapes an API can have, and how a destination declares its own:
+- one request per row, or batches of rows per request: ``batch_sizes`` per operation (a batch is the
+  checkpoint unit: the runner records each acknowledged batch, and a resumed task skips them);
+- batches atomic per request with no per-row errors: raise ``BatchRefused`` and the runner halves the
+  batch to isolate the rows at fault, unless ``split_refused_batches`` is False (a whole-list write,
+  where splitting only multiplies writes): then every row of the batch is rejected with the reason;
+- one write for all the operations of a batch: ``combined_operations``, and ``send_combined``;
+- many requests in flight: implement ``asend`` (and ``aclose``). The runner then runs the whole delivery
+  on one event loop and keeps ``batches_in_flight`` batches going, so requests flow across batch
+  boundaries; the hook's pacer bounds the requests themselves.
+
+What ``send`` (``asend``, ``send_combined``) may do:
 - return one ``RowOutcome`` per row (a row without one counts as failed);
 - raise ``BatchRefused`` when the API refused the whole batch without naming rows: the runner halves it;
 - raise ``DeliveryStopped`` (a fatal error after some rows were answered) or a ``FatalError``: the
@@ -16,9 +27,9 @@ Any other exception stops the delivery the same way. Errors a later run could ge
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from abc import ABC
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from airflow_provider_zeotap.sync.models import Change, Outcome
@@ -107,10 +118,23 @@ class Capabilities:
     identity_fields: Sequence[str] = ()
     #: How a cleared field reaches this destination (for logs and the README): "null" or "empty string".
     clears_with: str = "null"
-    #: False: the write is whole or nothing; a ``BatchRefused`` rejects every row of the batch, never split.
+    #: Per-operation batch sizes (default and maximum) where they differ from ``batch_size`` and
+    #: ``max_batch_size``: a write of one id per request and a delete of 400 ids per request.
+    batch_sizes: Mapping[Operation, int] = field(default_factory=dict)
+    max_batch_sizes: Mapping[Operation, int] = field(default_factory=dict)
+    #: False: a batch is one write that lands whole or not at all, so a refused batch is rejected whole,
+    #: never halved (halving a whole-list write only multiplies writes).
     split_refused_batches: bool = True
-    #: True: one batch may carry several operations, delivered by ``send_combined`` in one write.
+    #: True: a batch holds rows of several operations (removals first), sent with ``send_combined``.
     combined_operations: bool = False
+    #: Batches an async destination keeps going at once (a sync one sends one batch at a time).
+    batches_in_flight: int = 1
+
+    def batch_size_for(self, operation: Operation) -> int:
+        return self.batch_sizes.get(operation, self.batch_size)
+
+    def max_batch_size_for(self, operation: Operation) -> int:
+        return self.max_batch_sizes.get(operation, self.max_batch_size)
 
     def operations_for(self, mode: str) -> OperationTable:
         """The mode's table, with ``refresh`` rows sent like added ones (unless that would remove)."""
@@ -126,7 +150,14 @@ class Capabilities:
 
 
 class Destination(ABC):
+    """One vendor object. Implement ``send``, or ``asend`` for many requests in flight, or both."""
+
     capabilities: ClassVar[Capabilities]
+
+    @property
+    def is_async(self) -> bool:
+        """The runner drives this destination on an event loop (see ``asend``)."""
+        return type(self).asend is not Destination.asend
 
     def prepare(self, *, dry_run: bool) -> None:
         """Read-only checks before anything is sent (the list exists, the key may write)."""
@@ -152,9 +183,32 @@ class Destination(ABC):
         """
         return {}
 
-    @abstractmethod
     def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
         """Deliver one batch; return one outcome per row, or raise (see the module docstring)."""
+        raise NotImplementedError(f"{type(self).__name__} delivers with asend")
+
+    async def asend(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
+        """``send`` on the runner's event loop, for APIs that take many requests in flight.
+
+        Called for several batches at once (``batches_in_flight``); every call of one delivery runs on
+        the same loop, so a hook's async client made in the first call serves them all.
+        """
+        raise NotImplementedError(f"{type(self).__name__} delivers with send")
+
+    def send_combined(self, parts: Sequence[tuple[Operation, Sequence[OutboundRow]]]) -> list[RowOutcome]:
+        """One batch of several operations, for ``combined_operations`` destinations: one write for all."""
+        raise NotImplementedError(f"{type(self).__name__} does not declare combined_operations")
+
+    def existing_records(self) -> Iterable[dict[str, Any]] | None:
+        """What the target holds now, each record in destination fields (enough for ``identity``).
+
+        Read once, at the start of a ``take_over_existing`` mirror, so the records the source lacks can be
+        removed and the target ends equal to the source. None: this destination cannot list its target.
+        """
+        return None
 
     def close(self) -> None:
         """Release connections."""
+
+    async def aclose(self) -> None:
+        """Release the connections made on the runner's event loop (called on that loop)."""

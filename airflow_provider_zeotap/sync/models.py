@@ -265,6 +265,9 @@ class SyncResult(_Frozen):
     refreshed: int = 0
     #: The baseline was bound to another target and ``rebind=True`` started this one afresh.
     rebound: bool = False
+    #: Records at the target that the source lacks, removed by a ``take_over_existing`` mirror (also
+    #: counted in the outcomes above).
+    taken_over_removals: int = 0
     #: Changes the mode does not act on; committed as seen.
     not_acted_on: int = 0
     #: JSON-lines file of rejected and failed rows with their reasons (None when there are none).

@@ -2,9 +2,14 @@
 
 plan + mode -> the changes that mode sends -> field mapping -> identity checks -> batches -> ownership
 records -> the destination -> one outcome per row -> outcomes files -> commit. Batches are cut in a
-deterministic order, and after each one the next batch index is checkpointed, so a task retried after
-a crash resumes where it stopped: at most one batch is sent twice, and the commit (computed from the
-plan's base and every outcomes file) comes out the same.
+deterministic order, and each acknowledged batch is checkpointed, so a task retried after a crash
+resumes where it stopped: only the batches in flight at the crash are sent twice (one, for a destination
+that sends one batch at a time), and the commit (computed from the plan's base and every outcomes file)
+comes out the same.
+
+The delivery runs on one event loop. An async destination (``asend``) has ``batches_in_flight``
+batches going at once, so its requests flow across batch boundaries with no drain at each batch end;
+a sync one is called directly, one batch at a time.
 
 Before anything is sent, three checks stand between a plan and the destination: the baseline must
 have been delivered to this task's target (the binding), the plan's base must still be the committed
@@ -13,7 +18,9 @@ state (a stale plan sends nothing), and no other task may have taken the plan.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -120,11 +127,27 @@ class _BatchStopped(Exception):
     outcomes: list[RowOutcome]
 
 
+#: A batch's rows of one operation.
+_Part = tuple[Operation, list[dict[str, Any]]]
+#: Rows ready for the wire, by operation, in the order they go out.
+_Parts = list[tuple[Operation, list[OutboundRow]]]
+#: Raw-row key of a record read from the target by a take-over (see ``_takeover_rows``).
+_TARGET_RECORD = "__target_record"
+
+
 @dataclass
 class _Batch:
     index: int
-    operation: Operation
-    rows: list[dict[str, Any]]
+    #: One part per operation; several only for ``combined_operations`` destinations.
+    parts: list[_Part]
+
+    @property
+    def removes(self) -> bool:
+        return any(operation.removes for operation, _ in self.parts)
+
+    @property
+    def size(self) -> int:
+        return sum(len(rows) for _, rows in self.parts)
 
 
 @dataclass(frozen=True)
@@ -180,7 +203,14 @@ class DeliveryRunner:
         self.guards = guards or Guards()
         self.dry_run = dry_run
         self.dry_run_sample = dry_run_sample
+        #: Rows per batch for each operation this mode sends (a combined batch takes ``batch_size``).
         self.batch_size = _batch_size(batch_size, self.capabilities.batch_size, self.capabilities.max_batch_size)
+        self.batch_sizes = {
+            op: _batch_size(
+                batch_size, self.capabilities.batch_size_for(op), self.capabilities.max_batch_size_for(op), op
+            )
+            for op in set(self.table.values())
+        }
         self.send_nulls = send_nulls
         self.retry_rejected = retry_rejected
         self.progress_interval = progress_interval
@@ -207,6 +237,10 @@ class DeliveryRunner:
         self.handed_over: set[str] = set()
         #: Indexes of the batches that remove: only their outcomes can drop ownership records.
         self.removal_batches: set[int] = set()
+        #: Records at the target that a take-over mirror removes (the source lacks them).
+        self.takeover: list[dict[str, Any]] = []
+        #: One past the highest batch index cut so far (the outcome files to look for after a stop).
+        self.batches_cut = 0
 
     def _check_identity(self) -> None:
         """A mode that removes must be keyed by what identifies a member (see ``identity_fields``)."""
@@ -254,55 +288,109 @@ class DeliveryRunner:
         removals = sum(counts[change.value] for change, op in self.table.items() if op.removes)
         selected = sum(counts[change.value] for change in self.table)
         not_acted_on = sum(counts[c.value] for c in Change if c not in self.table)
-        self.guards.check(self.plan, removals)
+        if self._takes_over:
+            self.destination.prepare(dry_run=self.dry_run)  # the target exists before it is read
+            self.takeover = self._takeover_records()
+        self.guards.check(self.plan, removals + len(self.takeover))
         log.info(
-            "%s %s=%s: %d rows to send (%s); %d changes this mode does not act on are committed as seen%s",
+            "%s %s=%s: %d rows to send (%s); %d changes this mode does not act on are committed as seen%s%s",
             self.capabilities.name,
             self.capabilities.mode_argument,
             self.mode,
-            selected,
+            selected + len(self.takeover),
             ", ".join(f"{counts[c.value]} {c.value} as {op.value}" for c, op in self.table.items()),
             not_acted_on,
+            f"; take_over_existing: {len(self.takeover)} records at the target that the source lacks are removed"
+            if self._takes_over else "",
             " (dry run: nothing is sent or committed)" if self.dry_run else "",
         )
         if self.pointer is not None and self.binding is not None and not self.dry_run:
             self.pointer.claim(self.plan, self.binding)
-        if selected:
+        if selected and not self._takes_over:
             self.destination.prepare(dry_run=self.dry_run)
+        selected += len(self.takeover)
         self.verdicts = self._identity_verdicts()
         if self.dry_run:
             return self._dry_run(selected, not_acted_on, counts, started)
 
         self.attempted = self.ownership.load()  # before this try records anything of its own
-        resume_from = self._checkpoint()
-        if resume_from:
-            log.info("Resuming plan %s after batch %d (checkpoint of an earlier try)", self.plan.plan_id, resume_from)
-        batches = 0
+        checkpoint = self._checkpoint()
+        if checkpoint.next_batch or checkpoint.done:
+            log.info(
+                "Resuming plan %s after batch %d%s (checkpoint of an earlier try)", self.plan.plan_id,
+                checkpoint.next_batch, f", and batches {sorted(checkpoint.done)} done" if checkpoint.done else "",
+            )
         with Progress(self.capabilities.name, selected, self.progress_interval) as progress:
             try:
-                for batch in self._batches():
-                    batches = batch.index + 1
-                    if batch.operation.removes:
-                        self.removal_batches.add(batch.index)
-                    if batch.index < resume_from:
-                        progress.done += len(batch.rows)  # delivered by an earlier try
-                        continue
-                    prepared = [self._prepare(raw) for raw in batch.rows]
-                    try:
-                        outcomes = self._deliver_batch(batch, prepared)
-                    except _BatchStopped as stopped:
-                        self._write_outcomes(batch, stopped.outcomes, prepared)
-                        raise stopped.error from None
-                    self._write_outcomes(batch, outcomes, prepared)
-                    self._save_checkpoint(batch.index + 1)
-                    progress.add(outcomes)
+                asyncio.run(self._deliver_all(checkpoint, progress))
             except BaseException:
-                self._commit_after_failure(batches)
+                self._commit_after_failure(self.batches_cut)
                 raise
             progress.log()
+        batches = self.batches_cut
         paths = self._outcome_paths(batches)
         committed = self._commit(paths)
-        return self._result(paths, batches, resume_from, not_acted_on, counts, committed, started)
+        return self._result(paths, batches, checkpoint.next_batch, not_acted_on, counts, committed, started)
+
+    async def _deliver_all(self, checkpoint: _Checkpoint, progress: Progress) -> None:
+        """Every batch not acknowledged by an earlier try, up to ``batches_in_flight`` at once.
+
+        Batches are cut in order while earlier ones are still in flight, so an async destination's
+        requests never wait for a batch end; each batch's outcomes are written as it completes, and the
+        checkpoint records every completed batch, so a retry skips exactly those.
+        """
+        window = max(1, self.capabilities.batches_in_flight) if self.destination.is_async else 1
+        running: dict[asyncio.Task[list[RowOutcome]], _Batch] = {}
+        done = set(checkpoint.done)
+        next_batch = checkpoint.next_batch
+
+        async def reap(until: int) -> None:
+            nonlocal next_batch
+            while len(running) > until:
+                finished, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                errors: list[BaseException] = []
+                for task in sorted(finished, key=lambda t: running[t].index):
+                    batch = running.pop(task)
+                    if task.exception() is not None:
+                        errors.append(task.exception())  # type: ignore[arg-type]
+                        continue
+                    progress.add(task.result())
+                    done.add(batch.index)
+                while next_batch in done:
+                    done.discard(next_batch)
+                    next_batch += 1
+                self._save_checkpoint(next_batch, done)
+                if errors:
+                    raise errors[0]
+
+        try:
+            for batch in self._batches():
+                self.batches_cut = batch.index + 1
+                if batch.removes:
+                    self.removal_batches.add(batch.index)
+                if batch.index < checkpoint.next_batch or batch.index in checkpoint.done:
+                    progress.done += batch.size  # delivered by an earlier try
+                    continue
+                await reap(window - 1)
+                running[asyncio.create_task(self._run_batch(batch))] = batch
+            await reap(0)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
+            if self.destination.is_async:
+                await self.destination.aclose()
+
+    async def _run_batch(self, batch: _Batch) -> list[RowOutcome]:
+        prepared = [(operation, [self._prepare(raw) for raw in rows], rows) for operation, rows in batch.parts]
+        items = [item for _, part, _ in prepared for item in part]
+        try:
+            outcomes = await self._deliver_batch(batch, prepared)
+        except _BatchStopped as stopped:
+            self._write_outcomes(batch, stopped.outcomes, items)
+            raise stopped.error from None
+        self._write_outcomes(batch, outcomes, items)
+        return outcomes
 
     # -- what to send ------------------------------------------------------------------------------
     def _changes(self) -> tuple[str, dict[str, int]]:
@@ -324,32 +412,48 @@ class DeliveryRunner:
         return None if base is None or self.rebinding else self.storage.fetch(base.snapshot_uri)
 
     def _batches(self) -> Iterator[_Batch]:
-        """Selected changes, removals first, each operation in row-id order, cut every ``batch_size`` rows.
+        """Selected changes, removals first, each operation in row-id order, cut at its batch size.
 
-        The changes file is written in row-id order and read back in that order (insertion order kept),
-        so no sort runs here and memory stays at one batch whatever the file's size.
+        A ``combined_operations`` destination gets batches cut across operations (``batch_size`` rows
+        of any operations, still removals first), so one write carries them all. Records a take-over
+        removes lead its removal operation. The changes file is written in row-id order and read back
+        in that order (insertion order kept), so no sort runs here and memory stays at one batch
+        whatever the file's size.
         """
+        combined = self.capabilities.combined_operations
         index = 0
+        parts: list[_Part] = []
+        filled = 0
         with self._duckdb() as con:
             for operation in OPERATION_ORDER:
                 kinds = [change.value for change, op in self.table.items() if op == operation]
                 if not kinds:
                     continue
+                size = self.batch_size if combined else self.batch_sizes[operation]
                 placeholders = ", ".join("?" * len(kinds))
                 reader = con.sql(
                     f"SELECT * FROM read_parquet(?) WHERE {quote_identifier(CHANGE_COLUMN)} IN ({placeholders})",
                     params=[self.changes_path, *kinds],
-                ).to_arrow_reader(self.batch_size)
-                pending: list[dict[str, Any]] = []
-                for record_batch in reader:
-                    pending.extend(record_batch.to_pylist())
-                    while len(pending) >= self.batch_size:
-                        yield _Batch(index, operation, pending[: self.batch_size])
-                        pending = pending[self.batch_size :]
+                ).to_arrow_reader(size)
+                taken_over = self._takeover_rows() if operation is self._takeover_operation else []
+                current: list[dict[str, Any]] = []
+                parts.append((operation, current))
+                for rows in itertools.chain([taken_over], (batch.to_pylist() for batch in reader)):
+                    for raw in rows:
+                        current.append(raw)
+                        filled += 1
+                        if filled == size:
+                            yield _Batch(index, [part for part in parts if part[1]])
+                            index += 1
+                            current, filled = [], 0
+                            parts = [(operation, current)]
+                if not combined:
+                    if filled:
+                        yield _Batch(index, [part for part in parts if part[1]])
                         index += 1
-                if pending:
-                    yield _Batch(index, operation, pending)
-                    index += 1
+                    parts, filled = [], 0
+        if filled:
+            yield _Batch(index, [part for part in parts if part[1]])
 
     def _duckdb(self) -> AbstractContextManager[duckdb.DuckDBPyConnection]:
         """A DuckDB connection under the task's memory limit, spilling beside the plan's delivery files."""
@@ -358,6 +462,9 @@ class DeliveryRunner:
 
     def _prepare(self, raw: dict[str, Any]) -> _Prepared:
         """Map one change row; work out its identity, payload fingerprint, and whether its record is ours."""
+        record = raw.get(_TARGET_RECORD)
+        if record is not None:
+            return self._prepare_takeover(int(raw[ROW_ID_COLUMN]), record)
         change = Change(raw[CHANGE_COLUMN])
         delivered = raw.get(PAYLOAD_FIELDS_COLUMN) or () if change is not Change.ADDED else ()
         mapped = apply_mapping(self.mapping, raw, send_nulls=self.send_nulls, delivered_fields=delivered)
@@ -442,20 +549,27 @@ class DeliveryRunner:
             return RowOutcome(row.row_id, Outcome.UNCHANGED_PAYLOAD, "the payload equals the one delivered")
         return None
 
-    def _deliver_batch(self, batch: _Batch, prepared: list[_Prepared]) -> list[RowOutcome]:
+    async def _deliver_batch(
+        self, batch: _Batch, prepared: list[tuple[Operation, list[_Prepared], list[dict[str, Any]]]]
+    ) -> list[RowOutcome]:
         outcomes: list[RowOutcome] = []
-        sendable: list[OutboundRow] = []
-        for raw, item in zip(batch.rows, prepared):
-            local = self._local_outcome(batch.operation, item, raw.get(PAYLOAD_HASH_COLUMN))
-            if local is not None:
-                outcomes.append(local)
-            else:
-                sendable.append(item.row)
-        if sendable and not batch.operation.removes:
-            by_id = {item.row.row_id: item.identity for item in prepared}
-            self.ownership.record(self.plan.plan_id, batch.index, (by_id[row.row_id] for row in sendable))
+        sendable: _Parts = []
+        for operation, items, raws in prepared:
+            rows: list[OutboundRow] = []
+            for raw, item in zip(raws, items):
+                local = self._local_outcome(operation, item, raw.get(PAYLOAD_HASH_COLUMN))
+                if local is not None:
+                    outcomes.append(local)
+                else:
+                    rows.append(item.row)
+            if rows:
+                sendable.append((operation, rows))
+        creates = {row.row_id for operation, rows in sendable if not operation.removes for row in rows}
+        if creates:
+            identities = (item.identity for _, items, _ in prepared for item in items if item.row.row_id in creates)
+            self.ownership.record(self.plan.plan_id, batch.index, identities)
         try:
-            return outcomes + self._deliver(batch.operation, sendable)
+            return outcomes + await self._deliver(sendable)
         except DeliveryStopped as stopped:
             raise _BatchStopped(stopped.error, outcomes + stopped.outcomes) from None
 
@@ -467,25 +581,140 @@ class DeliveryRunner:
             return {}
         return load_remembered(self.storage.fetch(base.rejected_uri))
 
-    def _deliver(self, operation: Operation, rows: list[OutboundRow]) -> list[RowOutcome]:
-        """Send; when the API refuses a whole batch, halve it until the rows at fault stand alone."""
+    async def _deliver(self, parts: _Parts) -> list[RowOutcome]:
+        """Send; when the API refuses a whole batch, halve it until the rows at fault stand alone.
+
+        A destination whose batch is one whole write (``split_refused_batches=False``) is not split:
+        every row of the refused batch is rejected with the reason, to be sent again next run.
+        """
+        rows = [row for _, part in parts for row in part]
         if not rows:
             return []
         try:
-            outcomes = self.destination.send(operation, rows)
+            outcomes = await self._send(parts)
         except BatchRefused as refused:
             if len(rows) == 1:
                 return [RowOutcome.rejected(rows[0], refused.reason, permanent=refused.permanent)]
+            operations = "/".join(operation.value for operation, _ in parts)
+            if not self.capabilities.split_refused_batches:
+                log.warning(
+                    "%s refused a batch of %d %s operations as a whole (%s); the write is whole or nothing, so "
+                    "every row of it is rejected and sent again next run",
+                    self.capabilities.name, len(rows), operations, refused.reason,
+                )
+                return [RowOutcome.rejected(row, refused.reason) for row in rows]
             log.info(
                 "%s refused a batch of %d %s operations (%s); splitting it to isolate the rows at fault",
-                self.capabilities.name,
-                len(rows),
-                operation.value,
-                refused.reason,
+                self.capabilities.name, len(rows), operations, refused.reason,
             )
-            middle = len(rows) // 2
-            return self._deliver(operation, rows[:middle]) + self._deliver(operation, rows[middle:])
+            first, second = _halves(parts)
+            return await self._deliver(first) + await self._deliver(second)
         return _complete(rows, outcomes)
+
+    async def _send(self, parts: _Parts) -> list[RowOutcome]:
+        if self.capabilities.combined_operations:
+            return self.destination.send_combined(parts)
+        ((operation, rows),) = parts
+        if self.destination.is_async:
+            return await self.destination.asend(operation, rows)
+        return self.destination.send(operation, rows)
+
+    # -- take over: the target ends equal to the source --------------------------------------------
+    @property
+    def _takeover_operation(self) -> Operation | None:
+        """The operation that removes a record the source lacks, in a mirror; None in other modes."""
+        removal = self.table.get(Change.REMOVED)
+        added = self.table.get(Change.ADDED)
+        if removal is None or not removal.removes or added is None or added.removes:
+            return None
+        return removal
+
+    @property
+    def _takes_over(self) -> bool:
+        """A mirror with ``take_over_existing``: what the target holds from elsewhere is removed too.
+
+        Not on a rebind, which never removes.
+        """
+        return self.take_over_existing and not self.rebinding and self._takeover_operation is not None
+
+    def _takeover_records(self) -> list[dict[str, Any]]:
+        """The records at the target that neither the source nor the baseline has: read once per plan.
+
+        Written beside the plan, so a retried task cuts the same batches and resumes; the baseline's
+        records are left out because the plan's own removals already cover those the source dropped.
+        """
+        uri = self.storage.plan_uri(self.plan.plan_id, "delivery", "take_over.jsonl")
+        if self.storage.exists(uri):
+            with open(self.storage.fetch(uri), encoding="utf-8") as handle:
+                return [json.loads(line) for line in handle]
+        records = self.destination.existing_records()
+        if records is None:
+            raise ConfigurationError(
+                f"{self.capabilities.name} cannot list what its target holds, so take_over_existing=True cannot make "
+                "it equal the source. Remove take_over_existing (mirror then removes only what this sync delivered)."
+            )
+        wanted = self._identities_of(self.storage.fetch(self.plan.snapshot_uri))
+        if self._base_snapshot is not None:
+            wanted |= self._identities_of(self._base_snapshot)
+        foreign: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for record in records:
+            row = self._takeover_row(0, record)
+            if self.destination.identity(row) is None and len(row.key) < len(self.plan.primary_key):
+                raise ConfigurationError(
+                    f"{self.capabilities.name} listed a record that no column of the primary key maps to: {record!r}"
+                )
+            identity = self._identity(row)
+            if identity not in wanted and identity not in seen:
+                seen.add(identity)
+                foreign.append(dict(record))
+        with open(self.storage.to_local(uri), "w", encoding="utf-8") as handle:
+            for record in foreign:
+                handle.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+        self.storage.publish(uri)
+        log.info("take_over_existing: %d records at the target are not in the source and will be removed", len(foreign))
+        return foreign
+
+    def _identities_of(self, snapshot_path: str) -> set[str]:
+        """The identities a snapshot's rows have at the destination (from the columns mapped to them)."""
+        fields = {f: self.mapping[f] for f in self.capabilities.identity_fields if f in self.mapping}
+        columns = sorted(set(fields.values()) | set(self.plan.primary_key))
+        identities: set[str] = set()
+        with self._duckdb() as con:
+            reader = con.sql(
+                f"SELECT {', '.join(quote_identifier(c) for c in columns)} FROM read_parquet(?)", params=[snapshot_path]
+            ).to_arrow_reader(10_000)
+            for batch in reader:
+                for raw in batch.to_pylist():
+                    row = OutboundRow(
+                        row_id=0,
+                        change=Change.ADDED,
+                        key={k: raw.get(k) for k in self.plan.primary_key},
+                        payload={f: raw.get(c) for f, c in fields.items()},
+                    )
+                    identities.add(self._identity(row))
+        return identities
+
+    def _takeover_rows(self) -> list[dict[str, Any]]:
+        """The take-over's records as raw rows for the batches, numbered below zero (no change row has those)."""
+        return [
+            {ROW_ID_COLUMN: -1 - i, CHANGE_COLUMN: Change.REMOVED.value, _TARGET_RECORD: record}
+            for i, record in enumerate(self.takeover)
+        ]
+
+    def _takeover_row(self, row_id: int, record: Mapping[str, Any]) -> OutboundRow:
+        key = {
+            column: record.get(field)
+            for field, column in self.mapping.items()
+            if column in self.plan.primary_key and field in record
+        }
+        return OutboundRow(row_id=row_id, change=Change.REMOVED, key=key, payload=dict(record), ours=True)
+
+    def _prepare_takeover(self, row_id: int, record: Mapping[str, Any]) -> _Prepared:
+        """A record at the target that a take-over removes: sent as the destination listed it."""
+        row = self._takeover_row(row_id, record)
+        payload_hash, fields = payload_fingerprint(row.payload)
+        return _Prepared(row, MappedRow(row.payload, []), self._identity(row), payload_hash, fields)
 
     # -- files, checkpoints, commit ----------------------------------------------------------------
     def _outcomes_uri(self, index: int) -> str:
@@ -495,18 +724,20 @@ class DeliveryRunner:
         uri = self._outcomes_uri(batch.index)
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         by_id = {item.row.row_id: item for item in prepared}
+        operation_of = {int(raw[ROW_ID_COLUMN]): operation for operation, rows in batch.parts for raw in rows}
         records: list[dict[str, Any]] = []
         for outcome in outcomes:
             item = by_id[outcome.row_id]
+            operation = operation_of[outcome.row_id]
             record: dict[str, Any] = {
                 "row_id": outcome.row_id,
                 "outcome": outcome.outcome.value,
-                "operation": batch.operation.value,
+                "operation": operation.value,
                 "reason": outcome.reason,
                 **item.record(),
             }
             if outcome.permanent:
-                fingerprint_ = fingerprint(batch.operation, item.row)
+                fingerprint_ = fingerprint(operation, item.row)
                 record["fingerprint"] = fingerprint_
                 record["since"] = self._rejections.get(fingerprint_, {}).get("since", now)
             records.append(record)
@@ -517,15 +748,18 @@ class DeliveryRunner:
     def _checkpoint_key(self) -> str:
         return CHECKPOINT_PREFIX + self.plan.plan_id
 
-    def _checkpoint(self) -> int:
-        if self.checkpoints is None:
-            return 0
-        value = self.checkpoints.get(self._checkpoint_key) or {}
-        return int(value.get("next_batch", 0)) if isinstance(value, dict) else 0
+    def _checkpoint(self) -> _Checkpoint:
+        value = (self.checkpoints.get(self._checkpoint_key) if self.checkpoints is not None else None) or {}
+        if not isinstance(value, dict):
+            return _Checkpoint(0, frozenset())
+        return _Checkpoint(int(value.get("next_batch", 0)), frozenset(int(i) for i in value.get("done", ())))
 
-    def _save_checkpoint(self, next_batch: int) -> None:
+    def _save_checkpoint(self, next_batch: int, done: set[int]) -> None:
+        """Every batch below ``next_batch`` is acknowledged, and so are the ones in ``done`` (out of order)."""
         if self.checkpoints is not None:
-            self.checkpoints.set(self._checkpoint_key, {"next_batch": next_batch, "plan_id": self.plan.plan_id})
+            self.checkpoints.set(
+                self._checkpoint_key, {"next_batch": next_batch, "done": sorted(done), "plan_id": self.plan.plan_id}
+            )
 
     def _outcome_paths(self, batches: int) -> list[str]:
         uris = [self._outcomes_uri(i) for i in range(batches)]
@@ -638,6 +872,7 @@ class DeliveryRunner:
             **totals,
             refreshed=counts.get(Change.REFRESH.value, 0) if Change.REFRESH in self.table else 0,
             rebound=self.rebinding,
+            taken_over_removals=len(self.takeover),
             not_acted_on=not_acted_on,
             rejected_rows_uri=rejected_uri if bad else None,
             committed=committed,
@@ -674,15 +909,15 @@ class DeliveryRunner:
         with open(self.storage.to_local(uri), "w", encoding="utf-8") as handle:
             for batch in self._batches():
                 batches += 1
-                tally = per_operation.setdefault(batch.operation.value, {"selected": 0, "rejected": 0})
-                for raw in batch.rows:
+                for operation, raw in ((op, raw) for op, rows in batch.parts for raw in rows):
+                    tally = per_operation.setdefault(operation.value, {"selected": 0, "rejected": 0})
                     item = self._prepare(raw)
                     tally["selected"] += 1
                     verdict = self.verdicts.get(item.row.row_id)
-                    reason = verdict[1] if verdict and verdict[0] is Outcome.REJECTED else self._rejection(batch.operation, item)
+                    reason = verdict[1] if verdict and verdict[0] is Outcome.REJECTED else self._rejection(operation, item)
                     tally["rejected"] += bool(reason)
                     if written < self.dry_run_sample:
-                        record = {"operation": batch.operation.value, "change": item.row.change.value,
+                        record = {"operation": operation.value, "change": item.row.change.value,
                                   "key": item.row.key, "payload": item.row.payload, "would_reject": reason}
                         handle.write(json.dumps(record, ensure_ascii=False, default=str) + "\n")
                         written += 1
@@ -754,8 +989,36 @@ def _complete(rows: Sequence[OutboundRow], outcomes: Sequence[RowOutcome]) -> li
     return [by_id.get(row.row_id) or RowOutcome.failed(row, "the destination returned no outcome for this row") for row in rows]
 
 
-def _batch_size(requested: int | None, default: int, maximum: int) -> int:
+def _halves(parts: _Parts) -> tuple[_Parts, _Parts]:
+    """A refused batch in two, each half keeping its rows' operations in order."""
+    flat = [(operation, row) for operation, rows in parts for row in rows]
+    middle = len(flat) // 2
+
+    def regroup(items: list[tuple[Operation, OutboundRow]]) -> _Parts:
+        grouped: _Parts = []
+        for operation, row in items:
+            if grouped and grouped[-1][0] is operation:
+                grouped[-1][1].append(row)
+            else:
+                grouped.append((operation, [row]))
+        return grouped
+
+    return regroup(flat[:middle]), regroup(flat[middle:])
+
+
+@dataclass(frozen=True)
+class _Checkpoint:
+    #: Every batch below this one is acknowledged.
+    next_batch: int
+    #: Batches above it acknowledged out of order (several were in flight).
+    done: frozenset[int]
+
+
+def _batch_size(requested: int | None, default: int, maximum: int, operation: Operation | None = None) -> int:
     size = default if requested is None else requested
     if not isinstance(size, int) or size < 1 or size > maximum:
-        raise ConfigurationError(f"batch_size must be an integer from 1 to {maximum} for this destination, got {requested!r}.")
+        what = f" {operation.value} operations of" if operation is not None else ""
+        raise ConfigurationError(
+            f"batch_size must be an integer from 1 to {maximum} for{what} this destination, got {requested!r}."
+        )
     return size

@@ -260,6 +260,23 @@ def test_take_over_existing_claims_a_member_that_was_there_first(dag_runner, war
     assert personyze.list_member_emails(list_id) == {"a@example.com"}
 
 
+def test_take_over_existing_makes_the_list_equal_the_source(dag_runner, warehouse, personyze):
+    list_id = personyze.create_list("Taken over")
+    for email in ("manual@example.com", "stranger@example.com", "other@example.com"):
+        personyze.add_to_list(list_id, personyze.create_user(email=email))
+    dag = list_dag(dag_runner, "take_over_all_it", list_id, take_over_existing=True)
+    warehouse.replace("audience", [{"email": "manual@example.com"}, {"email": "a@example.com"}], ["email"])
+    run = dag_runner.run(dag)
+    assert run.state == "success", run.task_states
+    assert personyze.list_member_emails(list_id) == {"manual@example.com", "a@example.com"}
+    assert run.result("sync")["taken_over_removals"] == 2
+    # Without the opt-in, a stranger added by hand later is left alone.
+    personyze.add_to_list(list_id, personyze.create_user(email="later@example.com"))
+    plain = list_dag(dag_runner, "take_over_all_it", list_id)
+    assert dag_runner.run(plain).state == "success"
+    assert personyze.list_member_emails(list_id) == {"manual@example.com", "a@example.com", "later@example.com"}
+
+
 def test_a_numeric_column_whose_type_widens_resends_nothing_but_the_new_row(dag_runner, personyze, tmp_path):
     import decimal
 

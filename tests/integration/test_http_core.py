@@ -284,3 +284,24 @@ def test_personyze_too_many_simultaneous_requests_is_retried(personyze_emulator,
     refused = [r for r in personyze_emulator.requests if r.status == 400]
     assert len(ids) == 2 and refused, "the emulator did not refuse the waiting POST"
     assert {u["email"] for u in personyze_emulator.users.values()} == {"w0@example.com", "w1@example.com"}
+
+
+def test_the_async_client_serves_each_event_loop_of_its_own(personyze_emulator):
+    """A client kept from an earlier ``asyncio.run`` would fail with "Event loop is closed"."""
+    import asyncio
+
+    client = personyze_client(personyze_emulator)
+
+    async def read() -> int:
+        try:
+            return (await client.ajson("GET", "/account"))["id"]
+        finally:
+            await client.aclose()
+
+    assert [asyncio.run(read()) for _ in range(3)] == [1, 1, 1]
+
+    async def unclosed() -> int:
+        return (await client.ajson("GET", "/account"))["id"]
+
+    assert asyncio.run(unclosed()) == 1
+    assert asyncio.run(unclosed()) == 1  # a new loop gets a new client even when the last was never closed

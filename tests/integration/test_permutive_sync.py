@@ -24,7 +24,7 @@ def permutive(permutive_emulator, monkeypatch):
     return permutive_emulator
 
 
-def mirror_dag(dag_runner, sync_id: str, import_id: str, mode: str = "mirror") -> str:
+def mirror_dag(dag_runner, sync_id: str, import_id: str, mode: str = "mirror", extra: str = "") -> str:
     return dag_runner.write(f'''
         from datetime import datetime
         from airflow.sdk import DAG
@@ -35,7 +35,7 @@ def mirror_dag(dag_runner, sync_id: str, import_id: str, mode: str = "mirror") -
             diff = SyncDiffOperator(task_id="diff", sync_id="{sync_id}", conn_id="warehouse",
                                     sql="SELECT * FROM segments", primary_key="code")
             PermutiveSyncOperator(task_id="sync", plan=diff.output, import_id="{import_id}",
-                                  audience_mode="{mode}",
+                                  audience_mode="{mode}",{extra}
                                   field_mapping={{"segment_code": "code", "segment_name": "name",
                                                   "description": "description"}})
     ''')
@@ -160,6 +160,23 @@ def test_mirror_never_takes_over_or_deletes_a_segment_it_did_not_create(dag_runn
     second = dag_runner.run(dag)
     assert second.state == "success"
     assert permutive.segments(import_id)["seg-00001"]["name"] == "Made by hand"  # neither renamed nor deleted
+
+
+def test_take_over_existing_makes_the_import_equal_the_source(dag_runner, warehouse, permutive):
+    import_id = permutive.create_import("Taken over")
+    permutive.create_segment(import_id, code="seg-00001", name="Made by hand")
+    permutive.create_segment(import_id, code="hand-made", name="Not in the warehouse")
+    dag = mirror_dag(dag_runner, "permutive_take_over_it", import_id, extra=" take_over_existing=True,")
+    warehouse.replace("segments", [segment(1), segment(2)], COLUMNS)
+    first = dag_runner.run(dag)
+    assert first.state == "success", first.task_states
+    segments = permutive.segments(import_id)
+    assert set(segments) == {"seg-00001", "seg-00002"}  # the stranger deleted, the look-alike claimed
+    assert segments["seg-00001"]["name"] == "Segment 1"
+    assert first.result("sync")["taken_over_removals"] == 1
+    permutive.clear_requests()
+    assert dag_runner.run(dag).state == "success"
+    assert patches(permutive) == []  # equal now: nothing to send
 
 
 def test_a_create_whose_answer_was_lost_counts_as_done(dag_runner, warehouse, permutive):
