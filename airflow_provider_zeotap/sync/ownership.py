@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from airflow_provider_zeotap.sync.commit import final_outcomes_sql
 from airflow_provider_zeotap.sync.diff import fetch_row, quote_literal, scratch_duckdb
-from airflow_provider_zeotap.sync.models import APPLIED_OUTCOMES, IDENTITY_COLUMN
+from airflow_provider_zeotap.sync.models import APPLIED_OUTCOMES, IDENTITY_COLUMN, Outcome
 from airflow_provider_zeotap.sync.storage import SyncStorage
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ class OwnershipLog:
     ) -> int:
         """Fold the records into one file, less what the baseline holds and what was removed; return its size.
 
-        ``outcome_paths`` need only be those of the run's removal batches: only removals drop records.
+        ``outcome_paths`` need only be those of the run's removal batches and of batches with rows left alone:
+        only those drop records.
 
         It reads the whole new baseline's identities and every outcome, so it runs under the task's
         ``memory_limit`` like the commit, with anti-joins and a grouping that spill to disk past it
@@ -105,7 +106,13 @@ class OwnershipLog:
 
 
 def _removed_identities_sql(outcome_paths: Sequence[str]) -> str:
-    """Identities this run removed for good: their records are no longer anyone's at the target."""
+    """Identities this run removed for good (no longer anyone's at the target), and those it left alone.
+
+    A row left alone (``skipped``) met a record that was at the target before this sync sent anything: it is
+    someone else's, so the record written before the send must not make a later run take it for the sync's own.
+    """
     applied = ", ".join(quote_literal(outcome.value) for outcome in APPLIED_OUTCOMES)
     return f"""SELECT "identity" FROM ({final_outcomes_sql(outcome_paths)})
-               WHERE "operation" IN ('delete', 'remove') AND "outcome" IN ({applied}) AND "identity" IS NOT NULL"""
+               WHERE "identity" IS NOT NULL AND (
+                   ("operation" IN ('delete', 'remove') AND "outcome" IN ({applied}))
+                   OR ("operation" NOT IN ('delete', 'remove') AND "outcome" = {quote_literal(Outcome.SKIPPED.value)}))"""

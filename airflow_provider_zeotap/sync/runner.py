@@ -237,6 +237,9 @@ class DeliveryRunner:
         self.handed_over: set[str] = set()
         #: Indexes of the batches that remove: only their outcomes can drop ownership records.
         self.removal_batches: set[int] = set()
+        #: Indexes of the batches with rows left alone (someone else's record, found already there): their
+        #: ownership records are dropped, so a later run does not take the record for the sync's own.
+        self.left_alone_batches: set[int] = set()
         #: Records at the target that a take-over mirror removes (the source lacks them).
         self.takeover: list[dict[str, Any]] = []
         #: One past the highest batch index cut so far (the outcome files to look for after a stop).
@@ -743,6 +746,8 @@ class DeliveryRunner:
             records.append(record)
         write_outcome_file(self.storage.to_local(uri), records)
         self.storage.publish(uri)
+        if any(outcome.outcome is Outcome.SKIPPED for outcome in outcomes):
+            self.left_alone_batches.add(batch.index)
 
     @property
     def _checkpoint_key(self) -> str:
@@ -801,7 +806,7 @@ class DeliveryRunner:
         )
         self.pointer.compare_and_set(plan, state)
         log.info("Committed snapshot %s of sync %r: %d rows", snapshot_id, plan.sync_id, rows)
-        removals = [self.storage.fetch(self._outcomes_uri(i)) for i in sorted(self.removal_batches)
+        removals = [self.storage.fetch(self._outcomes_uri(i)) for i in sorted(self.removal_batches | self.left_alone_batches)
                     if self.storage.exists(self._outcomes_uri(i))]
         self.ownership.compact(
             snapshot_path=local, outcome_paths=removals, snapshot_id=snapshot_id, memory_limit=self.memory_limit

@@ -113,6 +113,12 @@ def test_mirror_with_take_over_existing_makes_the_list_equal_to_the_source(dag_r
     assert sorted(optimizely.list_members(other)) == ["f1", "f2", "u00001", "u00002", "u00003"]
     result = run.result("sync")
     assert (result["succeeded"], result["skipped"]) == (2, 1)
+    # Later runs never claim it: when the row leaves the source, the id added by someone else stays.
+    dag = list_dag(dag_runner, "optimizely_no_take_over_it", project, other)
+    assert dag_runner.run(dag).state == "success"
+    warehouse.replace("audience", users([2, 3]), ["user_id"])
+    assert dag_runner.run(dag).state == "success"
+    assert sorted(optimizely.list_members(other)) == ["f1", "f2", "u00001", "u00002", "u00003"]
 
 
 def test_a_10000_member_mirror_with_300_changes_makes_one_patch_and_at_most_two_gets(dag_runner, warehouse, optimizely):
@@ -287,3 +293,17 @@ def test_a_list_that_would_reach_5_mb_is_refused_before_writing_with_the_sizes(o
     assert all(o.reason is None for o in destination.send(Operation.ADD, rows[:10]))
     assert len(optimizely_emulator.list_members(list_id)) == 90
     destination.close()
+
+
+def test_a_batch_over_5_mb_is_rejected_whole_and_never_split(dag_runner, warehouse, optimizely):
+    project = optimizely.create_project("Web")
+    list_id = optimizely.create_list_attribute(project, "big", [])
+    rows = [{"user_id": f"{i:06d}" + "x" * 50} for i in range(100_000)]  # about 5.7 MB together
+    warehouse.replace("audience", rows, ["user_id"])
+    run = dag_runner.run(list_dag(dag_runner, "optimizely_too_big_it", project, list_id, mode="add"))
+    assert run.state == "success", run.task_states
+    result = run.result("sync")
+    assert (result["succeeded"], result["rejected"]) == (0, 100_000)
+    reasons = {r["reason"] for r in rejected_rows(result)}
+    assert len(reasons) == 1 and "(100,000 ids; the list holds 0 now)" in reasons.pop()
+    assert list_requests(optimizely, list_id, "PATCH") == [] and optimizely.list_members(list_id) == []
