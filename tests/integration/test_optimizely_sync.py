@@ -307,3 +307,23 @@ def test_a_batch_over_5_mb_is_rejected_whole_and_never_split(dag_runner, warehou
     reasons = {r["reason"] for r in rejected_rows(result)}
     assert len(reasons) == 1 and "(100,000 ids; the list holds 0 now)" in reasons.pop()
     assert list_requests(optimizely, list_id, "PATCH") == [] and optimizely.list_members(list_id) == []
+
+
+def test_the_hook_reads_every_page_and_its_errors_carry_optimizelys_code_and_message(optimizely_emulator, monkeypatch):
+    from airflow_provider_zeotap.hooks.optimizely import OptimizelyHook
+    from airflow_provider_zeotap.http import NotFoundError
+
+    monkeypatch.setenv("AIRFLOW_CONN_OPTIMIZELY_DEFAULT",
+                       connection_env("optimizely", optimizely_emulator.url, optimizely_emulator.token))
+    project = optimizely_emulator.create_project("Web")
+    for i in range(150):
+        optimizely_emulator.create_object("custom_events", project, key=f"event_{i}")
+    with OptimizelyHook() as hook:
+        keys = [event["key"] for event in hook.iter_objects("custom_events", project)]
+        assert keys == [f"event_{i}" for i in range(150)]
+        pages = [r.query for r in optimizely_emulator.requests if r.path.endswith("/custom_events")]
+        assert pages == [{"page": "1", "per_page": "100"}, {"page": "2", "per_page": "100"}]
+        with pytest.raises(NotFoundError) as caught:
+            hook.get_list_attribute(4242)
+    assert (caught.value.error_type, caught.value.message) == ("NOT_FOUND", "list attribute 4242 not found")
+    assert "list attributes must be created in Optimizely before syncing" in str(caught.value)
