@@ -75,8 +75,8 @@ class OptimizelyListAttribute(Destination):
         self.hook = hook
         self.project_id = check_project_id(project_id)
         self.list_attribute_id = int(list_attribute_id)
-        #: Mirror: a member that was in the list before this sync added it is someone else's; it is left alone
-        #: (skipped), so mirror can never remove it later. ``take_over_existing`` makes every row ours instead.
+        #: Add and mirror: a member that was in the list before this sync added it is someone else's; it is left
+        #: alone (skipped), so a mirror can never remove it later. ``take_over_existing`` makes every row ours.
         self.leave_foreign_members = leave_foreign_members
         #: What the list held at this task's last read or write: the next batch's first read, so each batch
         #: costs one read (the check before its write) and one write.

@@ -207,7 +207,9 @@ class OptimizelyObjects(Destination):
         with self._lock:
             object_id = self._existing.get(key) if operation is O.UPSERT and self._existing is not None else None
         if object_id is not None:
-            self.hook.update_object(self.object_type, object_id, self._fields(row, creating=False), self.project_id)
+            fields = self._fields(row, creating=False)
+            if fields:  # a row that carries nothing but its key has nothing to update
+                self.hook.update_object(self.object_type, object_id, fields, self.project_id)
             return RowOutcome.ok(row)
         try:
             created = self.hook.create_object(self.object_type, self._fields(row, creating=True), self.project_id)

@@ -103,7 +103,9 @@ class OptimizelySyncOperator(BaseSyncOperator):
                 hook,
                 project_id=project_id,
                 list_attribute_id=_list_attribute_id(self.list_attribute_id),
-                leave_foreign_members=self.audience_mode == "mirror",
+                # An id someone else put in the list is never recorded as delivered by this sync, in add as in
+                # mirror: a later mirror of the same sync_id could otherwise remove it.
+                leave_foreign_members=self.audience_mode in ("add", "mirror"),
             )
         return OptimizelyObjects(hook, object_type=self.object_type, project_id=project_id, audience_name=self.audience_name)
 

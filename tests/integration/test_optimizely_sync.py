@@ -78,14 +78,16 @@ def most_in_one_second(emulator) -> int:
 def test_add_then_mirror_under_one_sync_id_leaves_exactly_the_source_and_the_foreign_ids(dag_runner, warehouse, optimizely):
     project = optimizely.create_project("Web")
     list_id = optimizely.create_list_attribute(project, "vips", ["f1", "f2"])
-    warehouse.replace("audience", users(range(1, 6)), ["user_id"])
+    # f1 is in the source too, but someone else put it in the list: add leaves it alone (never the sync's own).
+    warehouse.replace("audience", users(range(1, 6)) + [{"user_id": "f1"}], ["user_id"])
 
     added = dag_runner.run(list_dag(dag_runner, "optimizely_add_mirror_it", project, list_id, mode="add"))
     assert added.state == "success", added.task_states
+    assert (added.result("sync")["succeeded"], added.result("sync")["skipped"]) == (5, 1)
     assert optimizely.list_members(list_id) == ["f1", "f2", *[f"u{i:05d}" for i in range(1, 6)]]
     assert len(list_requests(optimizely, list_id, "PATCH")) == 1
 
-    # The same sync, now a mirror: u00001 left the source, u00006 joined; the foreign ids stay.
+    # The same sync, now a mirror: u00001 and f1 left the source, u00006 joined; the foreign ids stay.
     optimizely.clear_requests()
     warehouse.replace("audience", users(range(2, 7)), ["user_id"])
     mirrored = dag_runner.run(list_dag(dag_runner, "optimizely_add_mirror_it", project, list_id, mode="mirror"))
