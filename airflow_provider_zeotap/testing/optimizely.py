@@ -196,7 +196,9 @@ class OptimizelyEmulator(Emulator):
         return fields
 
     def seed_example(self) -> dict[str, str]:
-        return {"project_id": str(self.create_project("Example project"))}
+        project_id = self.create_project("Example project")
+        list_attribute_id = self.create_list_attribute(project_id, "example_list")
+        return {"project_id": str(project_id), "list_attribute_id": str(list_attribute_id)}
 
     def authenticate(self, request: Request) -> None:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
