@@ -40,11 +40,11 @@ def main() -> int:
     with PersonyzeEmulator() as personyze, PermutiveEmulator() as permutive, OptimizelyEmulator() as optimizely:
         list_id = personyze.create_list("VIP customers")
         import_id = permutive.create_import("Warehouse segments")
+        os.environ.update(personyze.airflow_env())
+        os.environ.update(permutive.airflow_env())
         project_id = optimizely.create_project("Web")
         # One id was put in the list by hand: the mirror leaves it there.
         list_attribute_id = optimizely.create_list_attribute(project_id, "vip_customers", ["added-by-hand"])
-        os.environ.update(personyze.airflow_env())
-        os.environ.update(permutive.airflow_env())
         os.environ.update(optimizely.airflow_env())
         os.environ["AIRFLOW_VAR_OPTIMIZELY_PROJECT_ID"] = str(project_id)
         os.environ["AIRFLOW_VAR_OPTIMIZELY_LIST_ATTRIBUTE_ID"] = str(list_attribute_id)
@@ -54,25 +54,26 @@ def main() -> int:
         print(f"  Personyze emulator {personyze.url} (list {list_id}), Permutive emulator {permutive.url} "
               f"(import {import_id}), warehouse {WAREHOUSE}")
 
-        load_warehouse(customers(range(1, 21)), segments(range(1, 13)), tracked_events(range(1, 6)))
+        load_warehouse(customers(range(1, 21)), segments(range(1, 13)), products(range(1, 9)), order_lines(range(30)),
+                       tracked_events(range(1, 6)))
         writes = lambda: _writes(personyze, permutive, optimizely)  # noqa: E731
         run_all(writes, "first run: everything is new")
         print(f"  Personyze now holds {len(personyze.users)} users; list {list_id} has "
               f"{len(personyze.list_member_ids(list_id))} members; Permutive import has "
-              f"{len(permutive.segments(import_id))} segments; Optimizely list attribute has "
-              f"{len(optimizely.list_members(list_attribute_id))} ids and the project "
-              f"{len(optimizely.objects('custom_events', project_id))} custom events")
+              f"{len(permutive.segments(import_id))} segments")
 
         changed = customers(range(1, 21), renamed={3, 4}) + customers([21])
         changed = [c for c in changed if c["customer_id"] != 20]
-        load_warehouse(changed, segments(range(2, 14), renamed={5}), tracked_events(range(1, 7)))
+        load_warehouse(changed, segments(range(2, 14), renamed={5}), products(range(2, 10), repriced={3}),
+                       order_lines(range(35)), tracked_events(range(1, 7)))
         run_all(writes, "second run: 2 customers renamed, 1 added, 1 removed; 1 segment renamed, 1 added, 1 removed; "
-                        "1 event added")
+                "1 product repriced, 1 added, 1 removed; 5 new order lines; 1 event added")
         run_all(writes, "third run: nothing changed")
         print(f"  Personyze now holds {len(personyze.users)} users; list {list_id} has "
               f"{len(personyze.list_member_ids(list_id))} members; Permutive import has "
-              f"{len(permutive.segments(import_id))} segments; Optimizely list attribute has "
-              f"{len(optimizely.list_members(list_attribute_id))} ids and the project "
+              f"{len(permutive.segments(import_id))} segments")
+        print(f"  Personyze catalog: {len(personyze.products)} products; {len(personyze.interactions)} purchases")
+        print(f"  Optimizely list attribute has {len(optimizely.list_members(list_attribute_id))} ids; the project "
               f"{len(optimizely.objects('custom_events', project_id))} custom events")
     step(f"Done. Logs of every run are in {DEMO / 'logs'}; the sync state in {DEMO / 'sync_state'}.")
     return 0
@@ -80,8 +81,9 @@ def main() -> int:
 
 def run_all(writes: Callable[[], dict[str, int]], title: str) -> None:
     step(title.capitalize())
-    for dag_id in ("personyze_users_sync", "personyze_list_mirror", "permutive_segments_mirror",
-                   "optimizely_list_mirror", "optimizely_custom_events"):
+    for dag_id in ("personyze_users_sync", "personyze_list_mirror", "personyze_products_mirror",
+                   "personyze_purchases_insert", "permutive_segments_mirror", "optimizely_list_mirror",
+                   "optimizely_custom_events"):
         before = writes()
         started = time.monotonic()
         airflow("dags", "test", dag_id, log=f"{dag_id}-{int(time.time() * 1000)}")
@@ -98,6 +100,8 @@ def _writes(personyze, permutive, optimizely) -> dict[str, int]:
             if request.method in ("POST", "PUT", "PATCH", "DELETE"):
                 ops = len((request.json or {}).get("operations", [])) if request.method == "PATCH" else 0
                 key = f"{request.method} {request.path.split('/where/')[0]}"
+                if request.path == "/rest/do":
+                    key = f"POST /rest/do ({len(request.json or [])} commands)"
                 if request.method == "PATCH" and emulator is permutive:
                     key = f"PATCH segments ({ops} operations)" if ops else "PATCH segments (write-access check)"
                 counts[key] = counts.get(key, 0) + 1
@@ -126,13 +130,31 @@ def segments(ids, renamed: set[int] = frozenset()) -> list[dict]:
     ]
 
 
+def products(ids, repriced: set[int] = frozenset()) -> list[dict]:
+    return [
+        {"sku": f"SKU-{i:03d}", "title": f"Product {i}", "price": 19.99 + i + (5 if i in repriced else 0),
+         "brand": "Acme", "category": "tools", "in_stock": i % 3 != 0, "image_url": f"https://cdn.example.com/{i}.jpg"}
+        for i in ids
+    ]
+
+
+def order_lines(ids) -> list[dict]:
+    return [
+        {"order_line_id": i, "customer_email": f"Customer{i % 20 + 1}@Example.com", "sku": f"SKU-{i % 8 + 2:03d}",
+         "quantity": 1 + i % 2, "line_total": 19.99 + i, "ordered_at": f"2026-01-{i % 28 + 1:02d} 12:{i % 60:02d}:00"}
+        for i in ids
+    ]
+
+
 def tracked_events(ids) -> list[dict]:
     return [{"event_key": f"event_{i}", "event_name": f"Event {i}", "description": f"Tracked event {i}"} for i in ids]
 
 
-def load_warehouse(customer_rows: list[dict], segment_rows: list[dict], event_rows: list[dict]) -> None:
+def load_warehouse(customer_rows: list[dict], segment_rows: list[dict], product_rows: list[dict],
+                   order_rows: list[dict], event_rows: list[dict]) -> None:
     with sqlite3.connect(WAREHOUSE) as db:
-        for table, rows in (("customers", customer_rows), ("segments", segment_rows), ("tracked_events", event_rows)):
+        for table, rows in (("customers", customer_rows), ("segments", segment_rows), ("products", product_rows),
+                            ("order_lines", order_rows), ("tracked_events", event_rows)):
             columns = list(rows[0])
             db.execute(f"DROP TABLE IF EXISTS {table}")
             db.execute(f"CREATE TABLE {table} ({', '.join(columns)})")

@@ -1,4 +1,5 @@
-"""Helpers the adapters share: per-row sending with a bounded pool, and API errors as row outcomes.
+"""Helpers the adapters share: per-row sending with a bounded pool (threads or one event loop), and API errors
+as row outcomes.
 
 The contract itself (``Destination``, ``Capabilities``, ``OutboundRow``, ``RowOutcome``) belongs to the
 engine, in ``sync/destination.py``.
@@ -6,8 +7,9 @@ engine, in ``sync/destination.py``.
 
 from __future__ import annotations
 
+import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from airflow_provider_zeotap.errors import FatalError
@@ -54,6 +56,37 @@ def send_each(
     else:
         with ThreadPoolExecutor(max_workers=min(max_in_flight, len(rows)), thread_name_prefix="zeotap-send") as pool:
             results = list(pool.map(guarded, rows))
+    fatal = next((r for r in results if isinstance(r, Exception)), None)
+    outcomes = [r for r in results if isinstance(r, RowOutcome)]
+    if fatal is not None:
+        raise DeliveryStopped(fatal, outcomes)
+    return outcomes
+
+
+async def asend_each(
+    rows: Sequence[OutboundRow], send_one: Callable[[OutboundRow], Awaitable[RowOutcome]], *, max_in_flight: int
+) -> list[RowOutcome]:
+    """``send_each`` on the runner's event loop: one request per row, at most ``max_in_flight`` at once.
+
+    The same contract: an outcome for every row, and a fatal error stops the rows not yet started and raises
+    ``DeliveryStopped`` with the outcomes of those that were answered.
+    """
+    gate = asyncio.Semaphore(max(1, max_in_flight))
+    stop = asyncio.Event()
+
+    async def guarded(row: OutboundRow) -> RowOutcome | Exception | None:
+        async with gate:
+            if stop.is_set():
+                return None
+            try:
+                return await send_one(row)
+            except FatalError as error:
+                stop.set()
+                return error
+            except ApiError as error:
+                return outcome_for_error(row, error)
+
+    results = await asyncio.gather(*(guarded(row) for row in rows))
     fatal = next((r for r in results if isinstance(r, Exception)), None)
     outcomes = [r for r in results if isinstance(r, RowOutcome)]
     if fatal is not None:

@@ -4,6 +4,11 @@ Wire facts (see the project's API notes): GET returns a JSON array (an object fo
 POST returns the new id as a bare number, PUT and DELETE return the number of rows affected, and 400
 bodies are plain text. ``POST /rest/users`` is serialized per account: one in flight, and a request
 that waited over 1 s is refused with ``400 Too many simultaneous requests``, which is retried.
+
+``POST /rest/do`` takes a JSON array of commands (``[key_type, key, command, args...]``), answers nothing
+on success and aborts at the first bad command (those before it may have been applied). Catalogs
+(``products``, ``articles``) are keyed by ``internal_id``; ``products_interactions`` is read through its
+index ``[product_internal_id, user_id, transaction_time]``. See ``docs/wire/personyze.md``.
 """
 
 from __future__ import annotations
@@ -231,6 +236,70 @@ class PersonyzeHook(ApiHook):
         """Remove one membership; returns rows affected (0: it was not there)."""
         path = build_path("user_list_users", where=[("user_list_id", "=", int(list_id)), ("user_id", "=", int(user_id))])
         return _number(self.client.request("DELETE", path), "rows affected", self.client.display_url)
+
+    # -- do: batched profile updates and interactions (async: many requests in flight) ---------------
+    async def run_commands(self, commands: Sequence[Sequence[Any]], *, replay_safe: bool = True) -> None:
+        """``POST /rest/do``. A 400 means some command is bad: those before it may have been applied.
+
+        ``replay_safe=False`` for commands that must not land twice (interactions): an answer lost after the
+        request went out is then raised, not retried, so the caller can look up what landed first.
+        """
+        await self.client.arequest("POST", "/do", json=[list(c) for c in commands], replay_safe=replay_safe)
+
+    # -- catalogs (products, articles) ---------------------------------------------------------------
+    async def upsert_catalog_item(self, obj: str, fields: Mapping[str, Any]) -> int:
+        """``POST /rest/<obj>``: creates, or patches the row with the same internal_id. Returns its id."""
+        response = await self.client.arequest("POST", f"/{obj}", json=dict(fields))
+        return _number(response, "id", self.client.display_url)
+
+    async def update_catalog_item(self, obj: str, internal_id: str, fields: Mapping[str, Any]) -> int:
+        """``PUT /rest/<obj>/where/internal_id=..``; returns rows affected (0: no such item)."""
+        path = build_path(obj, where={"internal_id": internal_id})
+        response = await self.client.arequest("PUT", path, json=dict(fields))
+        return _number(response, "rows affected", self.client.display_url)
+
+    async def delete_catalog_item(self, obj: str, internal_id: str) -> int:
+        """``DELETE /rest/<obj>/where/internal_id=..``; returns rows affected (0: already gone)."""
+        path = build_path(obj, where={"internal_id": internal_id})
+        return _number(await self.client.arequest("DELETE", path), "rows affected", self.client.display_url)
+
+    async def catalog_item_exists(self, obj: str, internal_id: str) -> bool:
+        path = build_path(obj, where={"internal_id": internal_id}, columns=["id"], limit=1)
+        return bool(await self.client.ajson("GET", path))
+
+    def catalog_internal_ids(self, obj: str) -> list[str]:
+        """Every internal_id of a catalog, for a take-over; refused past the API's read window of 1000 rows
+        (``offset + limit`` may not pass it, and a partial list would leave the rest alone)."""
+        path = build_path(obj, columns=["id", "internal_id"], order_by="id", limit=MAX_READ_WINDOW)
+        rows = self.client.json("GET", path) or []
+        if len(rows) >= MAX_READ_WINDOW:
+            raise ConfigurationError(
+                f"The Personyze {obj} catalog has {MAX_READ_WINDOW} or more items, more than one read may return, so "
+                "take_over_existing cannot list them all. Run without take_over_existing (mirror then deletes only "
+                "what this sync created)."
+            )
+        return [str(row["internal_id"]) for row in rows if row.get("internal_id") not in (None, "")]
+
+    # -- product interactions ------------------------------------------------------------------------
+    async def find_user_id_by(self, key_type: str, value: Any) -> int | None:
+        """The user_id of the user whose ``email`` or ``internal_id`` is ``value`` (None: no such user)."""
+        if key_type == "user_id":
+            return int(value)
+        path = build_path("users", where={key_type: value}, columns=["user_id"], limit=1)
+        rows = await self.client.ajson("GET", path)
+        return int(rows[0]["user_id"]) if rows else None
+
+    async def interaction_exists(self, product_internal_id: str, user_id: int, transaction_time: int) -> bool:
+        """Looked up through the index ``[product_internal_id, user_id, transaction_time]``."""
+        where = [("product_internal_id", "=", product_internal_id), ("user_id", "=", int(user_id)),
+                 ("transaction_time", "=", int(transaction_time))]
+        path = build_path("products_interactions", where=where, columns=["user_id"], limit=1)
+        return bool(await self.client.ajson("GET", path))
+
+    async def create_interaction(self, fields: Mapping[str, Any]) -> int:
+        """``POST /rest/products_interactions`` (never replayed: see ``run_commands``)."""
+        response = await self.client.arequest("POST", "/products_interactions", json=dict(fields), replay_safe=False)
+        return _number(response, "id", self.client.display_url)
 
     def _advice(self, error: ApiError) -> str | None:
         if error.status == 401:

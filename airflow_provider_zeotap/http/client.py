@@ -179,11 +179,18 @@ class ApiClient:
             await client.aclose()
 
     # -- requests ----------------------------------------------------------------------------------
-    def request(self, method: str, path: str, *, lane: str | None = None, **kwargs: Any) -> httpx.Response:
-        """Send with pacing and retries; return the 2xx response or raise an ``ApiError``."""
+    def request(
+        self, method: str, path: str, *, lane: str | None = None, replay_safe: bool = True, **kwargs: Any
+    ) -> httpx.Response:
+        """Send with pacing and retries; return the 2xx response or raise an ``ApiError``.
+
+        ``replay_safe=False``: the request must not be applied twice, so an error after which it may have
+        landed (``ApiError.may_have_landed``) is raised at once instead of retried; the caller finds out
+        what landed. Errors that mean "not done" (429, 503, connect failures) are still retried.
+        """
         budget = _Budget(self.retry)
         try:
-            for attempt in Retrying(**self._retry_kwargs(budget)):
+            for attempt in Retrying(**self._retry_kwargs(budget, replay_safe)):
                 with attempt:
                     with self._lane(lane), self.pacer.slot():
                         return self._send_once(method, path, kwargs)
@@ -192,11 +199,11 @@ class ApiClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def arequest(
-        self, method: str, path: str, *, lane: str | None = None, **kwargs: Any
+        self, method: str, path: str, *, lane: str | None = None, replay_safe: bool = True, **kwargs: Any
     ) -> httpx.Response:
         budget = _Budget(self.retry)
         try:
-            async for attempt in AsyncRetrying(**self._retry_kwargs(budget)):
+            async for attempt in AsyncRetrying(**self._retry_kwargs(budget, replay_safe)):
                 with attempt:
                     async with self._alane(lane), self.pacer.aslot():
                         return await self._asend_once(method, path, kwargs)
@@ -266,7 +273,7 @@ class ApiClient:
     def _transport_error(self, method: str, path: str, exc: Exception) -> ApiConnectionError:
         kind = type(exc).__name__
         tls = _tls_cause(exc)
-        return (TlsError if tls is not None else ApiConnectionError)(
+        error = (TlsError if tls is not None else ApiConnectionError)(
             redact(f"{kind}: {exc}" if str(exc) else kind, self._secrets),
             vendor=self.vendor,
             method=method,
@@ -274,8 +281,10 @@ class ApiClient:
             base_url=self.display_url,
             advice=_tls_advice(tls, self.display_url) if tls is not None else None,
         )
+        error.sent = not isinstance(exc, (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout))
+        return error
 
-    def _retry_kwargs(self, budget: _Budget) -> dict[str, Any]:
+    def _retry_kwargs(self, budget: _Budget, replay_safe: bool = True) -> dict[str, Any]:
         policy = self.retry
 
         def wait(state: RetryCallState) -> float:
@@ -303,7 +312,9 @@ class ApiClient:
         return {
             "stop": budget,
             "wait": wait,
-            "retry": retry_if_exception(lambda e: isinstance(e, ApiError) and e.retryable),
+            "retry": retry_if_exception(
+                lambda e: isinstance(e, ApiError) and e.retryable and (replay_safe or not e.may_have_landed)
+            ),
             "reraise": True,
             "before_sleep": before_sleep,
         }

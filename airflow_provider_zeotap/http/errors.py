@@ -70,6 +70,12 @@ class ApiError(ZeotapProviderError):
         self.elapsed = 0.0
         super().__init__(message)
 
+    @property
+    def may_have_landed(self) -> bool:
+        """The request may have been applied although no success came back (a timeout or a dropped answer
+        after it was sent, a 500/502/504). Retrying such a request can apply it twice."""
+        return False
+
     def gave_up(self, attempts: int, elapsed: float) -> ApiError:
         """Record how long retrying went on, so the final message says why the task stopped."""
         self.attempts = attempts
@@ -88,6 +94,12 @@ class ApiConnectionError(ApiError):
     """No usable answer: connect error, timeout, dropped connection."""
 
     retryable = True
+    #: False when the request never left (no connection could be made); set by the client.
+    sent: bool = True
+
+    @property
+    def may_have_landed(self) -> bool:
+        return self.sent
 
 
 class TlsError(ApiConnectionError):
@@ -133,6 +145,10 @@ class ServerError(ApiError):
     """500/502/503/504: the vendor's side. Retried with backoff."""
 
     retryable = True
+
+    @property
+    def may_have_landed(self) -> bool:
+        return self.status != 503  # 503: unavailable, nothing done; a 500 or a gateway error may come after the write
 
 
 _BY_STATUS: dict[int, type[ApiError]] = {

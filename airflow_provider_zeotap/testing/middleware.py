@@ -6,8 +6,8 @@ request changes no state), and so that it can do what no handler can: cut a conn
 Cutting a connection: the full answer is computed (so the write, if any, has landed — the nasty case a
 client must survive), then the status line and headers go out with the true Content-Length, then half the
 body, and the application returns. The server sees an unfinished response and closes the socket, so the
-client reads fewer bytes than announced and raises a protocol or read error. A response without a body
-(204) has nothing to cut and arrives whole.
+client reads fewer bytes than announced and raises a protocol or read error. An empty 200 is announced as one
+byte and cut the same way; a 204 or 304, which may carry no body, has nothing to cut and arrives whole.
 """
 
 from __future__ import annotations
@@ -116,8 +116,11 @@ class FaultMiddleware:
             (name, value) for name, value in start.get("headers", []) if name.lower() != b"content-length"
         ]
         headers.append((b"content-length", str(len(content)).encode()))
+        if not content and start["status"] not in (204, 304):
+            # An empty answer (Personyze's ``do`` answers nothing) is lost by announcing one byte and sending none.
+            headers[-1] = (b"content-length", b"1")
         await send({**start, "headers": headers})
-        if content:
+        if content or start["status"] not in (204, 304):
             half = {"type": "http.response.body", "body": content[: len(content) // 2], "more_body": True}
             await send(half)
             _cutting_connection.set(True)  # the server closes the connection when this app returns

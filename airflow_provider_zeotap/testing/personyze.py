@@ -23,6 +23,8 @@ Choices where the documentation is silent:
   an unreachable user.
 * Users get ``data_last_modified`` (Unix seconds) on every write; user ids start at 5,700,001 and list ids at
   1, so a client that mixes the two up fails loudly.
+
+Catalogs (``products``, ``articles``), ``products_interactions`` and ``POST /rest/do``: see ``personyze_objects``.
 """
 
 from __future__ import annotations
@@ -38,6 +40,13 @@ from fastapi import APIRouter, Body, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from typing_extensions import Unpack
 
+from airflow_provider_zeotap.testing.personyze_objects import (
+    INTERACTION_INDEXED,
+    DoInterpreter,
+    ObjectError,
+    catalog_fields,
+    interaction_row,
+)
 from airflow_provider_zeotap.testing.personyze_path import PathQuery, PathSyntaxError, parse_path
 from airflow_provider_zeotap.testing.server import ApiError, Emulator, ServerOptions
 
@@ -68,6 +77,10 @@ class _Table:
     updatable: bool
     scan_order_by: frozenset[str] | None = None  # a read without where must order by one of these
     stamped: bool = False  # writes set data_last_modified
+    #: Every read must filter (in each OR branch) or order on one of these (``products_interactions``).
+    indexed: frozenset[str] | None = None
+    #: Catalog objects: the name ``catalog_fields`` knows them by (renamed inputs, yes/no enums).
+    catalog: str | None = None
 
 
 class PersonyzeEmulator(Emulator):
@@ -109,6 +122,35 @@ class PersonyzeEmulator(Emulator):
                 raise KeyError((list_id, user_id))
             self._members[(list_id, user_id)] = {"user_list_id": list_id, "user_id": user_id}
 
+    def create_product(self, **fields: Any) -> int:
+        """Insert (or patch) a catalog product, as ``POST /rest/products`` would."""
+        with self._lock:
+            return self._post_catalog(self._tables["products"], fields)
+
+    @property
+    def products(self) -> dict[str, dict[str, Any]]:
+        """internal_id -> product row (copies)."""
+        with self._lock:
+            return {row["internal_id"]: dict(row) for row in self._products.values()}
+
+    @property
+    def articles(self) -> dict[str, dict[str, Any]]:
+        """internal_id -> article row (copies)."""
+        with self._lock:
+            return {row["internal_id"]: dict(row) for row in self._articles.values()}
+
+    @property
+    def interactions(self) -> list[dict[str, Any]]:
+        """``products_interactions`` rows, oldest first (copies)."""
+        with self._lock:
+            return [dict(row) for row in self._interactions.values()]
+
+    @property
+    def article_interactions(self) -> list[dict[str, Any]]:
+        """Article commands received through ``do`` (the API has no object to read them back)."""
+        with self._lock:
+            return [dict(row) for row in self._article_log]
+
     @property
     def users(self) -> dict[int, dict[str, Any]]:
         """user_id -> row (copies)."""
@@ -137,8 +179,15 @@ class PersonyzeEmulator(Emulator):
         self._users: dict[int, dict[str, Any]] = {}
         self._lists: dict[int, dict[str, Any]] = {}
         self._members: dict[tuple[int, int], dict[str, Any]] = {}
+        self._user_index: dict[tuple[str, Any], int] = {}
+        self._products: dict[int, dict[str, Any]] = {}
+        self._articles: dict[int, dict[str, Any]] = {}
+        self._interactions: dict[int, dict[str, Any]] = {}
+        self._article_log: list[dict[str, Any]] = []
         self._next_user_id = FIRST_USER_ID
         self._next_list_id = 1
+        self._next_catalog_id = 51_001
+        self._next_interaction_id = 1
         self._tables = {
             "users": _Table(
                 self._users,
@@ -150,6 +199,12 @@ class PersonyzeEmulator(Emulator):
             ),
             "user_lists": _Table(self._lists, key="id", member_column="user_list_id", updatable=True),
             "user_list_users": _Table(self._members, key=None, member_column=None, updatable=False),
+            "products": _Table(self._products, key="id", member_column=None, updatable=True, stamped=True,
+                               catalog="products"),
+            "articles": _Table(self._articles, key="id", member_column=None, updatable=True, stamped=True,
+                               catalog="articles"),
+            "products_interactions": _Table(self._interactions, key=None, member_column=None, updatable=False,
+                                            indexed=INTERACTION_INDEXED),
         }
 
     def state(self) -> dict[str, Any]:
@@ -200,6 +255,9 @@ class PersonyzeEmulator(Emulator):
         method = request.method
         if query.object == "account" and method == "GET":
             return JSONResponse(ACCOUNT)
+        if query.object == "do" and method == "POST" and query.row_id is None and query.where is None:
+            self._do(await self.read_json(request))
+            return Response(status_code=200)  # "a successful POST returns nothing"
         table = self._tables.get(query.object)
         if table is None:
             raise ApiError(404, f"Unknown object: {query.object}")
@@ -214,6 +272,11 @@ class PersonyzeEmulator(Emulator):
             return JSONResponse(await self._post_user(body))
         if query.object == "user_lists":
             return JSONResponse(self._post_list(body))
+        if table.catalog is not None:
+            with self._lock:
+                return JSONResponse(self._post_catalog(table, body))
+        if query.object == "products_interactions":
+            return JSONResponse(self._post_interaction(body))
         return JSONResponse(self._post_member(body))
 
     async def _json_object(self, request: Request) -> dict[str, Any]:
@@ -235,6 +298,8 @@ class PersonyzeEmulator(Emulator):
                 and query.order_by not in table.scan_order_by
             ):
                 raise ApiError(400, WHOLE_TABLE)
+            if table.indexed is not None and not _uses_index(query, table.indexed):
+                raise ApiError(400, WHOLE_TABLE)
             return query.select(table.rows.values())
 
     def _update(self, query: PathQuery, table: _Table, changes: dict[str, Any]) -> int:
@@ -242,9 +307,13 @@ class PersonyzeEmulator(Emulator):
             raise ApiError(400, f"Cannot update {query.object}")
         with self._lock:
             keys = self._matching_keys(query, table)
+            if table.catalog is not None:
+                changes = self._catalog_fields(table, changes)
             for key in keys:
                 row = table.rows[key]
                 row.update({column: value for column, value in changes.items() if column != table.key})
+                if table.rows is self._users:
+                    self._index_user(row)
                 if table.stamped:
                     _touch(row)
             return len(keys)
@@ -308,8 +377,74 @@ class PersonyzeEmulator(Emulator):
                     raise ApiError(400, "A user needs an identifier: email, internal_id or user_id")
                 return self._insert_user(fields)
         row.update({column: value for column, value in fields.items() if column != "user_id"})
+        self._index_user(row)
         _touch(row)
         return int(row["user_id"])
+
+    def _catalog_fields(self, table: _Table, fields: dict[str, Any]) -> dict[str, Any]:
+        try:
+            return catalog_fields(table.catalog or "", fields)
+        except ObjectError as error:
+            raise ApiError(400, str(error)) from None
+
+    def _post_catalog(self, table: _Table, fields: dict[str, Any]) -> int:
+        """Insert, or patch the row with the same internal_id ("patch on duplicate")."""
+        fields = self._catalog_fields(table, fields)
+        internal_id = fields.get("internal_id")
+        if internal_id in (None, ""):
+            raise ApiError(400, "Field internal_id is required")
+        fields["internal_id"] = str(internal_id)
+        row = next((r for r in table.rows.values() if r.get("internal_id") == fields["internal_id"]), None)
+        if row is None:
+            row_id = self._next_catalog_id
+            self._next_catalog_id += 1
+            row = table.rows[row_id] = {"id": row_id}
+        row.update({column: value for column, value in fields.items() if column != "id"})
+        _touch(row)
+        return int(row["id"])
+
+    def _post_interaction(self, fields: dict[str, Any]) -> int:
+        given = [key for key in ("user_id", "user_email", "user_internal_id") if fields.get(key) not in (None, "")]
+        if len(given) != 1:
+            raise ApiError(400, "Give exactly one of user_id, user_email, user_internal_id")
+        with self._lock:
+            user_id = self._resolve_user(given[0], fields[given[0]])
+            try:
+                return self._log_interaction(interaction_row(fields, user_id))
+            except ObjectError as error:
+                raise ApiError(400, str(error)) from None
+
+    def _log_interaction(self, row: dict[str, Any]) -> int:
+        number = self._next_interaction_id
+        self._next_interaction_id += 1
+        self._interactions[number] = row
+        return number
+
+    def _do(self, commands: Any) -> None:
+        """Apply the commands in order; the first bad one aborts (the ones before it stay applied)."""
+        def resolve(key_type: str, key: Any) -> int:
+            try:
+                field = {"email": "user_email", "internal_id": "user_internal_id"}.get(key_type, key_type)
+                return self._resolve_user(field, key)
+            except ApiError as error:
+                raise ObjectError(error.message) from None
+
+        def update(user_id: int, fields: dict[str, Any]) -> None:
+            _touch(self._users[user_id]).update(fields)
+            self._index_user(self._users[user_id])
+
+        def remove(user_id: int, sku: str, status: str) -> None:
+            for number in [n for n, r in self._interactions.items()
+                           if (r["user_id"], r["product_internal_id"], r["status"]) == (user_id, sku, status)]:
+                del self._interactions[number]
+
+        interpreter = DoInterpreter(resolve_user=resolve, update_user=update, log_interaction=self._log_interaction,
+                                    remove_interactions=remove, log_article=self._article_log.append)
+        with self._lock:
+            try:
+                interpreter.run(commands)
+            except ObjectError as error:
+                raise ApiError(400, str(error)) from None
 
     def _post_list(self, fields: dict[str, Any]) -> int:
         name = fields.get("name")
@@ -345,9 +480,32 @@ class PersonyzeEmulator(Emulator):
         return int(row["user_id"]) if row is not None else self._insert_user({column: value})
 
     def _find_user(self, column: str, value: Any) -> dict[str, Any] | None:
+        """The first user whose ``column`` (email or internal_id) is ``value``.
+
+        Looked up in an index every user write keeps (a scan per lookup made a 5,000-user batch quadratic); an
+        entry whose user changed since is checked against the row, and the table is scanned then.
+        """
         if value in (None, ""):
             return None
-        return next((row for row in self._users.values() if row.get(column) == value), None)
+        user_id = self._user_index.get((column, value))
+        row = None if user_id is None else self._users.get(user_id)
+        if row is not None and row.get(column) == value:
+            return row
+        if user_id is None:
+            return None
+        row = next((row for row in self._users.values() if row.get(column) == value), None)
+        self._user_index.pop((column, value), None)
+        if row is not None:
+            self._index_user(row)
+        return row
+
+    def _index_user(self, row: dict[str, Any]) -> None:
+        for column in ("email", "internal_id"):
+            if row.get(column) not in (None, ""):
+                try:
+                    self._user_index.setdefault((column, row[column]), row["user_id"])
+                except TypeError:  # an unhashable value is never a key
+                    pass
 
     def _insert_user(self, fields: dict[str, Any]) -> int:
         user_id = self._next_user_id
@@ -357,7 +515,17 @@ class PersonyzeEmulator(Emulator):
             **{column: value for column, value in fields.items() if column != "user_id"},
         }
         self._users[user_id] = _touch(row)
+        self._index_user(row)
         return user_id
+
+
+def _uses_index(query: PathQuery, indexed: frozenset[str]) -> bool:
+    """A read that filters each OR branch on an indexed column, or orders by one, is not a table scan."""
+    if query.order_by in indexed:
+        return True
+    if query.where is None:
+        return False
+    return all(any(c.column in indexed for c in group) for group in query.where.alternatives)
 
 
 def _touch(row: dict[str, Any]) -> dict[str, Any]:

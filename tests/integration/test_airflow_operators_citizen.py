@@ -191,7 +191,7 @@ def test_connection_pools_let_the_scheduler_run_one_sync_task_per_connection_at_
                 diff = SyncDiffOperator(task_id=f"diff_{name}", sync_id=f"citizen_pools_{name}", primary_key="id",
                                         rows=[{"id": i, "email": f"{name}{i}@example.com"} for i in range(first, first + 6)])
                 PersonyzeSyncOperator(task_id=f"sync_{name}", plan=diff.output, object_type="users",
-                                      sync_mode="upsert")
+                                      sync_mode="upsert", users_write="per_row")
     ''')
     # One worker per sync task, started first: they warm up while the diffs run.
     workers = {

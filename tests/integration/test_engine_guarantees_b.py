@@ -36,7 +36,7 @@ def users_dag(dag_runner, dag_id: str, mapping: dict[str, str], **options) -> st
     extra = "".join(f", {name}={value!r}" for name, value in options.items())
     return sync_dag(
         dag_runner, dag_id, source='conn_id="warehouse", sql="SELECT * FROM customers"', primary_key="customer_id",
-        sync_args=f'object_type="users", sync_mode="upsert", field_mapping={mapping!r}{extra}',
+        sync_args=f'object_type="users", sync_mode="upsert", users_write="per_row", field_mapping={mapping!r}{extra}',
     )
 
 
@@ -234,7 +234,8 @@ def test_nan_and_infinity_reject_the_row_and_change_no_value(dag_runner, persony
     pq.write_table(table, path)
     dag = sync_dag(
         dag_runner, "nan_it", source=f'source_uri="file://{path}"', primary_key="customer_id",
-        sync_args='object_type="users", sync_mode="upsert", field_mapping={"email": "email", "score": "score"}',
+        sync_args='object_type="users", sync_mode="upsert", users_write="per_row", '
+                  'field_mapping={"email": "email", "score": "score"}',
     )
     run = dag_runner.run(dag)
     assert run.state == "success", run.task_states
@@ -294,7 +295,8 @@ def test_a_numeric_column_whose_type_widens_resends_nothing_but_the_new_row(dag_
 
     dag = sync_dag(
         dag_runner, "type_drift_it", source=f'source_uri="file://{path}"', primary_key="customer_id",
-        sync_args='object_type="users", sync_mode="upsert", field_mapping={"email": "email", "price": "price"}',
+        sync_args='object_type="users", sync_mode="upsert", users_write="per_row", '
+                  'field_mapping={"email": "email", "price": "price"}',
     )
     write([], 3, 2)  # DECIMAL(3,2)
     assert dag_runner.run(dag).state == "success"

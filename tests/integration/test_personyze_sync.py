@@ -25,6 +25,7 @@ def users_dag(dag_runner, sync_id: str, mode: str = "upsert") -> str:
             diff = SyncDiffOperator(task_id="diff", sync_id="{sync_id}", conn_id="warehouse",
                                     sql="SELECT * FROM customers", primary_key="customer_id")
             PersonyzeSyncOperator(task_id="sync", plan=diff.output, object_type="users", sync_mode="{mode}",
+                                  users_write="per_row",
                                   field_mapping={{"email": "email", "first_name": "first_name",
                                                   "internal_id": "customer_id", "plan": "plan"}})
     ''')
@@ -198,6 +199,7 @@ def test_a_retried_task_resumes_after_the_last_acknowledged_batch(dag_runner, wa
             diff = SyncDiffOperator(task_id="diff", sync_id="personyze_resume_it", conn_id="warehouse",
                                     sql="SELECT * FROM customers", primary_key="customer_id")
             DiesOnce(task_id="sync", plan=diff.output, object_type="users", sync_mode="upsert", batch_size=10,
+                     users_write="per_row",
                      retries=1, retry_delay=timedelta(seconds=0))
     ''')
     run = dag_runner.run(dag)

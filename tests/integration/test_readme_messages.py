@@ -121,6 +121,32 @@ def personyze_messages(monkeypatch, dag_runner, warehouse, capfd) -> list[str]:
         assert run.task_states["sync"] == "failed"
         assert "bad-key-x1" not in output.out + output.err
         messages += [line for line in (output.out + output.err).splitlines() if "Personyze" in line]
+
+        # Rows refused per row: an update of a product not in the catalog, an unknown interaction status, and a
+        # command Personyze itself refuses (a user_id that names no user).
+        use(monkeypatch, "personyze", emulator.url, emulator.api_key)
+        warehouse.replace("products", [{"sku": "SKU-404", "title": "Gone"}], ["sku", "title"])
+        warehouse.replace("events", [{"id": 1, "user_id": 424242, "sku": "S", "status": "goal", "at": 1},
+                                     {"id": 2, "user_id": 424243, "sku": "S", "status": "purchase", "at": 2}],
+                          ["id", "user_id", "sku", "status", "at"])
+        for name, sync in (
+            ("readme_personyze_catalog", '''
+            diff = SyncDiffOperator(task_id="diff", sync_id="readme_personyze_catalog", conn_id="warehouse",
+                                    sql="SELECT * FROM products", primary_key="sku")
+            PersonyzeSyncOperator(task_id="sync", plan=diff.output, object_type="products", sync_mode="update",
+                                  field_mapping={"internal_id": "sku", "title": "title"})
+            '''),
+            ("readme_personyze_events", '''
+            diff = SyncDiffOperator(task_id="diff", sync_id="readme_personyze_events", conn_id="warehouse",
+                                    sql="SELECT * FROM events", primary_key="id")
+            PersonyzeSyncOperator(task_id="sync", plan=diff.output, object_type="product_interactions",
+                                  sync_mode="insert", field_mapping={"user_id": "user_id", "status": "status",
+                                  "product_internal_id": "sku", "transaction_time": "at"})
+            '''),
+        ):
+            result = dag_runner.run(_dag(dag_runner, name, sync)).result("sync")
+            with open(result["rejected_rows_uri"].removeprefix("file://")) as rejected:
+                messages += [json.loads(line)["reason"] for line in rejected]
     return messages
 
 

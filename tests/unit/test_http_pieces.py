@@ -100,3 +100,29 @@ def test_a_503_slows_every_caller_of_the_api_not_just_its_own_request():
         waited = time.monotonic() - started
         first.join()
     assert waited >= 0.15
+
+
+@pytest.mark.parametrize(
+    ("failure", "replay_safe", "calls"),
+    [
+        (httpx.ReadTimeout("answer lost"), True, 3),  # retried until it goes through
+        (httpx.ReadTimeout("answer lost"), False, 1),  # may have landed: raised for the caller to look up
+        (httpx.Response(502), False, 1),
+        (httpx.ConnectError("refused"), False, 3),  # never left: safe to send again
+        (httpx.Response(503), False, 3),  # unavailable: nothing was done
+    ],
+)
+def test_a_request_that_must_not_land_twice_is_not_replayed_after_it_may_have_landed(failure, replay_safe, calls):
+    client = ApiClient(vendor="Test", base_url="https://api.test",
+                       retry=RetryPolicy(max_attempts=3, backoff_initial=0.001, backoff_max=0.001))
+    with respx.mock:
+        route = respx.post("https://api.test/do")
+        effects = [failure, failure, httpx.Response(200)]
+        route.side_effect = effects
+        if calls == 1:
+            with pytest.raises(Exception) as raised:
+                client.request("POST", "/do", json=[], replay_safe=replay_safe)
+            assert raised.value.may_have_landed and raised.value.retryable
+        else:
+            assert client.request("POST", "/do", json=[], replay_safe=replay_safe).status_code == 200
+        assert route.call_count == calls
