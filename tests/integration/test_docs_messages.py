@@ -38,6 +38,7 @@ INDEX = "troubleshooting.md"
 INDEX_SECTIONS = {
     "Personyze": "tests/integration/test_docs_messages.py",
     "Permutive": "tests/integration/test_docs_messages.py",
+    "Optimizely": "tests/integration/test_optimizely_docs_messages.py",
     "Zeotap Profile API": "tests/integration/test_zeotap_docs_messages.py",
 }
 
