@@ -331,7 +331,7 @@ def _take_plan(plan: Any, task_id: str) -> None:
         raise ConfigurationError(
             f"Task {task_id!r} and task {taken_by!r} both take the plan of diff task {diff_task.task_id!r}; one plan "
             "feeds exactly one sync task. To send one source to several destinations, give each destination its own "
-            "diff task with its own sync_id (see the README's fan-out example)."
+            "diff task with its own sync_id (see docs/how-a-sync-works.md, 'One source, several destinations')."
         )
 
 

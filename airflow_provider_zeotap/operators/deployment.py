@@ -88,8 +88,8 @@ def warn_if_state_is_local(task: Any, state_uri: str, log: logging.Logger | Any)
         log.warning(
             "Sync state is on a local disk (%s) but tasks run on the %s, so the next diff or sync may run on a "
             "machine that cannot see these files. Set [zeotap_sync] state_uri (or AIRFLOW__ZEOTAP_SYNC__STATE_URI) to "
-            "shared object storage, e.g. %s, unless every worker mounts this path. See the README, 'Deploying: "
-            "state on shared storage'.",
+            "shared object storage, e.g. %s, unless every worker mounts this path. See docs/deployment.md, 'State "
+            "on shared storage'.",
             state_uri,
             executor,
             SHARED_STATE_EXAMPLE,
@@ -104,8 +104,8 @@ def missing_state_error(task: Any, sync_id: str, what: str, uri: str, state_uri:
             f"The state_uri {state_uri} is a folder on this machine's disk. When tasks run on several machines "
             f"(a Celery or Kubernetes executor; this deployment's is the {executor}), the task that wrote the file "
             f"ran on another one. Set [zeotap_sync] state_uri (or AIRFLOW__ZEOTAP_SYNC__STATE_URI) to shared object "
-            f"storage, e.g. {SHARED_STATE_EXAMPLE}, with the object-storage connection it needs (README, 'Deploying: "
-            f"state on shared storage')"
+            f"storage, e.g. {SHARED_STATE_EXAMPLE}, with the object-storage connection it needs (docs/deployment.md, "
+            f"'State on shared storage')"
         )
     else:
         cause = f"Check that state_uri {state_uri} is the same for every worker and that nothing deletes its files"

@@ -102,7 +102,7 @@ def apply_mapping(
 
 
 def to_json_value(value: Any) -> Any:
-    """Warehouse types as values a JSON API accepts; see the README's conversion table.
+    """Warehouse types as values a JSON API accepts; see docs/type-conversions.md.
 
     Raises ``UnsendableValue`` for what has no faithful JSON form (NaN, infinities, a decimal with more
     digits than a JSON number keeps): changing it quietly would deliver a value nobody wrote.

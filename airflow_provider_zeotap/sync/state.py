@@ -98,7 +98,8 @@ class CommittedPointer:
             raise ConfigurationError(
                 f"Sync {plan.sync_id!r}: plan {plan.plan_id} is already delivered by task {holder}; one plan feeds "
                 f"exactly one sync task, so {me} sends nothing. To send one source to several destinations, give "
-                "each destination its own diff task with its own sync_id (see the README's fan-out example)."
+                "each destination its own diff task with its own sync_id (see docs/how-a-sync-works.md, 'One source, "
+                "several destinations')."
             )
         self.store.set(CLAIM_KEY, {"plan_id": plan.plan_id, "task": me})
 

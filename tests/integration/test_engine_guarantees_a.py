@@ -278,7 +278,7 @@ def test_two_sync_tasks_taking_one_diff_output_fail_when_the_dag_is_parsed(dag_r
     expected = (
         "Task 'sync_list_two' and task 'sync_list_one' both take the plan of diff task 'diff'; one plan feeds exactly "
         "one sync task. To send one source to several destinations, give each destination its own diff task with "
-        "its own sync_id (see the README's fan-out example)."
+        "its own sync_id (see docs/how-a-sync-works.md, 'One source, several destinations')."
     )
     request.addfinalizer(lambda: os.remove(path))  # a file that cannot be imported leaves the shared DAGs folder
     spec = importlib.util.spec_from_file_location("one_plan_two_tasks_parse", path)
@@ -327,8 +327,8 @@ def test_a_second_task_given_the_same_plan_through_xcom_sends_nothing_and_the_fi
     assert message == (
         f"Sync 'one_plan_claimed': plan {plan_id} is already delivered by task one_plan_claimed.sync_list_one; one "
         "plan feeds exactly one sync task, so one_plan_claimed.sync_list_two sends nothing. To send one source to "
-        "several destinations, give each destination its own diff task with its own sync_id (see the README's "
-        "fan-out example)."
+        "several destinations, give each destination its own diff task with its own sync_id (see "
+        "docs/how-a-sync-works.md, 'One source, several destinations')."
     )
 
     # The first task's delivery and commit stand; the second sent nothing, not even its read of list two.

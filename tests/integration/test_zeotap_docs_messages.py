@@ -1,4 +1,4 @@
-"""The README's Zeotap troubleshooting quotes each message; each must be what the code path really says."""
+"""The Zeotap troubleshooting quotes (its docs page and its part of the troubleshooting index) are what the code says."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ from airflow_provider_zeotap.hooks.zeotap import ZeotapProfileHook
 from airflow_provider_zeotap.sync.destination import OutboundRow
 from airflow_provider_zeotap.sync.models import Change
 from airflow_provider_zeotap.sync.modes import Operation
-from tests.integration.test_readme_messages import README, as_pattern, use
+from tests.integration.test_docs_messages import INDEX, as_pattern, quotes, section, use
 
 pytestmark = pytest.mark.integration
 
 
 def zeotap_quotes() -> list[str]:
-    body = README.read_text().split("\n## Zeotap Profile API\n", 1)[1].split("\n## ", 1)[0]
-    block = body.split("**Troubleshooting**", 1)[1].split("\n\n", 1)[0]
+    """Every ``*"..."*`` quote of the page's Troubleshooting section, wherever it sits in a bullet."""
+    block = section("destinations/zeotap.md", "Troubleshooting")
     return re.findall(r'\*"(.+?)"\*', " ".join(block.split()))
 
 
@@ -63,8 +63,10 @@ def produced_messages(emulator, monkeypatch) -> list[str]:
 
 
 def test_every_zeotap_troubleshooting_quote_is_produced(zeotap_emulator, monkeypatch):
-    quotes = zeotap_quotes()
-    assert len(quotes) >= 7, quotes  # guards the parser
+    page = zeotap_quotes()
+    index = quotes(INDEX, "Zeotap Profile API")
+    assert len(page) >= 7, page  # guards the parser
+    assert len(index) >= 7, index
     produced = produced_messages(zeotap_emulator, monkeypatch)
-    missing = [quote for quote in quotes if not any(as_pattern(quote).search(message) for message in produced)]
+    missing = [quote for quote in page + index if not any(as_pattern(quote).search(message) for message in produced)]
     assert missing == [], f"not produced: {missing}; produced: {produced}"

@@ -1,4 +1,5 @@
-"""The README's Optimizely troubleshooting quotes the messages the code raises: each is produced here, for real.
+"""The Optimizely troubleshooting quotes (its docs page and its part of the troubleshooting index) are what the
+code raises: each is produced here, for real.
 
 One quote per troubleshooting entry of the Optimizely source document (authentication, project not found,
 rate limits, list attribute not found, invalid audience conditions, custom events, mirror removing users).
@@ -19,7 +20,7 @@ from airflow_provider_zeotap.sync.destination import OutboundRow
 from airflow_provider_zeotap.sync.models import Change
 from airflow_provider_zeotap.sync.modes import Operation
 from airflow_provider_zeotap.testing import OptimizelyEmulator
-from tests.integration.test_readme_messages import as_pattern, quotes
+from tests.integration.test_docs_messages import INDEX, as_pattern, quotes
 
 pytestmark = pytest.mark.integration
 
@@ -83,8 +84,11 @@ def optimizely_messages(monkeypatch) -> list[str]:
 
 
 def test_every_optimizely_troubleshooting_quote_is_what_the_code_says(monkeypatch):
-    entries = quotes("Optimizely", "**Troubleshooting.**")
+    entries = quotes("destinations/optimizely.md", "Troubleshooting")
     assert len(entries) >= 7  # one per troubleshooting entry of the source document, at least
+    index = quotes(INDEX, "Optimizely")
+    assert len(index) >= 7
+    entries += index
     produced = optimizely_messages(monkeypatch)
     missing = [q for q in entries if not any(as_pattern(q).search(m or "") for m in produced)]
     assert missing == [], f"not produced: {missing}; produced: {json.dumps(produced, indent=1)}"

@@ -1,9 +1,10 @@
-"""The README quotes error messages; each quote must be what the code path it describes really says.
+"""The docs quote error messages; each quote must be what the code path it describes really says.
 
-The quotes are the ``- *"..."*:`` bullets of the Connections section's "What the errors say" list and of the
-Personyze and Permutive Troubleshooting lists. In a quote, ``...`` stands for any text and a lone ``N`` for a
-number. Each section's quotes are matched against the messages its own scenarios produce, over real
-sockets against the emulators (and, for the sync paths, in real Airflow runs).
+The quotes are the ``- *"..."*:`` bullets of ``docs/connections.md``'s "What the errors say", of each destination
+page's "Troubleshooting" section, and of the whole troubleshooting index, ``docs/troubleshooting.md``. In a quote,
+``...`` stands for any text and a lone ``N`` for a number. Each page's quotes are matched against the messages its
+own scenarios produce, over real sockets against the emulators (and, for the sync paths, in real Airflow runs);
+the index's quotes against the messages of every scenario.
 """
 
 from __future__ import annotations
@@ -22,24 +23,40 @@ from tests.integration.conftest import connection_env
 
 pytestmark = pytest.mark.integration
 
-README = Path(__file__).resolve().parents[2] / "README.md"
-QUOTE = re.compile(r'^- \*"(.+?)"\*:', re.MULTILINE)
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+#: A quote opens a bullet: ``- *"message"*:`` or ``- *"message"* (...)``; it may wrap over lines.
+QUOTE = re.compile(r'^- \*"([^*]+?)"\*(?=:|\s+\()', re.MULTILINE)
+#: Where each scenario's quotes are: (page, ``## `` heading), or (page, None) for the whole page.
+PAGES = {
+    "Connections": ("connections.md", "What the errors say"),
+    "Personyze": ("destinations/personyze.md", "Troubleshooting"),
+    "Permutive": ("destinations/permutive.md", "Troubleshooting"),
+}
+INDEX = "troubleshooting.md"
+#: The troubleshooting index's sections with quotes, and the test module that checks each one against the
+#: messages its scenarios produce (each destination's own scenarios, so none runs twice).
+INDEX_SECTIONS = {
+    "Personyze": "tests/integration/test_docs_messages.py",
+    "Permutive": "tests/integration/test_docs_messages.py",
+    "Optimizely": "tests/integration/test_optimizely_docs_messages.py",
+    "Zeotap Profile API": "tests/integration/test_zeotap_docs_messages.py",
+}
 
 
 def use(monkeypatch: pytest.MonkeyPatch, conn_type: str, host: str, password: str, **extras: object) -> None:
     monkeypatch.setenv(f"AIRFLOW_CONN_{conn_type.upper()}_DEFAULT", connection_env(conn_type, host, password, **extras))
 
 
-def section(title: str, start_marker: str) -> str:
-    """The part of a ``## title`` section from ``start_marker`` to the end of that list."""
-    text = README.read_text()
-    body = text.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
-    part = body.split(start_marker, 1)[1]
-    return part.split("\n\n", 1)[0]
+def section(page: str, heading: str | None) -> str:
+    """A docs page, or its ``## heading`` section up to the next ``## `` heading."""
+    text = (DOCS / page).read_text()
+    if heading is None:
+        return text
+    return text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
 
 
-def quotes(title: str, start_marker: str) -> list[str]:
-    return QUOTE.findall(section(title, start_marker))
+def quotes(page: str, heading: str | None = None) -> list[str]:
+    return [" ".join(quote.split()) for quote in QUOTE.findall(section(page, heading))]
 
 
 def as_pattern(quote: str) -> re.Pattern[str]:
@@ -47,12 +64,23 @@ def as_pattern(quote: str) -> re.Pattern[str]:
     return re.compile(re.sub(r"\bN\b", r"\\d+", pattern))
 
 
-def test_the_readme_sections_quote_messages_at_all():
+def test_the_docs_quote_messages_at_all():
     """Guards the parser: an edit that breaks the bullet format must not make the test below vacuous."""
-    assert len(quotes("Connections", "**What the errors say.**")) >= 6
-    assert len(quotes("Personyze", "**Troubleshooting.**")) >= 2
-    assert len(quotes("Permutive", "**Troubleshooting.**")) >= 4
+    assert len(quotes(*PAGES["Connections"])) >= 6
+    assert len(quotes(*PAGES["Personyze"])) >= 2
+    assert len(quotes(*PAGES["Permutive"])) >= 4
+    assert len(quotes(INDEX, "Personyze")) >= 6
+    assert len(quotes(INDEX, "Permutive")) >= 5
     assert as_pattern("user list N does not exist").search("user list 42 does not exist")
+
+
+def test_every_quote_of_the_troubleshooting_index_is_in_a_checked_section():
+    """A quote in a section no test reads would never be checked: each section with quotes must be listed."""
+    text = section(INDEX, None)
+    sections = {part.split("\n", 1)[0]: part for part in text.split("\n## ")[1:]}
+    quoted = {title for title, body in sections.items() if QUOTE.search(body)}
+    assert quoted <= set(INDEX_SECTIONS), f"sections with quotes that no test checks: {quoted - set(INDEX_SECTIONS)}"
+    assert not QUOTE.search(text.split("\n## ", 1)[0]), "quotes before the first section are not checked"
 
 
 def _dag(dag_runner, dag_id: str, body: str) -> str:
@@ -112,8 +140,8 @@ def personyze_messages(monkeypatch, dag_runner, warehouse, capfd) -> list[str]:
         use(monkeypatch, "personyze", emulator.url, "bad-key-x1", max_attempts=1)
         warehouse.replace("customers", [{"id": 1, "email": "a@example.com"}], ["id", "email"])
         capfd.readouterr()
-        run = dag_runner.run(_dag(dag_runner, "readme_personyze_bad_key", '''
-            diff = SyncDiffOperator(task_id="diff", sync_id="readme_personyze_bad_key", conn_id="warehouse",
+        run = dag_runner.run(_dag(dag_runner, "docs_personyze_bad_key", '''
+            diff = SyncDiffOperator(task_id="diff", sync_id="docs_personyze_bad_key", conn_id="warehouse",
                                     sql="SELECT * FROM customers", primary_key="id")
             PersonyzeSyncOperator(task_id="sync", plan=diff.output, object_type="users", sync_mode="upsert")
         '''))
@@ -122,22 +150,42 @@ def personyze_messages(monkeypatch, dag_runner, warehouse, capfd) -> list[str]:
         assert "bad-key-x1" not in output.out + output.err
         messages += [line for line in (output.out + output.err).splitlines() if "Personyze" in line]
 
-        # Rows refused per row: an update of a product not in the catalog, an unknown interaction status, and a
-        # command Personyze itself refuses (a user_id that names no user).
+        # 503 on every answer: retried with backoff up to max_attempts, then the error says it gave up.
+        use(monkeypatch, "personyze", emulator.url, emulator.api_key, max_attempts=2, backoff_initial=0.01,
+            backoff_max=0.01)
+        emulator.set_faults(error_rate=1, error_status=503)
+        with pytest.raises(Exception) as caught:
+            PersonyzeHook().require_user_list(999)
+        messages.append(str(caught.value))
+        emulator.set_faults()
+
+        # Rows refused per row: users with no email, with a non-email, and two emails that meet once normalised;
+        # an update of a product not in the catalog, an unknown interaction status, and a command Personyze
+        # itself refuses (a user_id that names no user).
         use(monkeypatch, "personyze", emulator.url, emulator.api_key)
+        warehouse.replace("people", [{"id": 1, "email": None}, {"id": 2, "email": "not-an-email"},
+                                     {"id": 3, "email": "Jo@Ex.com"}, {"id": 4, "email": "jo@ex.com "},
+                                     {"id": 5, "email": "  "}],
+                          ["id", "email"])
         warehouse.replace("products", [{"sku": "SKU-404", "title": "Gone"}], ["sku", "title"])
         warehouse.replace("events", [{"id": 1, "user_id": 424242, "sku": "S", "status": "goal", "at": 1},
                                      {"id": 2, "user_id": 424243, "sku": "S", "status": "purchase", "at": 2}],
                           ["id", "user_id", "sku", "status", "at"])
         for name, sync in (
-            ("readme_personyze_catalog", '''
-            diff = SyncDiffOperator(task_id="diff", sync_id="readme_personyze_catalog", conn_id="warehouse",
+            ("docs_personyze_people", '''
+            diff = SyncDiffOperator(task_id="diff", sync_id="docs_personyze_people", conn_id="warehouse",
+                                    sql="SELECT * FROM people", primary_key="id")
+            PersonyzeSyncOperator(task_id="sync", plan=diff.output, object_type="users", sync_mode="upsert",
+                                  field_mapping={"email": "email"}, normalize_email=True)
+            '''),
+            ("docs_personyze_catalog", '''
+            diff = SyncDiffOperator(task_id="diff", sync_id="docs_personyze_catalog", conn_id="warehouse",
                                     sql="SELECT * FROM products", primary_key="sku")
             PersonyzeSyncOperator(task_id="sync", plan=diff.output, object_type="products", sync_mode="update",
                                   field_mapping={"internal_id": "sku", "title": "title"})
             '''),
-            ("readme_personyze_events", '''
-            diff = SyncDiffOperator(task_id="diff", sync_id="readme_personyze_events", conn_id="warehouse",
+            ("docs_personyze_events", '''
+            diff = SyncDiffOperator(task_id="diff", sync_id="docs_personyze_events", conn_id="warehouse",
                                     sql="SELECT * FROM events", primary_key="id")
             PersonyzeSyncOperator(task_id="sync", plan=diff.output, object_type="product_interactions",
                                   sync_mode="insert", field_mapping={"user_id": "user_id", "status": "status",
@@ -164,9 +212,10 @@ def permutive_messages(monkeypatch, dag_runner, warehouse) -> list[str]:
 
         # Someone else's segment meets an add sync's Create: the row is rejected with the reason.
         emulator.create_segment(import_id, code="seg-1", name="Made by hand")
-        warehouse.replace("segments", [{"code": "seg-1", "name": "Segment 1"}], ["code", "name"])
-        run = dag_runner.run(_dag(dag_runner, "readme_permutive_conflict", f'''
-            diff = SyncDiffOperator(task_id="diff", sync_id="readme_permutive_conflict", conn_id="warehouse",
+        warehouse.replace("segments", [{"code": "seg-1", "name": "Segment 1"}, {"code": "bad code", "name": "Bad"}],
+                          ["code", "name"])
+        run = dag_runner.run(_dag(dag_runner, "docs_permutive_conflict", f'''
+            diff = SyncDiffOperator(task_id="diff", sync_id="docs_permutive_conflict", conn_id="warehouse",
                                     sql="SELECT * FROM segments", primary_key="code")
             PermutiveSyncOperator(task_id="sync", plan=diff.output, import_id="{import_id}", audience_mode="add",
                                   field_mapping={{"segment_code": "code", "segment_name": "name"}})
@@ -184,10 +233,14 @@ def test_every_quoted_message_is_produced_by_the_code_path_it_describes(dag_runn
         "Personyze": personyze_messages(monkeypatch, dag_runner, warehouse, capfd),
         "Permutive": permutive_messages(monkeypatch, dag_runner, warehouse),
     }
-    markers = {"Connections": "**What the errors say.**", "Personyze": "**Troubleshooting.**",
-               "Permutive": "**Troubleshooting.**"}
     missing = {
-        title: [q for q in quotes(title, marker) if not any(as_pattern(q).search(m) for m in produced[title])]
-        for title, marker in markers.items()
+        title: [q for q in quotes(*PAGES[title]) if not any(as_pattern(q).search(m) for m in produced[title])]
+        for title in PAGES
     }
-    assert missing == {title: [] for title in markers}, f"not produced: {missing}; produced: {json.dumps(produced)}"
+    missing[INDEX] = [
+        q for title, sources in (("Personyze", ("Personyze", "Connections")), ("Permutive", ("Permutive",)))
+        for q in quotes(INDEX, title)
+        if not any(as_pattern(q).search(m) for source in sources for m in produced[source])
+    ]
+    expected = {title: [] for title in [*PAGES, INDEX]}
+    assert missing == expected, f"not produced: {missing}; produced: {json.dumps(produced)}"
