@@ -1,0 +1,65 @@
+"""Send one audience, the warehouse's VIP customers, to every tool that uses it, in parallel.
+
+Fan-out: a ``sync_id`` names one baseline, and a baseline belongs to one destination target, so each
+destination gets its own diff task and ``sync_id`` over the same audience query. The branches share nothing:
+a destination that is down or slow fails or delays only its own branch, and each one receives exactly the
+changes it has not acknowledged yet, however far behind the others it is.
+
+The branches are written out in a loop rather than mapped with ``expand()``: a sync task's Asset (which holds
+its state and gives the lineage, see ``vip_audience_report``) must be known when the DAG is parsed, and a
+mapped task's arguments are only known at run time. The report DAG maps over the syncs that landed, where
+the set is only known at run time.
+
+Connections: ``warehouse`` (any SQL connection; the demo uses SQLite), ``personyze_default``.
+Variables: ``personyze_list_id`` (a Personyze user list).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG
+
+from airflow_provider_zeotap.operators.diff import SyncDiffOperator
+from airflow_provider_zeotap.operators.personyze import PersonyzeSyncOperator
+
+#: The audience, once: every branch selects the identifier its destination needs from it.
+AUDIENCE = "SELECT customer_id, email, first_name FROM customers WHERE plan = 'vip'"
+
+#: What a production sync DAG needs: retries that resume after the last acknowledged batch, a bound on a
+#: stuck run, and no row silently lost (a run whose rows are mostly refused fails after its commit).
+DEFAULT_ARGS = {
+    "retries": 2,
+    "retry_delay": timedelta(minutes=2),
+    "retry_exponential_backoff": True,
+    "execution_timeout": timedelta(hours=1),
+}
+#: A sync task fails (after committing what landed) when more than this share of its rows was refused.
+MAX_REJECTED_RATIO = 0.2
+
+with DAG(
+    dag_id="vip_audience_fanout",
+    schedule="@daily",
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,  # two runs of one sync at once race for its baseline
+    dagrun_timeout=timedelta(hours=3),
+    default_args=DEFAULT_ARGS,
+    tags=["zeotap-sync", "fan-out", "personyze"],
+) as dag:
+    personyze_members = SyncDiffOperator(
+        task_id="diff_personyze",
+        sync_id="vip_audience_personyze",
+        conn_id="warehouse",
+        # Personyze matches emails case-sensitively; a list member is identified by its email.
+        sql=f"SELECT lower(trim(email)) AS email FROM ({AUDIENCE})",
+        primary_key="email",
+    )
+    PersonyzeSyncOperator(
+        task_id="sync_personyze",
+        plan=personyze_members.output,
+        object_type="user_list_members",
+        audience_mode="mirror",
+        list_id="{{ var.value.personyze_list_id }}",
+        max_rejected_ratio=MAX_REJECTED_RATIO,
+    )
