@@ -21,6 +21,7 @@ from airflow_provider_zeotap.sync.summary import RejectionLimit
 from airflow_provider_zeotap.operators.deployment import (
     author_state_uris,
     default_pool,
+    describe_landing,
     missing_state_error,
     trusted_state_uris,
     warn_if_state_is_local,
@@ -215,6 +216,7 @@ class BaseSyncOperator(BaseOperator):
             self.log.info("%s", line)
         if breach:
             raise TooManyRejectedRows(breach)
+        describe_landing(context, self.sync_id, result)
         return result.model_dump(mode="json")
 
     def _check_plan_files(self, plan: Plan, context: Any) -> None:
