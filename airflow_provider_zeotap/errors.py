@@ -28,3 +28,7 @@ class StaleBaseError(ZeotapProviderError):
 
 class BindingError(ConfigurationError):
     """The committed baseline was delivered to another target than the one this task writes to."""
+
+
+class GuardError(ConfigurationError):
+    """A guard (``max_removals``, ``max_removal_ratio``, ``allow_empty_source``) refused the run before any write."""

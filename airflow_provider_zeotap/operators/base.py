@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from abc import abstractmethod
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -12,8 +13,16 @@ from airflow.sdk.exceptions import AirflowFailException
 from pydantic import ValidationError
 
 from airflow_provider_zeotap.sync.destination import Capabilities, Destination
-from airflow_provider_zeotap.errors import ConfigurationError
-from airflow_provider_zeotap.sync.models import Plan
+from airflow_provider_zeotap.errors import BindingError, ConfigurationError, GuardError, StaleBaseError
+from airflow_provider_zeotap.sync.models import Plan, SyncResult
+from airflow_provider_zeotap.sync.records import (
+    FAILURE_KEY,
+    MESSAGE_CHARS,
+    SETTINGS_KEY,
+    FailureKind,
+    RunFailure,
+    RunSettings,
+)
 from airflow_provider_zeotap.sync.guards import Guards
 from airflow_provider_zeotap.sync.state import CommittedPointer, asset_store, sync_asset
 from airflow_provider_zeotap.sync.storage import SyncStorage, validate_sync_id
@@ -35,6 +44,55 @@ class TooManyRejectedRows(AirflowFailException):
     Not retried: a retry resumes after the last delivered batch and would report the same rows again.
     The rows are sent again by the next run, once fixed.
     """
+
+    def __init__(self, message: str, result: SyncResult | None = None) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def _failure_kind(error: BaseException) -> FailureKind:
+    """The kind of stop, most specific first (``BindingError`` and ``GuardError`` are ``ConfigurationError``s)."""
+    for kind, types in (
+        (FailureKind.REJECTED_ROWS, TooManyRejectedRows),
+        (FailureKind.STALE, StaleBaseError),
+        (FailureKind.BINDING, BindingError),
+        (FailureKind.GUARD, GuardError),
+        (FailureKind.CONFIGURATION, ConfigurationError),
+    ):
+        if isinstance(error, types):
+            return kind
+    return FailureKind.ERROR
+
+
+def _record_failure(context: Any, error: BaseException) -> None:
+    """Leave a small record of why the task failed (a failed task returns nothing to XCom).
+
+    The message goes through Airflow's secrets masker, as it would in the log. Recording must never hide
+    the error itself, so any problem here is logged and swallowed.
+    """
+    if not isinstance(error, Exception):  # a kill or an interrupt: nothing to say, and no time to say it
+        return
+    try:
+        from airflow.sdk._shared.secrets_masker import redact
+
+        text = str(error) or type(error).__name__
+        if _failure_kind(error) is FailureKind.ERROR:
+            text = f"{type(error).__name__}: {text}"
+        failure = RunFailure(
+            kind=_failure_kind(error),
+            message=str(redact(text))[:MESSAGE_CHARS],
+            result=getattr(error, "result", None),
+        )
+        _push(context, FAILURE_KEY, failure)
+    except Exception:  # noqa: BLE001 - the task's own error is what matters
+        logging.getLogger(__name__).warning("Could not record why the sync task failed", exc_info=True)
+
+
+def _push(context: Any, key: str, record: RunSettings | RunFailure) -> None:
+    """Push a run record to XCom when the context has a task instance (tests may run without one)."""
+    ti = context.get("ti") if hasattr(context, "get") else None
+    if ti is not None:
+        ti.xcom_push(key=key, value=record.model_dump(mode="json"))
 
 
 class BaseSyncOperator(BaseOperator):
@@ -159,6 +217,13 @@ class BaseSyncOperator(BaseOperator):
         """The Airflow connection this task writes through (part of the sync's binding)."""
 
     def execute(self, context: Any) -> dict[str, Any]:
+        try:
+            return self._execute(context)
+        except BaseException as error:
+            _record_failure(context, error)
+            raise
+
+    def _execute(self, context: Any) -> dict[str, Any]:
         plan = _load_plan(self.plan)
         if plan.sync_id != self.sync_id:
             raise ConfigurationError(
@@ -166,6 +231,7 @@ class BaseSyncOperator(BaseOperator):
                 "diff task's output."
             )
         self._check_plan_files(plan, context)
+        _push(context, SETTINGS_KEY, self._run_settings(plan))
         from airflow_provider_zeotap.sync.runner import DeliveryRunner, binding_for  # DuckDB loads at run time
 
         storage = SyncStorage(plan.state_uri, plan.sync_id)
@@ -215,9 +281,27 @@ class BaseSyncOperator(BaseOperator):
         for line in summary:
             self.log.info("%s", line)
         if breach:
-            raise TooManyRejectedRows(breach)
+            raise TooManyRejectedRows(breach, result)
         describe_landing(context, self.sync_id, result)
         return result.model_dump(mode="json")
+
+    def _run_settings(self, plan: Plan) -> RunSettings:
+        return RunSettings(
+            sync_id=self.sync_id,
+            destination=self.capabilities().name,
+            mode=self.mode,
+            state_uri=plan.state_uri,
+            max_removals=self.guards.max_removals,
+            max_removal_ratio=self.guards.max_removal_ratio,
+            allow_empty_source=self.guards.allow_empty_source,
+            max_rejected_ratio=self.rejection_limit.max_rejected_ratio,
+            fail_on_rejected=self.rejection_limit.fail_on_rejected,
+            dry_run=self.dry_run,
+            full_refresh=plan.full_refresh,
+            take_over_existing=self.take_over_existing,
+            rebind=self.rebind,
+            batch_size=self.batch_size,
+        )
 
     def _check_plan_files(self, plan: Plan, context: Any) -> None:
         """Before any read or write: the plan's files are this sync's, and this worker can see them."""

@@ -37,3 +37,10 @@ def test_hooks_know_nothing_of_syncs_and_the_http_core_nothing_of_vendors():
         for module, names in imported_modules(folder).items():
             bad = [n for n in names if any(n.startswith(f"airflow_provider_zeotap.{f}") for f in forbidden)]
             assert bad == [], f"{folder}/{module} imports {bad}"
+
+
+def test_the_syncs_page_reads_stored_records_and_calls_no_destination():
+    forbidden = ("destinations", "hooks", "http", "operators")
+    for module, names in imported_modules("ui").items():
+        bad = [n for n in names if any(n.startswith(f"airflow_provider_zeotap.{f}") for f in forbidden)]
+        assert bad == [], f"ui/{module} imports {bad}"
