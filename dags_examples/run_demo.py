@@ -140,7 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             dump(workdir / "emulators" / f"run-{number}.json", destinations, seen)
             if state != "success":
                 raise SystemExit(f"Run {number} ended {state}; its log is {workdir / 'logs' / f'run-{number}.log'}")
-    print(f"\n== Done. Each run's log is in {workdir.name}/logs/, the sync state in {workdir.name}/sync_state/.")
+    print("\n== Done. The demo's folder (.demo/ unless --workdir) holds each run's log, the sync state and what the "
+          "emulators held and received after each run.")
     return 0
 
 

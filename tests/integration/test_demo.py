@@ -1,0 +1,93 @@
+"""The README's first command: the demo runs, its report is what the emulators hold, and the README shows it.
+
+The demo runs in a fresh process, as a user runs it. After each run it dumps, beside its report, what each
+emulator holds and the requests it received (the emulators' own records, not the report's). This test reads
+those dumps on its own terms and checks every number of the report against them, and the final state
+against the warehouse's last audience. The report is deterministic, so the README's copy must equal it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+LINE = re.compile(r"^  (?P<name>\w+) +received (?P<received>.*?); (?P<rejected>rejected .*?); (?P<holds>.*)$")
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory) -> tuple[str, Path]:
+    workdir = tmp_path_factory.mktemp("demo") / "demo"
+    done = subprocess.run([sys.executable, str(ROOT / "dags_examples" / "run_demo.py"), "--workdir", str(workdir)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout, workdir
+
+
+def runs(output: str) -> list[dict[str, re.Match]]:
+    """The report's lines, by run and destination."""
+    found: list[dict[str, re.Match]] = []
+    for line in output.splitlines():
+        if line.startswith("== Run "):
+            found.append({})
+        elif found and (match := LINE.match(line)):
+            found[-1][match["name"]] = match
+    return found
+
+
+def ok(requests: list[dict], method: str, path: str) -> list[dict]:
+    return [r for r in requests if r["method"] == method and r["path"].startswith(path) and 200 <= r["status"] < 300]
+
+
+def personyze_members(state: dict) -> set[str]:
+    emails = {u["user_id"]: u.get("email") for u in state["users"]}
+    (vip_list,) = state["user_lists"]
+    return {emails[m["user_id"]] for m in state["user_list_users"] if m["user_list_id"] == vip_list["id"]}
+
+
+def test_the_demo_report_matches_what_the_emulators_received_and_hold(demo):
+    output, workdir = demo
+    report = runs(output)
+    assert len(report) == 3
+    for number, lines in enumerate(report, start=1):
+        dumped = json.loads((workdir / "emulators" / f"run-{number}.json").read_text())
+        assert set(lines) == set(dumped)
+
+        personyze = dumped["personyze"]
+        adds = ok(personyze["requests"], "POST", "/rest/user_list_users")
+        removals = ok(personyze["requests"], "DELETE", "/rest/user_list_users/")
+        line = lines["personyze"]
+        expected = f"{len(adds)} member adds, {len(removals)} member removals" if adds or removals else "nothing"
+        assert line["received"] == expected
+        assert line["holds"] == f"list holds {len(personyze_members(personyze['state']))} members"
+
+    # What the destinations hold at the end is the warehouse's last audience, the fixed row included.
+    final = json.loads((workdir / "emulators" / "run-3.json").read_text())
+    vips = {f"customer{i}@example.com" for i in (1, 7, 9, 11, 13)} | {"customer5@new.example.com"}
+    assert personyze_members(final["personyze"]["state"]) == vips
+
+
+def test_the_bad_row_is_rejected_with_its_reason_until_it_is_fixed(demo):
+    output, _ = demo
+    report = runs(output)
+    for number in (1, 2):
+        rejected = report[number - 1]["personyze"]["rejected"]
+        assert rejected == "rejected 1 (email='customer7.example.com': not an email address: 'customer7.example.com')"
+    assert report[2]["personyze"]["rejected"] == "rejected none"
+    # The fixed row is the only thing the third run sends.
+    assert report[2]["personyze"]["received"] == "1 member adds, 0 member removals"
+
+
+def test_the_readme_shows_the_demo_output_as_it_is(demo):
+    output, _ = demo
+    readme = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```\n(== .*?)```", readme, flags=re.S)
+    assert blocks, "the README has no demo-output block (a fenced block starting with '== ')"
+    assert blocks[0].strip() == output.strip()
