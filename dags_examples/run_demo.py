@@ -86,7 +86,7 @@ def personyze_destination(emulator: Any, list_id: int) -> Destination:
     def received(requests: list[Any]) -> str:
         adds = [r for r in requests if r.method == "POST" and r.path == "/rest/user_list_users"]
         removes = [r for r in requests if r.method == "DELETE" and r.path.startswith("/rest/user_list_users/")]
-        return f"{len(adds)} member adds, {len(removes)} member removals"
+        return f"{count(adds, 'member add')}, {count(removes, 'member removal')}"
 
     def holds() -> str:
         return f"list holds {len(emulator.list_member_ids(list_id))} members"
@@ -185,6 +185,11 @@ def redirected(log: Path) -> Iterator[None]:
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+
+
+def count(items: Sequence[Any] | int, noun: str) -> str:
+    n = items if isinstance(items, int) else len(items)
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def writes_of(requests: list[Any]) -> list[Any]:

@@ -42,6 +42,10 @@ def runs(output: str) -> list[dict[str, re.Match]]:
     return found
 
 
+def count(items: list, noun: str) -> str:
+    return f"{len(items)} {noun}{'' if len(items) == 1 else 's'}"
+
+
 def ok(requests: list[dict], method: str, path: str) -> list[dict]:
     return [r for r in requests if r["method"] == method and r["path"].startswith(path) and 200 <= r["status"] < 300]
 
@@ -64,7 +68,7 @@ def test_the_demo_report_matches_what_the_emulators_received_and_hold(demo):
         adds = ok(personyze["requests"], "POST", "/rest/user_list_users")
         removals = ok(personyze["requests"], "DELETE", "/rest/user_list_users/")
         line = lines["personyze"]
-        expected = f"{len(adds)} member adds, {len(removals)} member removals" if adds or removals else "nothing"
+        expected = f"{count(adds, 'member add')}, {count(removals, 'member removal')}" if adds or removals else "nothing"
         assert line["received"] == expected
         assert line["holds"] == f"list holds {len(personyze_members(personyze['state']))} members"
 
@@ -82,7 +86,7 @@ def test_the_bad_row_is_rejected_with_its_reason_until_it_is_fixed(demo):
         assert rejected == "rejected 1 (email='customer7.example.com': not an email address: 'customer7.example.com')"
     assert report[2]["personyze"]["rejected"] == "rejected none"
     # The fixed row is the only thing the third run sends.
-    assert report[2]["personyze"]["received"] == "1 member adds, 0 member removals"
+    assert report[2]["personyze"]["received"] == "1 member add, 0 member removals"
 
 
 def test_the_readme_shows_the_demo_output_as_it_is(demo):
