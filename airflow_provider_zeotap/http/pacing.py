@@ -1,7 +1,7 @@
 """Pacing: stay under an API's documented limits instead of bouncing off them with 429s.
 
-Request starts are spaced evenly (a 10% margin under the tighter of the per-second and per-minute
-rates), which keeps every sliding window under its limit. A cap on requests in flight is a semaphore.
+Request starts are spaced evenly (a margin under the tighter of the per-second and per-minute rates:
+``Limits.pacing_margin``, 10% unless the vendor's hook says otherwise), which keeps every sliding window under its limit. A cap on requests in flight is a semaphore.
 One ``Pacer`` serves threads and coroutines alike: the spacing is reserved under a lock, and only the
 waiting differs. The in-flight cap is one semaphore for threads and one per event loop, so a hook
 should use one style per run (the sync engine does).
@@ -18,8 +18,6 @@ from contextlib import asynccontextmanager, contextmanager
 
 from airflow_provider_zeotap.http.settings import Limits
 
-SAFETY_MARGIN = 1.1
-
 
 class Pacer:
     def __init__(self, limits: Limits | None = None) -> None:
@@ -30,12 +28,15 @@ class Pacer:
             intervals.append(1.0 / limits.rate_per_second)
         if limits.rate_per_minute:
             intervals.append(60.0 / limits.rate_per_minute)
-        self.interval = max(intervals) * SAFETY_MARGIN if intervals else 0.0
+        self.interval = max(intervals) * (1 + limits.pacing_margin) if intervals else 0.0
         self._lock = threading.Lock()
         self._next_start = 0.0
         self._paused_until = 0.0
         self._threads = threading.BoundedSemaphore(limits.max_in_flight) if limits.max_in_flight else None
         self._loop_semaphores: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._loop_turns: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
 
@@ -67,17 +68,33 @@ class Pacer:
 
     @asynccontextmanager
     async def aslot(self) -> AsyncIterator[None]:
+        """A start time and an in-flight place, for a coroutine.
+
+        One coroutine of a loop waits for the next start at a time (``_turns``): were every holder of an
+        in-flight place to reserve its start at once, up to ``max_in_flight`` starts would be booked ahead,
+        and a loop that stalls (a batch being prepared, a busy machine) would send all that fell due in one
+        burst. Waiting in turn, a late start books the next one an interval after itself.
+        """
         semaphore = self._async_semaphore()
         if semaphore is not None:
             await semaphore.acquire()
         try:
-            wait = self.reserve()
-            if wait > 0:
-                await asyncio.sleep(wait)
+            if self.interval or self._paused_until:
+                async with self._async_turns():
+                    wait = self.reserve()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
             yield
         finally:
             if semaphore is not None:
                 semaphore.release()
+
+    def _async_turns(self) -> asyncio.Lock:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if loop not in self._loop_turns:
+                self._loop_turns[loop] = asyncio.Lock()
+            return self._loop_turns[loop]
 
     def _async_semaphore(self) -> asyncio.Semaphore | None:
         if not self.limits.max_in_flight:

@@ -31,6 +31,10 @@ class Limits(BaseModel):
     rate_per_second: float | None = Field(default=None, gt=0)
     rate_per_minute: float | None = Field(default=None, gt=0)
     max_in_flight: int | None = Field(default=None, ge=1)
+    #: How far under the tighter rate request starts are spaced (0.1: 10% under). Starts are spaced evenly
+    #: and never early, so a small margin still keeps every sliding window under its limit; a vendor whose
+    #: throughput is its rate limit may choose a smaller one than the default.
+    pacing_margin: float = Field(default=0.1, ge=0, lt=1)
 
 
 class HttpSettings(BaseModel):

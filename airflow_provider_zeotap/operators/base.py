@@ -216,6 +216,11 @@ class BaseSyncOperator(BaseOperator):
     def connection_id(self) -> str:
         """The Airflow connection this task writes through (part of the sync's binding)."""
 
+    def field_mapping_for(self, plan: Plan) -> Mapping[str, str] | None:
+        """The field mapping for this plan: the task's own. A destination whose default depends on the
+        source's columns (Zeotap: every non-key column) works it out here, once the plan is known."""
+        return self.field_mapping
+
     def execute(self, context: Any) -> dict[str, Any]:
         try:
             return self._execute(context)
@@ -256,7 +261,7 @@ class BaseSyncOperator(BaseOperator):
                 take_over_existing=self.take_over_existing,
                 run_id=context.get("run_id"),
                 memory_limit=self.memory_limit,
-                field_mapping=self.field_mapping,
+                field_mapping=self.field_mapping_for(plan),
                 guards=self.guards,
                 dry_run=self.dry_run,
                 dry_run_sample=self.dry_run_sample,

@@ -186,16 +186,21 @@ class SyncDiffOperator(BaseOperator):
         return file_to_parts(path, out_dir, format=self.source_format)
 
     def _sql_hook(self) -> Any:
-        from airflow.providers.common.sql.hooks.sql import DbApiHook
-        from airflow.sdk.bases.hook import BaseHook
+        return sql_hook(str(self.conn_id))
 
-        hook = BaseHook.get_hook(self.conn_id)
-        if not isinstance(hook, DbApiHook):
-            raise ConfigurationError(
-                f"Connection {self.conn_id!r} ({type(hook).__name__}) is not an SQL connection; use a connection whose "
-                "hook is a common.sql DbApiHook (sqlite, postgres, snowflake, bigquery, ...)."
-            )
-        return hook
+
+def sql_hook(conn_id: str) -> Any:
+    """The common.sql ``DbApiHook`` of an Airflow connection, or an error naming what it is instead."""
+    from airflow.providers.common.sql.hooks.sql import DbApiHook
+    from airflow.sdk.bases.hook import BaseHook
+
+    hook = BaseHook.get_hook(conn_id)
+    if not isinstance(hook, DbApiHook):
+        raise ConfigurationError(
+            f"Connection {conn_id!r} ({type(hook).__name__}) is not an SQL connection; use a connection whose "
+            "hook is a common.sql DbApiHook (sqlite, postgres, snowflake, bigquery, ...)."
+        )
+    return hook
 
 
 def _uri_for(out_uri: str, out_dir: str, path: str) -> str:

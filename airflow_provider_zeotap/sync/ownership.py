@@ -7,7 +7,10 @@ only survive a retry). When a later send meets "already there", the adapter coun
 for an identity recorded here, or one in the committed baseline; anything else is someone else's.
 
 At each commit the records are folded into one file, less what the new baseline now holds (it is
-ours by the baseline) and what this run removed for good.
+ours by the baseline), what this run removed for good, and what the destination left alone as someone
+else's (``skipped``): such a row was not ours when this run began, so the only record of it is this run's
+own note made before sending, and the send found the record was not this sync's to claim. Kept, the note
+would make the record "ours" on the next run, and a mirror would later remove it.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import pyarrow.parquet as pq
 
 from airflow_provider_zeotap.sync.commit import final_outcomes_sql
 from airflow_provider_zeotap.sync.diff import fetch_row, quote_literal, scratch_duckdb
-from airflow_provider_zeotap.sync.models import APPLIED_OUTCOMES, IDENTITY_COLUMN
+from airflow_provider_zeotap.sync.models import APPLIED_OUTCOMES, IDENTITY_COLUMN, Outcome
 from airflow_provider_zeotap.sync.storage import SyncStorage
 
 log = logging.getLogger(__name__)
@@ -57,11 +60,18 @@ class OwnershipLog:
         self.storage.publish(uri)
 
     def compact(
-        self, *, snapshot_path: str, outcome_paths: Sequence[str], snapshot_id: str, memory_limit: str | None = None
+        self,
+        *,
+        snapshot_path: str,
+        outcome_paths: Sequence[str],
+        snapshot_id: str,
+        memory_limit: str | None = None,
+        left_alone_paths: Sequence[str] = (),
     ) -> int:
         """Fold the records into one file, less what the baseline holds and what was removed; return its size.
 
         ``outcome_paths`` need only be those of the run's removal batches: only removals drop records.
+        ``left_alone_paths`` are outcome files whose ``skipped`` rows drop their records too.
 
         It reads the whole new baseline's identities and every outcome, so it runs under the task's
         ``memory_limit`` like the commit, with anti-joins and a grouping that spill to disk past it
@@ -75,6 +85,7 @@ class OwnershipLog:
         out = self.storage.to_local(uri)
         files = "[" + ", ".join(quote_literal(p) for p in paths) + "]"
         removed = _removed_identities_sql(outcome_paths)
+        left_alone = _left_alone_identities_sql(left_alone_paths)
         work = os.path.dirname(out)
         with scratch_duckdb(work, memory_limit=memory_limit) as con:
             (rows,) = fetch_row(
@@ -85,6 +96,7 @@ class OwnershipLog:
                     ANTI JOIN (SELECT "{IDENTITY_COLUMN}" AS "identity" FROM read_parquet({quote_literal(snapshot_path)})
                                WHERE "{IDENTITY_COLUMN}" IS NOT NULL) AS "held" USING ("identity")
                     ANTI JOIN ({removed}) AS "gone" USING ("identity")
+                    ANTI JOIN ({left_alone}) AS "foreign" USING ("identity")
                     WHERE "identity" IS NOT NULL
                     GROUP BY "identity"
                 ) TO {quote_literal(out)} (FORMAT parquet)
@@ -109,3 +121,9 @@ def _removed_identities_sql(outcome_paths: Sequence[str]) -> str:
     applied = ", ".join(quote_literal(outcome.value) for outcome in APPLIED_OUTCOMES)
     return f"""SELECT "identity" FROM ({final_outcomes_sql(outcome_paths)})
                WHERE "operation" IN ('delete', 'remove') AND "outcome" IN ({applied}) AND "identity" IS NOT NULL"""
+
+
+def _left_alone_identities_sql(outcome_paths: Sequence[str]) -> str:
+    """Identities the destination left alone as someone else's in this run (see the module docstring)."""
+    return f"""SELECT "identity" FROM ({final_outcomes_sql(outcome_paths)})
+               WHERE "outcome" = '{Outcome.SKIPPED.value}' AND "identity" IS NOT NULL"""

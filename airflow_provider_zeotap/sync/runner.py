@@ -804,7 +804,8 @@ class DeliveryRunner:
         removals = [self.storage.fetch(self._outcomes_uri(i)) for i in sorted(self.removal_batches)
                     if self.storage.exists(self._outcomes_uri(i))]
         self.ownership.compact(
-            snapshot_path=local, outcome_paths=removals, snapshot_id=snapshot_id, memory_limit=self.memory_limit
+            snapshot_path=local, outcome_paths=removals, snapshot_id=snapshot_id, memory_limit=self.memory_limit,
+            left_alone_paths=outcome_paths,
         )
         keep = {snapshot_id} | ({plan.base.snapshot_id} if plan.base else set())
         if removed := self.storage.prune(keep_plan=plan.plan_id, keep_snapshots=keep):

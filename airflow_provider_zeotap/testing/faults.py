@@ -7,6 +7,7 @@ sets ``seed`` sees the same faults on every run (as long as it sends the same re
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 import threading
@@ -39,6 +40,9 @@ class FaultConfig(BaseModel):
     rate_per_minute: Annotated[float | None, Field(gt=0, description="Admitted per minute; more: 429.")] = (
         None
     )
+    max_in_flight: Annotated[
+        int | None, Field(ge=1, description="Admitted requests open at once (arrival to answer); more: 429.")
+    ] = None
     seed: Annotated[int | None, Field(description="Seed of the random draws; None: from the OS.")] = None
     path_prefix: Annotated[str | None, Field(description="Only paths starting with it are affected.")] = None
     method: Annotated[str | None, Field(description="Only requests of this method are affected.")] = None
@@ -64,6 +68,7 @@ class FaultSettings(TypedDict, total=False):
     drop_first: int
     rate_per_second: float | None
     rate_per_minute: float | None
+    max_in_flight: int | None
     seed: int | None
     path_prefix: str | None
     method: str | None
@@ -78,6 +83,8 @@ class Verdict:
     fault: FaultKind | None = None
     status: int | None = None  # the refusal status, for "error" and "rate_limited"
     retry_after: int | None = None
+    #: The request holds one of ``max_in_flight``'s slots: give it back with ``FaultInjector.release``.
+    holds_slot: bool = False
 
     @property
     def refused(self) -> bool:
@@ -136,13 +143,16 @@ class FaultInjector:
             #: ``drop_first`` counted down: exactly the answers a test means to lose, where a rate would
             #: lose some at random (and, with a rate of 1, the client's retries too).
             self._drops_left = config.drop_first
+            #: Requests admitted under ``max_in_flight`` and not yet answered.
+            self._in_flight = 0
 
     def judge(self, path: str, now: float, method: str | None = None, body: bytes = b"") -> Verdict:
         """Decide the fate of a request that arrived at ``now`` (monotonic seconds).
 
         Draws happen in a fixed order (jitter, error, drop) and only for knobs that are on, so the same
         config and the same request sequence give the same verdicts. Rate limits count admitted requests
-        only: a client that backs off for Retry-After seconds gets through. ``drop_first`` draws nothing:
+        only: a client that backs off for Retry-After seconds gets through. Under ``max_in_flight`` an
+        admitted request holds a slot until ``release``; one arriving while every slot is held is 429. ``drop_first`` draws nothing:
         the first admitted requests are cut off before any error is drawn.
         """
         with self._lock:
@@ -154,13 +164,29 @@ class FaultInjector:
             wait = max((window.wait(now) for window in self._windows), default=0.0)
             if wait > 0:
                 return Verdict(delay, "rate_limited", 429, retry_after=max(1, math.ceil(wait)))
+            if config.max_in_flight is not None and self._in_flight >= config.max_in_flight:
+                return Verdict(delay, "rate_limited", 429, retry_after=1)
             for window in self._windows:
                 window.admit(now)
-            if self._drops_left:
-                self._drops_left -= 1
-                return Verdict(delay, "dropped")
-            if config.error_rate and self._rng.random() < config.error_rate:
-                return Verdict(delay, "error", config.error_status, retry_after=config.retry_after)
-            if config.drop_rate and self._rng.random() < config.drop_rate:
-                return Verdict(delay, "dropped")
-            return Verdict(delay)
+            verdict = self._draw(config, delay)
+            if config.max_in_flight is None:
+                return verdict
+            self._in_flight += 1
+            return dataclasses.replace(verdict, holds_slot=True)
+
+    def release(self, verdict: Verdict) -> None:
+        """The request that ``verdict`` admitted has been answered: its ``max_in_flight`` slot is free."""
+        if verdict.holds_slot:
+            with self._lock:
+                self._in_flight = max(0, self._in_flight - 1)
+
+    def _draw(self, config: FaultConfig, delay: float) -> Verdict:
+        """The faults an admitted request meets (called with the lock held)."""
+        if self._drops_left:
+            self._drops_left -= 1
+            return Verdict(delay, "dropped")
+        if config.error_rate and self._rng.random() < config.error_rate:
+            return Verdict(delay, "error", config.error_status, retry_after=config.retry_after)
+        if config.drop_rate and self._rng.random() < config.drop_rate:
+            return Verdict(delay, "dropped")
+        return Verdict(delay)

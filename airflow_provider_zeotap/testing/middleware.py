@@ -73,9 +73,16 @@ class FaultMiddleware:
         ticket = self.log.begin(RecordedRequest.from_scope(scope, body, started_at))
         verdict = self.injector.judge(scope["path"], started_at, scope.get("method"), body)
         status: int | None = None
+        released = False
 
         def finish() -> None:
+            # Called before the last frame leaves and again at the end; the log keeps the first call, and
+            # the in-flight slot is given back once, before the client can hold its answer.
+            nonlocal released
             self.log.finish(ticket, finished_at=time.monotonic(), status=status, fault=verdict.fault)
+            if not released:
+                released = True
+                self.injector.release(verdict)
 
         async def send_logged(message: Message) -> None:
             # Close the log entry before the last frame leaves: a client holding its answer must find the

@@ -146,3 +146,14 @@ def permutive(permutive_emulator, monkeypatch):
         connection_env("permutive", permutive_emulator.url, permutive_emulator.write_key, **FAST_RETRIES),
     )
     return permutive_emulator
+
+
+@pytest.fixture
+def zeotap(zeotap_emulator, monkeypatch):
+    """The Zeotap emulator, as the ``zeotap_default`` connection (its organisation and region) of the DAGs under test."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_ZEOTAP_DEFAULT",
+        connection_env("zeotap", zeotap_emulator.url, zeotap_emulator.api_key, org_id=str(zeotap_emulator.org_id),
+                       region=zeotap_emulator.region, **FAST_RETRIES),
+    )
+    return zeotap_emulator

@@ -28,7 +28,9 @@ from tests.support.api_server import ApiServer
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-SCREENSHOTS = ROOT / "docs" / "images"
+#: Where the browser test saves its screenshots: a temporary folder, so a test run leaves the checkout as it
+#: was. ``SYNCS_PAGE_SCREENSHOTS=docs/images`` refreshes the ones the docs show.
+SCREENSHOTS = Path(os.environ.get("SYNCS_PAGE_SCREENSHOTS") or tempfile.mkdtemp(prefix="syncs-page-"))
 SYNCS = {"personyze_users": ("personyze_users_sync", "sync_users"), "permutive_segments": ("permutive_segments_mirror", "mirror_segments")}
 #: One of the other example DAGs in the folder, parsed and never run here.
 NOT_RUN = {"personyze_vip_list": ("personyze_list_mirror", "mirror_vip_list")}
