@@ -94,6 +94,16 @@ def personyze_destination(emulator: Any, list_id: int) -> Destination:
     return Destination("personyze", "sync_personyze", emulator, received, holds)
 
 
+def zeotap_destination(emulator: Any) -> Destination:
+    def received(requests: list[Any]) -> str:
+        return count([r for r in requests if r.method == "POST" and r.path == "/cdp/v1/users"], "profile write")
+
+    def holds() -> str:
+        return f"holds {count(len(emulator.profiles), 'profile')}"
+
+    return Destination("zeotap", "sync_zeotap", emulator, received, holds)
+
+
 # -- running it -------------------------------------------------------------------------------------------
 
 
@@ -119,14 +129,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if migrate.returncode:
         raise SystemExit(f"`airflow db migrate` failed; its output is in {workdir / 'logs' / 'db-migrate.log'}")
 
-    from airflow_provider_zeotap.testing import PersonyzeEmulator
+    from airflow_provider_zeotap.testing import PersonyzeEmulator, ZeotapEmulator
 
     with contextlib.ExitStack() as stack:
         personyze = stack.enter_context(PersonyzeEmulator())
         list_id = personyze.create_list("VIP customers")
         os.environ.update(personyze.airflow_env())
         os.environ["AIRFLOW_VAR_PERSONYZE_LIST_ID"] = str(list_id)
-        destinations = [personyze_destination(personyze, list_id)]
+        zeotap = stack.enter_context(ZeotapEmulator())
+        os.environ.update(zeotap.airflow_env())
+        destinations = [personyze_destination(personyze, list_id), zeotap_destination(zeotap)]
 
         dag = load_dag(EXAMPLES / f"{DAG_ID}.py")
         for number, (title, rows) in enumerate(warehouse_runs(), start=1):

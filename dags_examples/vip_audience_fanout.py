@@ -10,7 +10,8 @@ its state and gives the lineage, see ``vip_audience_report``) must be known when
 mapped task's arguments are only known at run time. The report DAG maps over the syncs that landed, where
 the set is only known at run time.
 
-Connections: ``warehouse`` (any SQL connection; the demo uses SQLite), ``personyze_default``.
+Connections: ``warehouse`` (any SQL connection; the demo uses SQLite), ``personyze_default``,
+``zeotap_default`` (extras ``org_id`` and ``region``).
 Variables: ``personyze_list_id`` (a Personyze user list).
 """
 
@@ -22,6 +23,7 @@ from airflow.sdk import DAG
 
 from airflow_provider_zeotap.operators.diff import SyncDiffOperator
 from airflow_provider_zeotap.operators.personyze import PersonyzeSyncOperator
+from airflow_provider_zeotap.operators.zeotap import ZeotapProfileSyncOperator
 
 #: The audience, once: every branch selects the identifier its destination needs from it.
 AUDIENCE = "SELECT customer_id, email, first_name FROM customers WHERE plan = 'vip'"
@@ -46,7 +48,7 @@ with DAG(
     max_active_runs=1,  # two runs of one sync at once race for its baseline
     dagrun_timeout=timedelta(hours=3),
     default_args=DEFAULT_ARGS,
-    tags=["zeotap-sync", "fan-out", "personyze"],
+    tags=["zeotap-sync", "fan-out", "personyze", "zeotap"],
 ) as dag:
     personyze_members = SyncDiffOperator(
         task_id="diff_personyze",
@@ -62,5 +64,23 @@ with DAG(
         object_type="user_list_members",
         audience_mode="mirror",
         list_id="{{ var.value.personyze_list_id }}",
+        max_rejected_ratio=MAX_REJECTED_RATIO,
+    )
+
+    zeotap_profiles = SyncDiffOperator(
+        task_id="diff_zeotap",
+        sync_id="vip_audience_zeotap",
+        conn_id="warehouse",
+        sql=f"SELECT CAST(customer_id AS TEXT) AS customer_id, first_name, 'vip' AS audience FROM ({AUDIENCE})",
+        primary_key="customer_id",
+    )
+    # Upsert, not mirror: a Zeotap mirror deletes the whole profile of a row that leaves, and a customer who
+    # leaves the VIP audience is still a customer. Their profile keeps its last traits.
+    ZeotapProfileSyncOperator(
+        task_id="sync_zeotap",
+        plan=zeotap_profiles.output,
+        id_type="user_id",
+        sync_mode="upsert",
+        field_mapping={"first_name": "first_name", "profile.audience": "audience"},
         max_rejected_ratio=MAX_REJECTED_RATIO,
     )

@@ -72,10 +72,20 @@ def test_the_demo_report_matches_what_the_emulators_received_and_hold(demo):
         assert line["received"] == expected
         assert line["holds"] == f"list holds {len(personyze_members(personyze['state']))} members"
 
+        zeotap = dumped["zeotap"]
+        writes = [r for r in ok(zeotap["requests"], "POST", "/cdp/v1/users") if r["path"] == "/cdp/v1/users"]
+        assert lines["zeotap"]["received"] == (count(writes, "profile write") if writes else "nothing")
+        profiles = zeotap["state"]["profiles"]
+        assert lines["zeotap"]["holds"] == f"holds {len(profiles)} profile{'' if len(profiles) == 1 else 's'}"
+
     # What the destinations hold at the end is the warehouse's last audience, the fixed row included.
     final = json.loads((workdir / "emulators" / "run-3.json").read_text())
     vips = {f"customer{i}@example.com" for i in (1, 7, 9, 11, 13)} | {"customer5@new.example.com"}
     assert personyze_members(final["personyze"]["state"]) == vips
+    # Zeotap takes the audience by upsert: customer 3 left the audience but keeps the profile it was given.
+    profiles = {p["ids"]["user_id"]: p["profile"] for p in final["zeotap"]["state"]["profiles"]}
+    assert set(profiles) == {str(i) for i in (1, 3, 5, 7, 9, 11, 13)}
+    assert profiles["1"] == {"first_name": "Renamed1", "audience": "vip"}
 
 
 def test_the_bad_row_is_rejected_with_its_reason_until_it_is_fixed(demo):
@@ -87,6 +97,8 @@ def test_the_bad_row_is_rejected_with_its_reason_until_it_is_fixed(demo):
     assert report[2]["personyze"]["rejected"] == "rejected none"
     # The fixed row is the only thing the third run sends.
     assert report[2]["personyze"]["received"] == "1 member add, 0 member removals"
+    assert report[2]["zeotap"]["received"] == "nothing"  # its rows never had the bad email
+    assert report[1]["zeotap"]["received"] == "2 profile writes"  # the one who joined, the one renamed
 
 
 def test_the_readme_shows_the_demo_output_as_it_is(demo):

@@ -118,7 +118,7 @@ def test_the_permutive_segments_example_mirrors_the_catalogue(dag_runner, wareho
 
 
 def test_the_fanout_sends_one_audience_to_each_destination_and_the_report_reads_what_landed(
-    dag_runner, warehouse, personyze, monkeypatch
+    dag_runner, warehouse, personyze, zeotap, monkeypatch
 ):
     list_id = personyze.create_list("VIP customers")
     monkeypatch.setenv("AIRFLOW_VAR_PERSONYZE_LIST_ID", str(list_id))
@@ -129,12 +129,16 @@ def test_the_fanout_sends_one_audience_to_each_destination_and_the_report_reads_
     assert personyze.list_member_emails(list_id) == {"customer1@example.com", "customer3@example.com",
                                                       "customer5@example.com"}
     assert fanout.result("sync_personyze")["rejected"] == 1  # customer 7's email has no @
+    # Each destination has its own diff: customer 7 is not a bad row for Zeotap, which keys by customer id.
+    profiles = {p["ids"]["user_id"]: p["profile"] for p in zeotap.profiles.values()}
+    assert profiles == {str(i): {"first_name": f"First{i}", "audience": "vip"} for i in (1, 3, 5, 7)}
 
     report_path = example(dag_runner, "vip_audience_report")
     report = dag_runner.run(report_path)
     assert report.state == "success", report.task_states
     landings = {landing["sync_id"]: landing for landing in report.result("landed")}
-    assert set(landings) == {"vip_audience_personyze"}
+    assert set(landings) == {"vip_audience_personyze", "vip_audience_zeotap"}
+    assert (landings["vip_audience_zeotap"]["succeeded"], landings["vip_audience_zeotap"]["rejected"]) == (4, 0)
     personyze_landing = landings["vip_audience_personyze"]
     assert (personyze_landing["succeeded"], personyze_landing["rejected"]) == (3, 1)
     assert personyze_landing["source_run_id"] == fanout.run_id
