@@ -20,7 +20,7 @@ with DAG(
     start_date=datetime(2026, 1, 1),
     catchup=False,
     max_active_runs=1,  # two runs of one sync at once race for its baseline
-    # A retried task resumes where it stopped; a stuck run is stopped after an hour.
+    # A retried task resumes after its last acknowledged batch; a stuck run is stopped after an hour.
     default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": 2.0,
                   "execution_timeout": timedelta(hours=1)},
     tags=["zeotap-sync", "zeotap"],
