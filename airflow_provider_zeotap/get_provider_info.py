@@ -27,6 +27,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_provider_zeotap.operators.personyze",
                     "airflow_provider_zeotap.operators.permutive",
                     "airflow_provider_zeotap.operators.zeotap",
+                    "airflow_provider_zeotap.operators.optimizely",
                 ],
             }
         ],

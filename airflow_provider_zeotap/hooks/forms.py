@@ -127,7 +127,12 @@ OPTIMIZELY = ConnectionForm(
             "label": "Project ID",
             "description": "Default numeric project id, used when a task names none.",
             "schema": {"type": ["string", "null"]},
-        }
+        },
+        "web_experimentation": {
+            "label": "Web Experimentation token",
+            "description": "The token is for Web Experimentation: pace at 100 requests/min instead of 120 (the 2/s stays).",
+            "schema": {"type": ["boolean", "null"]},
+        },
     },
     extra_placeholders={"project_id": "12345678"},
 )

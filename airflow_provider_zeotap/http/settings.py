@@ -35,6 +35,11 @@ class Limits(BaseModel):
     #: and never early, so a small margin still keeps every sliding window under its limit; a vendor whose
     #: throughput is its rate limit may choose a smaller one than the default.
     pacing_margin: float = Field(default=0.1, ge=0, lt=1)
+    #: Count requests in sliding windows instead of spacing starts evenly under the tighter rate: at most
+    #: ``rate_per_second`` in any second and ``rate_per_minute`` in any minute, each window measured from when
+    #: the earlier request was answered (so no network delay can squeeze two windows' requests into one). For
+    #: APIs whose limit is low enough that a 10% margin costs real time (Optimizely's 2/s).
+    sliding_windows: bool = False
 
 
 class HttpSettings(BaseModel):

@@ -7,10 +7,7 @@ only survive a retry). When a later send meets "already there", the adapter coun
 for an identity recorded here, or one in the committed baseline; anything else is someone else's.
 
 At each commit the records are folded into one file, less what the new baseline now holds (it is
-ours by the baseline), what this run removed for good, and what the destination left alone as someone
-else's (``skipped``): such a row was not ours when this run began, so the only record of it is this run's
-own note made before sending, and the send found the record was not this sync's to claim. Kept, the note
-would make the record "ours" on the next run, and a mirror would later remove it.
+ours by the baseline) and what this run removed for good.
 """
 
 from __future__ import annotations
@@ -60,18 +57,12 @@ class OwnershipLog:
         self.storage.publish(uri)
 
     def compact(
-        self,
-        *,
-        snapshot_path: str,
-        outcome_paths: Sequence[str],
-        snapshot_id: str,
-        memory_limit: str | None = None,
-        left_alone_paths: Sequence[str] = (),
+        self, *, snapshot_path: str, outcome_paths: Sequence[str], snapshot_id: str, memory_limit: str | None = None
     ) -> int:
         """Fold the records into one file, less what the baseline holds and what was removed; return its size.
 
-        ``outcome_paths`` need only be those of the run's removal batches: only removals drop records.
-        ``left_alone_paths`` are outcome files whose ``skipped`` rows drop their records too.
+        ``outcome_paths``: the run's outcome files (an earlier try's too); only removals and rows left alone
+        drop records.
 
         It reads the whole new baseline's identities and every outcome, so it runs under the task's
         ``memory_limit`` like the commit, with anti-joins and a grouping that spill to disk past it
@@ -85,7 +76,6 @@ class OwnershipLog:
         out = self.storage.to_local(uri)
         files = "[" + ", ".join(quote_literal(p) for p in paths) + "]"
         removed = _removed_identities_sql(outcome_paths)
-        left_alone = _left_alone_identities_sql(left_alone_paths)
         work = os.path.dirname(out)
         with scratch_duckdb(work, memory_limit=memory_limit) as con:
             (rows,) = fetch_row(
@@ -96,7 +86,6 @@ class OwnershipLog:
                     ANTI JOIN (SELECT "{IDENTITY_COLUMN}" AS "identity" FROM read_parquet({quote_literal(snapshot_path)})
                                WHERE "{IDENTITY_COLUMN}" IS NOT NULL) AS "held" USING ("identity")
                     ANTI JOIN ({removed}) AS "gone" USING ("identity")
-                    ANTI JOIN ({left_alone}) AS "foreign" USING ("identity")
                     WHERE "identity" IS NOT NULL
                     GROUP BY "identity"
                 ) TO {quote_literal(out)} (FORMAT parquet)
@@ -117,13 +106,13 @@ class OwnershipLog:
 
 
 def _removed_identities_sql(outcome_paths: Sequence[str]) -> str:
-    """Identities this run removed for good: their records are no longer anyone's at the target."""
+    """Identities this run removed for good (no longer anyone's at the target), and those it left alone.
+
+    A row left alone (``skipped``) met a record that was at the target before this sync sent anything: it is
+    someone else's, so the record written before the send must not make a later run take it for the sync's own.
+    """
     applied = ", ".join(quote_literal(outcome.value) for outcome in APPLIED_OUTCOMES)
     return f"""SELECT "identity" FROM ({final_outcomes_sql(outcome_paths)})
-               WHERE "operation" IN ('delete', 'remove') AND "outcome" IN ({applied}) AND "identity" IS NOT NULL"""
-
-
-def _left_alone_identities_sql(outcome_paths: Sequence[str]) -> str:
-    """Identities the destination left alone as someone else's in this run (see the module docstring)."""
-    return f"""SELECT "identity" FROM ({final_outcomes_sql(outcome_paths)})
-               WHERE "outcome" = '{Outcome.SKIPPED.value}' AND "identity" IS NOT NULL"""
+               WHERE "identity" IS NOT NULL AND (
+                   ("operation" IN ('delete', 'remove') AND "outcome" IN ({applied}))
+                   OR ("operation" NOT IN ('delete', 'remove') AND "outcome" = {quote_literal(Outcome.SKIPPED.value)}))"""

@@ -235,8 +235,6 @@ class DeliveryRunner:
         #: Identities of rows this run removes: a current row with one of them takes over a record that
         #: is this sync's own (say, the same email under a new spelling), so "already there" is done.
         self.handed_over: set[str] = set()
-        #: Indexes of the batches that remove: only their outcomes can drop ownership records.
-        self.removal_batches: set[int] = set()
         #: Records at the target that a take-over mirror removes (the source lacks them).
         self.takeover: list[dict[str, Any]] = []
         #: One past the highest batch index cut so far (the outcome files to look for after a stop).
@@ -366,8 +364,6 @@ class DeliveryRunner:
         try:
             for batch in self._batches():
                 self.batches_cut = batch.index + 1
-                if batch.removes:
-                    self.removal_batches.add(batch.index)
                 if batch.index < checkpoint.next_batch or batch.index in checkpoint.done:
                     progress.done += batch.size  # delivered by an earlier try
                     continue
@@ -801,11 +797,9 @@ class DeliveryRunner:
         )
         self.pointer.compare_and_set(plan, state)
         log.info("Committed snapshot %s of sync %r: %d rows", snapshot_id, plan.sync_id, rows)
-        removals = [self.storage.fetch(self._outcomes_uri(i)) for i in sorted(self.removal_batches)
-                    if self.storage.exists(self._outcomes_uri(i))]
+        # Every batch's outcomes, those of an earlier try included: removals and rows left alone drop records.
         self.ownership.compact(
-            snapshot_path=local, outcome_paths=removals, snapshot_id=snapshot_id, memory_limit=self.memory_limit,
-            left_alone_paths=outcome_paths,
+            snapshot_path=local, outcome_paths=outcome_paths, snapshot_id=snapshot_id, memory_limit=self.memory_limit
         )
         keep = {snapshot_id} | ({plan.base.snapshot_id} if plan.base else set())
         if removed := self.storage.prune(keep_plan=plan.plan_id, keep_snapshots=keep):

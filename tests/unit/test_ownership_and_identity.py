@@ -77,6 +77,30 @@ def test_a_removal_that_lands_drops_the_record_and_one_that_fails_keeps_the_base
     assert log.load() == {"z@x.com"}
 
 
+class ForeignAware(LowercaseMembers):
+    """Leaves alone a member that was there before the sync (unless the row is ours), as the list adapters do."""
+
+    def __init__(self, foreign: set[str], **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.foreign = foreign
+
+    def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
+        self.ours_seen.update({r.payload["email"]: r.ours for r in rows})
+        left = [r for r in rows if not r.ours and r.payload["email"] in self.foreign and not operation.removes]
+        outcomes = [RowOutcome.skipped(r, "already there, someone else's: left alone") for r in left]
+        return outcomes + super().send(operation, [r for r in rows if r not in left])
+
+
+def test_a_row_left_alone_drops_its_record_so_the_next_run_does_not_claim_it(harness):
+    first = ForeignAware({"f@x.com"})
+    _, result = harness.sync(members("a@x.com", "f@x.com"), first, mode="mirror")
+    assert (result.succeeded, result.skipped) == (1, 1)
+    assert OwnershipLog(harness.storage, "unbound").load() == set()  # recorded before the send, dropped after
+    second = ForeignAware({"f@x.com"})
+    _, again = harness.sync(members("a@x.com", "f@x.com"), second, mode="mirror")
+    assert second.ours_seen == {"f@x.com": False} and again.skipped == 1  # still someone else's
+
+
 def test_identity_verdicts_reject_every_row_of_a_shared_identity_and_keep_a_wanted_removal(tmp_path):
     checks = [
         IdentityCheck(0, "added", "jo@ex.com", '{"id": 1}'),
