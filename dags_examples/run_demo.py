@@ -104,6 +104,22 @@ def zeotap_destination(emulator: Any) -> Destination:
     return Destination("zeotap", "sync_zeotap", emulator, received, holds)
 
 
+def optimizely_destination(emulator: Any, list_attribute_id: int) -> Destination:
+    def received(requests: list[Any]) -> str:
+        writes = [r for r in requests if r.method == "PATCH" and "/list_attributes/" in r.path]
+        sizes = ", ".join(str(len(ids_of(r.json.get("list_content", "")))) for r in writes)
+        return f"{count(writes, 'whole-list write')} ({sizes} ids)"
+
+    def holds() -> str:
+        return f"list attribute holds {len(emulator.list_members(list_attribute_id))} ids"
+
+    return Destination("optimizely", "sync_optimizely", emulator, received, holds)
+
+
+def ids_of(list_content: str) -> list[str]:
+    return [i for i in list_content.split(",") if i.strip()]
+
+
 # -- running it -------------------------------------------------------------------------------------------
 
 
@@ -124,12 +140,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "AIRFLOW_CONN_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(warehouse)}),
     })
     print("== Setting up: an Airflow metadata database (SQLite), a SQLite warehouse, the API emulators", flush=True)
-    migrate = subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], capture_output=True, text=True)
-    (workdir / "logs" / "db-migrate.log").write_text(migrate.stdout + migrate.stderr)
-    if migrate.returncode:
-        raise SystemExit(f"`airflow db migrate` failed; its output is in {workdir / 'logs' / 'db-migrate.log'}")
+    migrate_log = workdir / "logs" / "db-migrate.log"
+    with open(migrate_log, "w") as handle:  # runs while this process starts the emulators
+        migrate = subprocess.Popen([sys.executable, "-m", "airflow", "db", "migrate"], stdout=handle,
+                                   stderr=subprocess.STDOUT)
 
-    from airflow_provider_zeotap.testing import PersonyzeEmulator, ZeotapEmulator
+    from airflow_provider_zeotap.testing import OptimizelyEmulator, PersonyzeEmulator, ZeotapEmulator
 
     with contextlib.ExitStack() as stack:
         personyze = stack.enter_context(PersonyzeEmulator())
@@ -138,8 +154,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.environ["AIRFLOW_VAR_PERSONYZE_LIST_ID"] = str(list_id)
         zeotap = stack.enter_context(ZeotapEmulator())
         os.environ.update(zeotap.airflow_env())
-        destinations = [personyze_destination(personyze, list_id), zeotap_destination(zeotap)]
+        optimizely = stack.enter_context(OptimizelyEmulator())
+        project_id = optimizely.create_project("Web")
+        list_attribute_id = optimizely.create_list_attribute(project_id, "vip_customers")
+        os.environ.update(optimizely.airflow_env())
+        os.environ["AIRFLOW_VAR_OPTIMIZELY_PROJECT_ID"] = str(project_id)
+        os.environ["AIRFLOW_VAR_OPTIMIZELY_LIST_ATTRIBUTE_ID"] = str(list_attribute_id)
+        destinations = [personyze_destination(personyze, list_id),
+                        optimizely_destination(optimizely, list_attribute_id), zeotap_destination(zeotap)]
 
+        if migrate.wait():
+            raise SystemExit(f"`airflow db migrate` failed; its output is in {migrate_log}")
         dag = load_dag(EXAMPLES / f"{DAG_ID}.py")
         for number, (title, rows) in enumerate(warehouse_runs(), start=1):
             load_warehouse(warehouse, rows)

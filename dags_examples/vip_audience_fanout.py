@@ -11,8 +11,9 @@ mapped task's arguments are only known at run time. The report DAG maps over the
 the set is only known at run time.
 
 Connections: ``warehouse`` (any SQL connection; the demo uses SQLite), ``personyze_default``,
-``zeotap_default`` (extras ``org_id`` and ``region``).
-Variables: ``personyze_list_id`` (a Personyze user list).
+``optimizely_default``, ``zeotap_default`` (extras ``org_id`` and ``region``).
+Variables: ``personyze_list_id`` (a Personyze user list), ``optimizely_project_id`` and
+``optimizely_list_attribute_id`` (an Optimizely list attribute of that project).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG
 
 from airflow_provider_zeotap.operators.diff import SyncDiffOperator
+from airflow_provider_zeotap.operators.optimizely import OptimizelySyncOperator
 from airflow_provider_zeotap.operators.personyze import PersonyzeSyncOperator
 from airflow_provider_zeotap.operators.zeotap import ZeotapProfileSyncOperator
 
@@ -48,7 +50,7 @@ with DAG(
     max_active_runs=1,  # two runs of one sync at once race for its baseline
     dagrun_timeout=timedelta(hours=3),
     default_args=DEFAULT_ARGS,
-    tags=["zeotap-sync", "fan-out", "personyze", "zeotap"],
+    tags=["zeotap-sync", "fan-out", "personyze", "optimizely", "zeotap"],
 ) as dag:
     personyze_members = SyncDiffOperator(
         task_id="diff_personyze",
@@ -82,5 +84,23 @@ with DAG(
         id_type="user_id",
         sync_mode="upsert",
         field_mapping={"first_name": "first_name", "profile.audience": "audience"},
+        max_rejected_ratio=MAX_REJECTED_RATIO,
+    )
+
+    optimizely_members = SyncDiffOperator(
+        task_id="diff_optimizely",
+        sync_id="vip_audience_optimizely",
+        conn_id="warehouse",
+        # An Optimizely list attribute holds ids its SDKs see; here the customer id the site sends as user_id.
+        sql=f"SELECT 'customer-' || customer_id AS user_id FROM ({AUDIENCE})",
+        primary_key="user_id",
+    )
+    OptimizelySyncOperator(
+        task_id="sync_optimizely",
+        plan=optimizely_members.output,
+        object_type="list_attributes",
+        audience_mode="mirror",
+        project_id="{{ var.value.optimizely_project_id }}",
+        list_attribute_id="{{ var.value.optimizely_list_attribute_id }}",
         max_rejected_ratio=MAX_REJECTED_RATIO,
     )

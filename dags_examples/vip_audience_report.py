@@ -20,7 +20,7 @@ from airflow.sdk import DAG, task
 from airflow_provider_zeotap.sync.state import sync_asset
 
 #: The fan-out's sync ids, one per destination (see vip_audience_fanout).
-FANOUT_SYNCS = ("vip_audience_personyze", "vip_audience_zeotap")
+FANOUT_SYNCS = ("vip_audience_personyze", "vip_audience_optimizely", "vip_audience_zeotap")
 FANOUT_ASSETS = [sync_asset(sync_id) for sync_id in FANOUT_SYNCS]
 
 with DAG(

@@ -56,6 +56,15 @@ def personyze_members(state: dict) -> set[str]:
     return {emails[m["user_id"]] for m in state["user_list_users"] if m["user_list_id"] == vip_list["id"]}
 
 
+def ids(list_content: str) -> list[str]:
+    return [i for i in list_content.split(",") if i.strip()]
+
+
+def optimizely_members(state: dict) -> set[str]:
+    (vip_list,) = state["list_attributes"]
+    return set(ids(vip_list.get("list_content") or ""))
+
+
 def test_the_demo_report_matches_what_the_emulators_received_and_hold(demo):
     output, workdir = demo
     report = runs(output)
@@ -78,6 +87,13 @@ def test_the_demo_report_matches_what_the_emulators_received_and_hold(demo):
         profiles = zeotap["state"]["profiles"]
         assert lines["zeotap"]["holds"] == f"holds {len(profiles)} profile{'' if len(profiles) == 1 else 's'}"
 
+        optimizely = dumped["optimizely"]
+        writes = ok(optimizely["requests"], "PATCH", "/v2/list_attributes/")
+        sizes = ", ".join(str(len(ids(w["json"]["list_content"]))) for w in writes)
+        expected = f"{count(writes, 'whole-list write')} ({sizes} ids)" if writes else "nothing"
+        assert lines["optimizely"]["received"] == expected
+        assert lines["optimizely"]["holds"] == f"list attribute holds {len(optimizely_members(optimizely['state']))} ids"
+
     # What the destinations hold at the end is the warehouse's last audience, the fixed row included.
     final = json.loads((workdir / "emulators" / "run-3.json").read_text())
     vips = {f"customer{i}@example.com" for i in (1, 7, 9, 11, 13)} | {"customer5@new.example.com"}
@@ -86,6 +102,7 @@ def test_the_demo_report_matches_what_the_emulators_received_and_hold(demo):
     profiles = {p["ids"]["user_id"]: p["profile"] for p in final["zeotap"]["state"]["profiles"]}
     assert set(profiles) == {str(i) for i in (1, 3, 5, 7, 9, 11, 13)}
     assert profiles["1"] == {"first_name": "Renamed1", "audience": "vip"}
+    assert optimizely_members(final["optimizely"]["state"]) == {f"customer-{i}" for i in (1, 5, 7, 9, 11, 13)}
 
 
 def test_the_bad_row_is_rejected_with_its_reason_until_it_is_fixed(demo):
@@ -99,6 +116,7 @@ def test_the_bad_row_is_rejected_with_its_reason_until_it_is_fixed(demo):
     assert report[2]["personyze"]["received"] == "1 member add, 0 member removals"
     assert report[2]["zeotap"]["received"] == "nothing"  # its rows never had the bad email
     assert report[1]["zeotap"]["received"] == "2 profile writes"  # the one who joined, the one renamed
+    assert report[2]["optimizely"]["received"] == "nothing"  # its ids never had the bad email
 
 
 def test_the_readme_shows_the_demo_output_as_it_is(demo):

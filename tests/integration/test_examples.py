@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from airflow_provider_zeotap.sync.state import sync_asset
+from tests.integration.conftest import FAST_RETRIES, connection_env
 
 pytestmark = pytest.mark.integration
 
@@ -117,8 +118,20 @@ def test_the_permutive_segments_example_mirrors_the_catalogue(dag_runner, wareho
         "interest-2": "Interest 2, renamed", "interest-3": "Interest 3", "interest-4": "Interest 4"}
 
 
+@pytest.fixture
+def optimizely(optimizely_emulator, monkeypatch):
+    """The Optimizely emulator as ``optimizely_default``, with a project and a list attribute for the examples."""
+    project = optimizely_emulator.create_project("Web")
+    optimizely_emulator.vip_list = optimizely_emulator.create_list_attribute(project, "vip_customers", ["by-hand"])
+    monkeypatch.setenv("AIRFLOW_CONN_OPTIMIZELY_DEFAULT", connection_env(
+        "optimizely", optimizely_emulator.url, optimizely_emulator.token, **FAST_RETRIES))
+    monkeypatch.setenv("AIRFLOW_VAR_OPTIMIZELY_PROJECT_ID", str(project))
+    monkeypatch.setenv("AIRFLOW_VAR_OPTIMIZELY_LIST_ATTRIBUTE_ID", str(optimizely_emulator.vip_list))
+    return optimizely_emulator
+
+
 def test_the_fanout_sends_one_audience_to_each_destination_and_the_report_reads_what_landed(
-    dag_runner, warehouse, personyze, zeotap, monkeypatch
+    dag_runner, warehouse, personyze, optimizely, zeotap, monkeypatch
 ):
     list_id = personyze.create_list("VIP customers")
     monkeypatch.setenv("AIRFLOW_VAR_PERSONYZE_LIST_ID", str(list_id))
@@ -129,16 +142,19 @@ def test_the_fanout_sends_one_audience_to_each_destination_and_the_report_reads_
     assert personyze.list_member_emails(list_id) == {"customer1@example.com", "customer3@example.com",
                                                       "customer5@example.com"}
     assert fanout.result("sync_personyze")["rejected"] == 1  # customer 7's email has no @
-    # Each destination has its own diff: customer 7 is not a bad row for Zeotap, which keys by customer id.
+    # Each destination has its own diff: customer 7 is not a bad row for Zeotap or Optimizely (customer ids).
     profiles = {p["ids"]["user_id"]: p["profile"] for p in zeotap.profiles.values()}
     assert profiles == {str(i): {"first_name": f"First{i}", "audience": "vip"} for i in (1, 3, 5, 7)}
+    assert sorted(optimizely.list_members(optimizely.vip_list)) == [
+        "by-hand", "customer-1", "customer-3", "customer-5", "customer-7"]
 
     report_path = example(dag_runner, "vip_audience_report")
     report = dag_runner.run(report_path)
     assert report.state == "success", report.task_states
     landings = {landing["sync_id"]: landing for landing in report.result("landed")}
-    assert set(landings) == {"vip_audience_personyze", "vip_audience_zeotap"}
-    assert (landings["vip_audience_zeotap"]["succeeded"], landings["vip_audience_zeotap"]["rejected"]) == (4, 0)
+    assert set(landings) == {"vip_audience_personyze", "vip_audience_optimizely", "vip_audience_zeotap"}
+    for sync_id in ("vip_audience_optimizely", "vip_audience_zeotap"):
+        assert (landings[sync_id]["succeeded"], landings[sync_id]["rejected"]) == (4, 0)
     personyze_landing = landings["vip_audience_personyze"]
     assert (personyze_landing["succeeded"], personyze_landing["rejected"]) == (3, 1)
     assert personyze_landing["source_run_id"] == fanout.run_id
