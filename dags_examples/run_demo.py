@@ -230,7 +230,8 @@ def count(items: Sequence[Any] | int, noun: str) -> str:
 
 
 def writes_of(requests: list[Any]) -> list[Any]:
-    return [r for r in requests if r.method in ("POST", "PUT", "PATCH", "DELETE")]
+    """The writes the API accepted (a request refused and retried, say on a 503, counts once, when it lands)."""
+    return [r for r in requests if r.method in ("POST", "PUT", "PATCH", "DELETE") and 200 <= (r.status or 0) < 300]
 
 
 def report_line(destination: Destination, result: dict[str, Any] | None, writes: list[Any]) -> str:
