@@ -157,6 +157,7 @@ def test_a_hand_made_plan_from_dag_run_conf_writes_nothing_outside_the_state_fol
     )
 
 
+@pytest.mark.slow
 def test_connection_pools_let_the_scheduler_run_one_sync_task_per_connection_at_a_time(
     dag_runner, personyze, monkeypatch, tmp_path
 ):

@@ -23,6 +23,7 @@ def writes_with_operations(emulator) -> list:
     return [r for r in emulator.requests if r.method == "PATCH" and r.json and r.json.get("operations")]
 
 
+@pytest.mark.slow
 def test_a_killed_12_batch_mirror_finishes_with_at_most_14_writes(dag_runner, warehouse, permutive_emulator,
                                                                   monkeypatch):
     monkeypatch.setenv(

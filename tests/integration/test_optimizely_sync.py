@@ -297,6 +297,7 @@ def test_a_list_that_would_reach_5_mb_is_refused_before_writing_with_the_sizes(o
     destination.close()
 
 
+@pytest.mark.slow
 def test_a_batch_over_5_mb_is_rejected_whole_and_never_split(dag_runner, warehouse, optimizely):
     project = optimizely.create_project("Web")
     list_id = optimizely.create_list_attribute(project, "big", [])

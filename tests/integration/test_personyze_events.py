@@ -58,6 +58,7 @@ def expected(rows) -> Counter:
     return Counter((r["sku"], r["customer"], START + 60 * r["line_id"]) for r in rows)
 
 
+@pytest.mark.slow
 def test_a_purchases_insert_killed_mid_delivery_then_run_again_leaves_each_interaction_exactly_once(
     dag_runner, warehouse, personyze_emulator, monkeypatch
 ):

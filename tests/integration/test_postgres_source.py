@@ -168,6 +168,7 @@ def extract_in_child(conn_id: str, rows: int, out: Path) -> dict[str, Any]:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_two_million_rows_stream_through_an_airflow_connection_in_flat_memory(
     pg_connection: str, tmp_path: Path
 ) -> None:

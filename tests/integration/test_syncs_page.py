@@ -25,7 +25,7 @@ import pytest
 
 from tests.support.api_server import ApiServer
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Where the browser test saves its screenshots: a temporary folder, so a test run leaves the checkout as it

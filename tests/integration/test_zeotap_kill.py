@@ -17,7 +17,7 @@ from tests.support.deliver_zeotap import BATCH_SIZE, deliver
 from tests.support.json_store import JsonFileStore
 from tests.support.sync_harness import SyncHarness
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 ROWS = 1000
 
