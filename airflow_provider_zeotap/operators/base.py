@@ -38,6 +38,18 @@ from airflow_provider_zeotap.operators.deployment import (
 )
 
 
+class RefusedBeforeSending(AirflowFailException):
+    """A guard, the binding or a stale plan stopped the task before any write; not retried.
+
+    Each of them refuses a retry in the same words (the source, the settings or the committed state must
+    change first), so Airflow's retries would only add their delays before the same failure.
+    """
+
+
+#: The refusals :class:`RefusedBeforeSending` stands for; each keeps its own message.
+REFUSALS = (GuardError, BindingError, StaleBaseError)
+
+
 class TooManyRejectedRows(AirflowFailException):
     """More rows were rejected or failed than the task allows; raised after the commit.
 
@@ -226,6 +238,8 @@ class BaseSyncOperator(BaseOperator):
             return self._execute(context)
         except BaseException as error:
             _record_failure(context, error)
+            if isinstance(error, REFUSALS):
+                raise RefusedBeforeSending(str(error)) from error
             raise
 
     def _execute(self, context: Any) -> dict[str, Any]:

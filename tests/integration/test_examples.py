@@ -176,3 +176,20 @@ def test_the_report_is_scheduled_on_the_assets_of_every_fanout_sync(dag_runner):
     condition = report.timetable.asset_condition
     assert type(condition).__name__ == "AssetAll"
     assert {asset.name for asset in condition.objects} == {sync_asset(s).name for s in fanout_syncs}
+
+
+def test_a_guard_refusal_fails_at_once_despite_the_examples_retries(dag_runner, warehouse, permutive, monkeypatch):
+    """The examples retry failed tasks; a refusal that a retry would repeat word for word is not retried."""
+    import_id = permutive.create_import("Warehouse segments")
+    monkeypatch.setenv("AIRFLOW_VAR_PERMUTIVE_IMPORT_ID", import_id)
+    columns = ["code", "name", "description"]
+    warehouse.replace("segments", [{"code": "interest-1", "name": "Interest 1", "description": "d"}], columns)
+    dag = example(dag_runner, "permutive_segments_mirror")
+    assert dag_runner.run(dag).state == "success"
+
+    warehouse.replace("segments", [], columns)  # emptied: the allow_empty_source guard stops the mirror
+    permutive.clear_requests()
+    run = dag_runner.run(dag)
+    assert run.task_states["mirror_segments"] == "failed" and run.tries["mirror_segments"] == 1
+    assert [r for r in permutive.requests if r.method == "PATCH"] == []
+    assert set(permutive.segments(import_id)) == {"interest-1"}
