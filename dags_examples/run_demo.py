@@ -1,200 +1,273 @@
-"""Run the example DAGs for real, offline: a SQLite warehouse, the local API emulators, `airflow dags test`.
+"""The demo: run the fan-out DAG three times over a changing SQLite warehouse, against the local emulators.
 
-Each DAG runs three times: the first run sends everything, the second only what changed in the
-warehouse in between, the third nothing. What the emulated APIs received is printed after each run.
-Everything lives in ``.demo/`` (a fresh Airflow home, the warehouse, the sync state), removed on start.
+``vip_audience_fanout`` sends one audience (the warehouse's VIP customers) to several destinations, one diff
+and ``sync_id`` each. Between runs the warehouse changes: customers join, change and leave the audience, and
+one row is bad until the third run fixes it. After each run the demo prints one line per destination: what
+its API received, what was rejected and why, and what the destination holds now. The same command prints
+the same report every time: nothing in it depends on ports, generated ids or timings.
+
+Everything lives in ``.demo/`` (or ``--workdir``), removed on start: a fresh Airflow home with a SQLite
+metadata database, the warehouse, the sync state, a log per run, and after each run a dump of what every
+emulator holds and received (``emulators/run-<n>.json``), which the test suite compares with the report.
 """
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import importlib.util
 import json
 import os
 import shutil
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-DEMO = ROOT / ".demo"
-WAREHOUSE = DEMO / "warehouse.db"
+EXAMPLES = Path(__file__).resolve().parent
+DAG_ID = "vip_audience_fanout"
+#: The longest reason printed; the rejected-rows file named in the task log has the whole text.
+REASON_WIDTH = 90
 
 
-def main() -> int:
-    shutil.rmtree(DEMO, ignore_errors=True)
-    (DEMO / "logs").mkdir(parents=True)
-    os.environ.update(
-        {
-            "AIRFLOW_HOME": str(DEMO / "airflow"),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags_examples"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__ZEOTAP_SYNC__STATE_URI": f"file://{DEMO / 'sync_state'}",
-        }
-    )
-    from airflow_provider_zeotap.testing import (
-        OptimizelyEmulator,
-        PermutiveEmulator,
-        PersonyzeEmulator,
-        ZeotapEmulator,
-    )
+# -- the warehouse, run by run ---------------------------------------------------------------------------
 
-    step("Creating the Airflow metadata database (SQLite)")
-    airflow("db", "migrate", log="db-migrate")
-    with (
-        PersonyzeEmulator() as personyze,
-        PermutiveEmulator() as permutive,
-        ZeotapEmulator() as zeotap,
-        OptimizelyEmulator() as optimizely,
-    ):
+
+def customer(i: int, **overrides: Any) -> dict[str, Any]:
+    return {"customer_id": i, "email": f"Customer{i}@Example.com", "first_name": f"First{i}",
+            "plan": "vip" if i % 2 else "basic", **overrides}
+
+
+def warehouse_runs() -> list[tuple[str, list[dict[str, Any]]]]:
+    """Three states of the ``customers`` table and what changed in each, as the report's headings say."""
+    first = [customer(i) for i in range(1, 13)]  # VIPs: the odd ids, 1 to 11
+    first[6] = customer(7, email="customer7.example.com")  # a VIP whose email has no @
+    second = [c for c in first if c["customer_id"] != 3]  # 3 leaves
+    second[0] = customer(1, first_name="Renamed1")  # 1 changes a name
+    second[3] = customer(5, email="customer5@new.example.com")  # 5 changes an email
+    second.append(customer(13))  # 13 joins
+    third = [customer(7, email="Customer7@Example.com") if c["customer_id"] == 7 else c for c in second]
+    return [
+        ("Run 1: 6 VIP customers, one of them with a bad email", first),
+        ("Run 2: 1 VIP joins, 1 leaves, 1 renamed, 1 changes email; the bad email is still there", second),
+        ("Run 3: the bad email is fixed; nothing else changed", third),
+    ]
+
+
+def load_warehouse(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = list(rows[0])
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE IF EXISTS customers")
+        db.execute(f"CREATE TABLE customers ({', '.join(columns)})")
+        db.executemany(f"INSERT INTO customers VALUES ({', '.join('?' * len(columns))})",
+                       [tuple(r[c] for c in columns) for r in rows])
+
+
+# -- the destinations of the fan-out, as the report sees them --------------------------------------------
+
+
+@dataclass
+class Destination:
+    """One branch of the fan-out: its sync task, its emulator, and how to read what it received and holds."""
+
+    name: str
+    task_id: str
+    emulator: Any
+    received: Callable[[list[Any]], str]
+    holds: Callable[[], str]
+
+
+def personyze_destination(emulator: Any, list_id: int) -> Destination:
+    def received(requests: list[Any]) -> str:
+        adds = [r for r in requests if r.method == "POST" and r.path == "/rest/user_list_users"]
+        removes = [r for r in requests if r.method == "DELETE" and r.path.startswith("/rest/user_list_users/")]
+        return f"{count(adds, 'member add')}, {count(removes, 'member removal')}"
+
+    def holds() -> str:
+        return f"list holds {len(emulator.list_member_ids(list_id))} members"
+
+    return Destination("personyze", "sync_personyze", emulator, received, holds)
+
+
+def zeotap_destination(emulator: Any) -> Destination:
+    def received(requests: list[Any]) -> str:
+        return count([r for r in requests if r.method == "POST" and r.path == "/cdp/v1/users"], "profile write")
+
+    def holds() -> str:
+        return f"holds {count(len(emulator.profiles), 'profile')}"
+
+    return Destination("zeotap", "sync_zeotap", emulator, received, holds)
+
+
+def optimizely_destination(emulator: Any, list_attribute_id: int) -> Destination:
+    def received(requests: list[Any]) -> str:
+        writes = [r for r in requests if r.method == "PATCH" and "/list_attributes/" in r.path]
+        sizes = ", ".join(str(len(ids_of(r.json.get("list_content", "")))) for r in writes)
+        return f"{count(writes, 'whole-list write')} ({sizes} ids)"
+
+    def holds() -> str:
+        return f"list attribute holds {len(emulator.list_members(list_attribute_id))} ids"
+
+    return Destination("optimizely", "sync_optimizely", emulator, received, holds)
+
+
+def ids_of(list_content: str) -> list[str]:
+    return [i for i in list_content.split(",") if i.strip()]
+
+
+# -- running it -------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", type=Path, default=ROOT / ".demo", help="removed and recreated (default .demo)")
+    workdir = parser.parse_args(argv).workdir.resolve()
+    shutil.rmtree(workdir, ignore_errors=True)
+    (workdir / "logs").mkdir(parents=True)
+    (workdir / "emulators").mkdir()
+    warehouse = workdir / "warehouse.db"
+    # Set before Airflow is imported: this process runs the DAG, on its own metadata database.
+    os.environ.update({
+        "AIRFLOW_HOME": str(workdir / "airflow"),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(EXAMPLES),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__ZEOTAP_SYNC__STATE_URI": f"file://{workdir / 'sync_state'}",
+        "AIRFLOW_CONN_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(warehouse)}),
+    })
+    print("== Setting up: an Airflow metadata database (SQLite), a SQLite warehouse, the API emulators", flush=True)
+    migrate_log = workdir / "logs" / "db-migrate.log"
+    with open(migrate_log, "w") as handle:  # runs while this process starts the emulators
+        migrate = subprocess.Popen([sys.executable, "-m", "airflow", "db", "migrate"], stdout=handle,
+                                   stderr=subprocess.STDOUT)
+
+    from airflow_provider_zeotap.testing import OptimizelyEmulator, PersonyzeEmulator, ZeotapEmulator
+
+    with contextlib.ExitStack() as stack:
+        personyze = stack.enter_context(PersonyzeEmulator())
         list_id = personyze.create_list("VIP customers")
-        import_id = permutive.create_import("Warehouse segments")
         os.environ.update(personyze.airflow_env())
-        os.environ.update(permutive.airflow_env())
+        os.environ["AIRFLOW_VAR_PERSONYZE_LIST_ID"] = str(list_id)
+        zeotap = stack.enter_context(ZeotapEmulator())
         os.environ.update(zeotap.airflow_env())
-        os.environ["AIRFLOW_VAR_ZEOTAP_PROFILES_FOLDER"] = f"file://{DEMO / 'zeotap_profiles'}"
+        optimizely = stack.enter_context(OptimizelyEmulator())
         project_id = optimizely.create_project("Web")
-        # One id was put in the list by hand: the mirror leaves it there.
-        list_attribute_id = optimizely.create_list_attribute(project_id, "vip_customers", ["added-by-hand"])
+        list_attribute_id = optimizely.create_list_attribute(project_id, "vip_customers")
         os.environ.update(optimizely.airflow_env())
         os.environ["AIRFLOW_VAR_OPTIMIZELY_PROJECT_ID"] = str(project_id)
         os.environ["AIRFLOW_VAR_OPTIMIZELY_LIST_ATTRIBUTE_ID"] = str(list_attribute_id)
-        os.environ["AIRFLOW_CONN_WAREHOUSE"] = json.dumps({"conn_type": "sqlite", "host": str(WAREHOUSE)})
-        os.environ["AIRFLOW_VAR_PERSONYZE_LIST_ID"] = str(list_id)
-        os.environ["AIRFLOW_VAR_PERMUTIVE_IMPORT_ID"] = import_id
-        print(f"  Personyze emulator {personyze.url} (list {list_id}), Permutive emulator {permutive.url} "
-              f"(import {import_id}), warehouse {WAREHOUSE}")
+        destinations = [personyze_destination(personyze, list_id),
+                        optimizely_destination(optimizely, list_attribute_id), zeotap_destination(zeotap)]
 
-        load_warehouse(customers(range(1, 21)), segments(range(1, 13)), products(range(1, 9)), order_lines(range(30)),
-                       tracked_events(range(1, 6)))
-        writes = lambda: _writes(personyze, permutive, zeotap, optimizely)  # noqa: E731
-        run_all(writes, "first run: everything is new")
-        print(f"  Personyze now holds {len(personyze.users)} users; list {list_id} has "
-              f"{len(personyze.list_member_ids(list_id))} members; Permutive import has "
-              f"{len(permutive.segments(import_id))} segments")
-
-        changed = customers(range(1, 21), renamed={3, 4}) + customers([21])
-        changed = [c for c in changed if c["customer_id"] != 20]
-        load_warehouse(changed, segments(range(2, 14), renamed={5}), products(range(2, 10), repriced={3}),
-                       order_lines(range(35)), tracked_events(range(1, 7)), deletion_requests=[20])
-        run_all(writes, "second run: 2 customers renamed, 1 added, 1 removed; 1 segment renamed, 1 added, 1 removed; "
-                "1 product repriced, 1 added, 1 removed; 5 new order lines; 1 event added; 1 deletion request")
-        run_all(writes, "third run: nothing changed")
-        print(f"  Personyze now holds {len(personyze.users)} users; list {list_id} has "
-              f"{len(personyze.list_member_ids(list_id))} members; Permutive import has "
-              f"{len(permutive.segments(import_id))} segments")
-        print(f"  Personyze catalog: {len(personyze.products)} products; {len(personyze.interactions)} purchases")
-        print(f"  Optimizely list attribute has {len(optimizely.list_members(list_attribute_id))} ids; the project "
-              f"{len(optimizely.objects('custom_events', project_id))} custom events")
-    step(f"Done. Logs of every run are in {DEMO / 'logs'}; the sync state in {DEMO / 'sync_state'}.")
+        if migrate.wait():
+            raise SystemExit(f"`airflow db migrate` failed; its output is in {migrate_log}")
+        dag = load_dag(EXAMPLES / f"{DAG_ID}.py")
+        for number, (title, rows) in enumerate(warehouse_runs(), start=1):
+            load_warehouse(warehouse, rows)
+            seen = {d.name: len(d.emulator.requests) for d in destinations}
+            print(f"\n== {title}", flush=True)
+            state, results = run_dag(dag, number, workdir / "logs" / f"run-{number}.log")
+            for destination in destinations:
+                writes = writes_of(destination.emulator.requests[seen[destination.name]:])
+                print("  " + report_line(destination, results.get(destination.task_id), writes), flush=True)
+            dump(workdir / "emulators" / f"run-{number}.json", destinations, seen)
+            if state != "success":
+                raise SystemExit(f"Run {number} ended {state}; its log is {workdir / 'logs' / f'run-{number}.log'}")
+    print("\n== Done. The demo's folder (.demo/ unless --workdir) holds each run's log, the sync state and what the "
+          "emulators held and received after each run.")
     return 0
 
 
-def run_all(writes: Callable[[], dict[str, int]], title: str) -> None:
-    step(title.capitalize())
-    for dag_id in ("personyze_users_sync", "personyze_list_mirror", "personyze_products_mirror",
-                   "personyze_purchases_insert", "permutive_segments_mirror",
-                   "zeotap_profiles_sync", "zeotap_profiles_delete", "zeotap_profiles_fetch",
-                   "optimizely_list_mirror", "optimizely_custom_events"):
-        before = writes()
-        started = time.monotonic()
-        airflow("dags", "test", dag_id, log=f"{dag_id}-{int(time.time() * 1000)}")
-        after = writes()
-        sent = {k: after[k] - before.get(k, 0) for k in after if after[k] != before.get(k, 0)}
-        print(f"  {dag_id}: succeeded in {time.monotonic() - started:.1f} s; write requests: "
-              + (", ".join(f"{n} {k}" for k, n in sent.items()) or "none"))
+def load_dag(path: Path) -> Any:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # type: ignore[union-attr]
+    return module.dag
 
 
-def _writes(personyze, permutive, zeotap, optimizely) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for emulator in (personyze, permutive, zeotap, optimizely):
-        for request in emulator.requests:
-            if request.method in ("POST", "PUT", "PATCH", "DELETE") and not request.path.endswith("/_search"):
-                ops = len((request.json or {}).get("operations", [])) if request.method == "PATCH" else 0
-                key = f"{request.method} {request.path.split('/where/')[0]}"
-                if request.path == "/rest/do":
-                    key = f"POST /rest/do ({len(request.json or [])} commands)"
-                if request.method == "PATCH" and emulator is permutive:
-                    key = f"PATCH segments ({ops} operations)" if ops else "PATCH segments (write-access check)"
-                counts[key] = counts.get(key, 0) + 1
-    return counts
+def run_dag(dag: Any, number: int, log: Path) -> tuple[str, dict[str, dict[str, Any]]]:
+    """``dag.test()`` (what ``airflow dags test`` runs), its output to ``log``; the run's state and results."""
+    with redirected(log):
+        run = dag.test(logical_date=datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(days=number))
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(XComModel).filter(
+            XComModel.dag_id == dag.dag_id, XComModel.run_id == run.run_id, XComModel.key == "return_value"
+        )
+        results = {row.task_id: row.value if isinstance(row.value, dict) else json.loads(row.value) for row in rows}
+    return str(run.state), results
 
 
-def customers(ids, renamed: set[int] = frozenset()) -> list[dict]:
-    return [
-        {
-            "customer_id": i,
-            "email": f"Customer{i}@Example.com",
-            "first_name": f"Renamed{i}" if i in renamed else f"First{i}",
-            "last_name": f"Last{i}",
-            "company": "Acme" if i % 2 else "Globex",
-            "plan": "vip" if i % 4 == 0 else "basic",
-            "gdpr_ok": i % 2 == 0,
-            "sms_optin": i % 3 == 0,
-        }
-        for i in ids
-    ]
+@contextlib.contextmanager
+def redirected(log: Path) -> Iterator[None]:
+    """Send this process's stdout and stderr (Airflow's task logs included) to ``log`` for the block."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log, "w") as handle:
+        os.dup2(handle.fileno(), 1)
+        os.dup2(handle.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
 
 
-def segments(ids, renamed: set[int] = frozenset()) -> list[dict]:
-    return [
-        {"code": f"interest-{i:03d}", "name": f"Interest {i}{' (renamed)' if i in renamed else ''}",
-         "description": f"Visitors with interest {i}"}
-        for i in ids
-    ]
+def count(items: Sequence[Any] | int, noun: str) -> str:
+    n = items if isinstance(items, int) else len(items)
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def products(ids, repriced: set[int] = frozenset()) -> list[dict]:
-    return [
-        {"sku": f"SKU-{i:03d}", "title": f"Product {i}", "price": 19.99 + i + (5 if i in repriced else 0),
-         "brand": "Acme", "category": "tools", "in_stock": i % 3 != 0, "image_url": f"https://cdn.example.com/{i}.jpg"}
-        for i in ids
-    ]
+def writes_of(requests: list[Any]) -> list[Any]:
+    """The writes the API accepted (a request refused and retried, say on a 503, counts once, when it lands)."""
+    return [r for r in requests if r.method in ("POST", "PUT", "PATCH", "DELETE") and 200 <= (r.status or 0) < 300]
 
 
-def order_lines(ids) -> list[dict]:
-    return [
-        {"order_line_id": i, "customer_email": f"Customer{i % 20 + 1}@Example.com", "sku": f"SKU-{i % 8 + 2:03d}",
-         "quantity": 1 + i % 2, "line_total": 19.99 + i, "ordered_at": f"2026-01-{i % 28 + 1:02d} 12:{i % 60:02d}:00"}
-        for i in ids
-    ]
+def report_line(destination: Destination, result: dict[str, Any] | None, writes: list[Any]) -> str:
+    """One line: what the API received, what was rejected and why, what the destination holds now."""
+    received = f"received {destination.received(writes)}" if writes else "received nothing"
+    if result is None:
+        rejected = "no result (the task failed)"
+    elif result["rejected"] + result["failed"] == 0:
+        rejected = "rejected none"
+    else:
+        reasons = [f"{key_of(row)}: {clip(row['reason'])}" for row in rejected_rows(result)]
+        rejected = f"rejected {result['rejected'] + result['failed']} ({'; '.join(reasons)})"
+    return f"{destination.name:<11}{received}; {rejected}; {destination.holds()}"
 
 
-def tracked_events(ids) -> list[dict]:
-    return [{"event_key": f"event_{i}", "event_name": f"Event {i}", "description": f"Tracked event {i}"} for i in ids]
+def rejected_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
+    path = result["rejected_rows_uri"].removeprefix("file://")
+    with open(path, encoding="utf-8") as handle:
+        return [json.loads(line) for line in handle]
 
 
-def load_warehouse(customer_rows: list[dict], segment_rows: list[dict], product_rows: list[dict],
-                   order_rows: list[dict], event_rows: list[dict], deletion_requests: list[int] = ()) -> None:
-    with sqlite3.connect(WAREHOUSE) as db:
-        db.execute("DROP TABLE IF EXISTS deletion_requests")
-        db.execute("CREATE TABLE deletion_requests (customer_id)")
-        db.executemany("INSERT INTO deletion_requests VALUES (?)", [(i,) for i in deletion_requests])
-        for table, rows in (("customers", customer_rows), ("segments", segment_rows), ("products", product_rows),
-                            ("order_lines", order_rows), ("tracked_events", event_rows)):
-            columns = list(rows[0])
-            db.execute(f"DROP TABLE IF EXISTS {table}")
-            db.execute(f"CREATE TABLE {table} ({', '.join(columns)})")
-            db.executemany(f"INSERT INTO {table} VALUES ({', '.join('?' * len(columns))})",
-                           [tuple(r[c] for c in columns) for r in rows])
+def key_of(row: dict[str, Any]) -> str:
+    skip = {"change", "operation", "outcome", "reason"}
+    return ", ".join(f"{k}={v!r}" for k, v in row.items() if k not in skip)
 
 
-def airflow(*args: str, log: str) -> None:
-    path = DEMO / "logs" / f"{log}.log"
-    with open(path, "w") as handle:
-        result = subprocess.run([sys.executable, "-m", "airflow", *args], stdout=handle, stderr=subprocess.STDOUT)
-    if result.returncode != 0 or _failed(path):
-        print(path.read_text()[-4000:])
-        raise SystemExit(f"`airflow {' '.join(args)}` failed; full output in {path}")
+def clip(text: str) -> str:
+    return text if len(text) <= REASON_WIDTH else text[: REASON_WIDTH - 1] + "…"
 
 
-def _failed(path: Path) -> bool:
-    return "state=failed" in path.read_text()
-
-
-def step(text: str) -> None:
-    print(f"\n== {text}", flush=True)
+def dump(path: Path, destinations: list[Destination], seen: dict[str, int]) -> None:
+    """What each emulator holds, and the requests it received during this run, as the emulator records them."""
+    path.write_text(json.dumps({
+        d.name: {"state": d.emulator.state(), "requests": [asdict(r) for r in d.emulator.requests[seen[d.name]:]]}
+        for d in destinations
+    }, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ ObjectStoragePath: ``s3://``, ``gs://``, ``file://``). The location comes from t
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
 
@@ -18,7 +18,10 @@ with DAG(
     schedule="@weekly",
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=1,
+    max_active_runs=1,  # two runs of one sync at once race for its baseline
+    # A retried fetch reads every id again and rewrites its file; a stuck run is stopped after an hour.
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": 2.0,
+                  "execution_timeout": timedelta(hours=1)},
     tags=["zeotap-sync", "zeotap"],
 ) as dag:
     ZeotapProfileFetchOperator(

@@ -7,7 +7,7 @@ Connections: ``warehouse`` (any SQL connection; the demo uses SQLite) and ``zeot
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from airflow.sdk import DAG
 
@@ -19,7 +19,10 @@ with DAG(
     schedule="@daily",
     start_date=datetime(2026, 1, 1),
     catchup=False,
-    max_active_runs=1,
+    max_active_runs=1,  # two runs of one sync at once race for its baseline
+    # A retried task resumes after its last acknowledged batch; a stuck run is stopped after an hour.
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=2), "retry_exponential_backoff": 2.0,
+                  "execution_timeout": timedelta(hours=1)},
     tags=["zeotap-sync", "zeotap"],
 ) as dag:
     diff = SyncDiffOperator(

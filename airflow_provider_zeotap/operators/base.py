@@ -30,11 +30,24 @@ from airflow_provider_zeotap.sync.summary import RejectionLimit
 from airflow_provider_zeotap.operators.deployment import (
     author_state_uris,
     default_pool,
+    describe_landing,
     missing_state_error,
     trusted_state_uris,
     warn_if_state_is_local,
     with_sync_asset,
 )
+
+
+class RefusedBeforeSending(AirflowFailException):
+    """A guard, the binding or a stale plan stopped the task before any write; not retried.
+
+    Each of them refuses a retry in the same words (the source, the settings or the committed state must
+    change first), so Airflow's retries would only add their delays before the same failure.
+    """
+
+
+#: The refusals :class:`RefusedBeforeSending` stands for; each keeps its own message.
+REFUSALS = (GuardError, BindingError, StaleBaseError)
 
 
 class TooManyRejectedRows(AirflowFailException):
@@ -225,6 +238,8 @@ class BaseSyncOperator(BaseOperator):
             return self._execute(context)
         except BaseException as error:
             _record_failure(context, error)
+            if isinstance(error, REFUSALS):
+                raise RefusedBeforeSending(str(error)) from error
             raise
 
     def _execute(self, context: Any) -> dict[str, Any]:
@@ -286,6 +301,7 @@ class BaseSyncOperator(BaseOperator):
             self.log.info("%s", line)
         if breach:
             raise TooManyRejectedRows(breach, result)
+        describe_landing(context, self.sync_id, result)
         return result.model_dump(mode="json")
 
     def _run_settings(self, plan: Plan) -> RunSettings:

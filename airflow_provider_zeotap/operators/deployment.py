@@ -141,3 +141,26 @@ def author_state_uris(plan: Any) -> tuple[str, ...]:
     if isinstance(literal, str) and "{{" not in literal:
         return (literal,)
     return ()
+
+
+#: The result fields a finished sync puts on its Asset's event, for DAGs scheduled on the sync.
+LANDING_FIELDS = ("sync_id", "destination", "mode", "dry_run", "succeeded", "rejected", "failed", "skipped",
+                  "rejected_rows_uri")
+
+
+def describe_landing(context: Any, sync_id: str, result: Any) -> None:
+    """Put what the sync delivered on the event its Asset receives when the task succeeds.
+
+    A DAG scheduled on the sync (lineage: "run this report once the audience landed") then reads the counts
+    from the triggering or inlet event itself, with no XCom pull across DAGs, and the Asset's page in the UI
+    shows them beside each event.
+    """
+    from airflow_provider_zeotap.sync.state import sync_asset
+
+    events = context.get("outlet_events") if hasattr(context, "get") else None
+    if events is None:
+        return
+    landed = result.model_dump(mode="json", include=set(LANDING_FIELDS))
+    landed["plan_id"] = result.plan_id
+    landed["snapshot_id"] = result.committed.snapshot_id if result.committed else None
+    events[sync_asset(sync_id)].extra.update(landed)

@@ -34,6 +34,7 @@ class DagRunResult:
     xcom: dict[str, Any]
     task_states: dict[str, str]
     tries: dict[str, int]
+    run_id: str = ""
 
     def result(self, task_id: str) -> Any:
         return self.xcom.get(task_id)
@@ -76,6 +77,7 @@ class DagRunner:
             xcom=xcom,
             task_states={ti.task_id: str(ti.state) for ti in instances},
             tries={ti.task_id: ti.try_number for ti in instances},
+            run_id=run.run_id,
         )
 
 
