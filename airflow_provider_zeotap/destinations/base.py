@@ -56,11 +56,7 @@ def send_each(
     else:
         with ThreadPoolExecutor(max_workers=min(max_in_flight, len(rows)), thread_name_prefix="zeotap-send") as pool:
             results = list(pool.map(guarded, rows))
-    fatal = next((r for r in results if isinstance(r, Exception)), None)
-    outcomes = [r for r in results if isinstance(r, RowOutcome)]
-    if fatal is not None:
-        raise DeliveryStopped(fatal, outcomes)
-    return outcomes
+    return _settled(results)
 
 
 async def asend_each(
@@ -87,6 +83,11 @@ async def asend_each(
                 return outcome_for_error(row, error)
 
     results = await asyncio.gather(*(guarded(row) for row in rows))
+    return _settled(results)
+
+
+def _settled(results: Sequence[RowOutcome | Exception | None]) -> list[RowOutcome]:
+    """The answered rows' outcomes; with a fatal error among them, ``DeliveryStopped`` carrying those outcomes."""
     fatal = next((r for r in results if isinstance(r, Exception)), None)
     outcomes = [r for r in results if isinstance(r, RowOutcome)]
     if fatal is not None:
