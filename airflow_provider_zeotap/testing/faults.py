@@ -33,71 +33,157 @@ class FaultConfig(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    latency_ms: Annotated[float, Field(ge=0, description="Delay (ms) added before every answer.")] = 0
+    latency_ms: Annotated[
+        float,
+        Field(
+            title="delay before every answer", ge=0,
+            description="Delay (ms) added before every answer.",
+        ),
+    ] = 0
+
     latency_jitter_ms: Annotated[
-        float, Field(ge=0, description="Extra delay (ms), uniform in [0, jitter], drawn per request.")
+        float,
+        Field(
+            title="random extra delay", ge=0,
+            description="Extra delay (ms), uniform in [0, jitter], drawn per request.",
+        ),
     ] = 0
+
     error_rate: Annotated[
-        float, Field(ge=0, le=1, description="Fraction of requests answered with `error_status`.")
+        float,
+        Field(
+            title="fraction answered with an injected error", ge=0, le=1,
+            description="Fraction of requests answered with `error_status`.",
+        ),
     ] = 0
+
     error_status: Annotated[
-        int, Field(ge=400, le=599, description="Status of injected errors (429 for an injected rate limit).")
+        int,
+        Field(
+            title="its status", ge=400, le=599,
+            description="Status of injected errors (429 for an injected rate limit).",
+        ),
     ] = 503
+
     error_message: Annotated[
         str | None,
         Field(
-            description="Text of injected errors, in the vendor's error shape; none: the status's reason phrase "
-            "(e.g. `Too many simultaneous requests` with status 400 for Personyze's busy answer)."
+            title="its text",
+            description=(
+                "Text of injected errors, in the vendor's error shape; none: the status's reason phrase (e.g. "
+                "`Too many simultaneous requests` with status 400 for Personyze's busy answer)."
+            ),
         ),
     ] = None
+
     error_when: Annotated[
         When,
         Field(
-            description="`before`: an injected error is answered before the API sees the request (nothing "
-            "changes); `after`: the API applies the request first, then its answer is replaced by the error."
+            title="`before` or `after` the write",
+            description=(
+                "`before`: an injected error is answered before the API sees the request (nothing changes); "
+                "`after`: the API applies the request first, then its answer is replaced by the error."
+            ),
         ),
     ] = "before"
+
     retry_after: Annotated[
-        int | None, Field(ge=0, description="`Retry-After` (seconds) sent with injected errors; none: no header.")
+        int | None,
+        Field(
+            title="its `Retry-After`", ge=0,
+            description="`Retry-After` (seconds) sent with injected errors; none: no header.",
+        ),
     ] = None
+
     drop_rate: Annotated[
-        float, Field(ge=0, le=1, description="Fraction of requests whose connection is cut (see `drop_when`).")
+        float,
+        Field(
+            title="fraction of connections cut", ge=0, le=1,
+            description="Fraction of requests whose connection is cut (see `drop_when`).",
+        ),
     ] = 0
+
     drop_first: Annotated[
         int,
-        Field(ge=0, description="The first N requests after this setting have their connection cut (no randomness)."),
+        Field(
+            title="cut the first N", ge=0,
+            description="The first N requests after this setting have their connection cut (no randomness).",
+        ),
     ] = 0
+
     drop_when: Annotated[
         When,
         Field(
-            description="`after`: the API applies the request, then the answer is cut (half its body, or nothing "
-            "for an empty answer such as a 204); `before`: the connection closes before the API sees the request."
+            title="`after` or `before` the write",
+            description=(
+                "`after`: the API applies the request, then the answer is cut (half its body, or nothing for an "
+                "empty answer such as a 204); `before`: the connection closes before the API sees the request."
+            ),
         ),
     ] = "after"
+
     rate_per_second: Annotated[
         float | None,
-        Field(gt=0, description="Requests admitted per second (sliding window); more get the vendor's throttle answer."),
+        Field(
+            title="rate limit (vendor's throttle answer)", gt=0,
+            description="Requests admitted per second (sliding window); more get the vendor's throttle answer.",
+        ),
     ] = None
+
     rate_per_minute: Annotated[
         float | None,
-        Field(gt=0, description="Requests admitted per minute (sliding window); more get the vendor's throttle answer."),
+        Field(
+            title="rate limit (vendor's throttle answer)", gt=0,
+            description="Requests admitted per minute (sliding window); more get the vendor's throttle answer.",
+        ),
     ] = None
+
     max_in_flight: Annotated[
         int | None,
-        Field(ge=1, description="Requests admitted at once (arrival to answer); one more gets the throttle answer."),
+        Field(
+            title="cap on requests open at once", ge=1,
+            description="Requests admitted at once (arrival to answer); one more gets the throttle answer.",
+        ),
     ] = None
-    seed: Annotated[int | None, Field(description="Seed of the random draws; none: from the OS.")] = None
+
+    seed: Annotated[
+        int | None,
+        Field(
+            title="seed of the random draws",
+            description="Seed of the random draws; none: from the OS.",
+        ),
+    ] = None
+
     path_prefix: Annotated[
-        str | None, Field(description="Only requests whose path starts with it are affected (e.g. `/rest/users`).")
+        str | None,
+        Field(
+            title="aim: paths under it",
+            description="Only requests whose path starts with it are affected (e.g. `/rest/users`).",
+        ),
     ] = None
+
     path: Annotated[
-        str | None, Field(description="Only requests to exactly this path are affected (e.g. `/cdp/v1/users`).")
+        str | None,
+        Field(
+            title="aim: this exact path",
+            description="Only requests to exactly this path are affected (e.g. `/cdp/v1/users`).",
+        ),
     ] = None
+
     method: Annotated[
-        str | None, Field(description="Only requests of this method are affected (e.g. `POST`).")
+        str | None,
+        Field(
+            title="aim: this method",
+            description="Only requests of this method are affected (e.g. `POST`).",
+        ),
     ] = None
+
     body_contains: Annotated[
-        str | None, Field(description="Only requests whose body holds this text are affected.")
+        str | None,
+        Field(
+            title="aim: bodies holding this text",
+            description="Only requests whose body holds this text are affected.",
+        ),
     ] = None
 
     def applies_to(self, path: str, method: str | None = None, body: bytes = b"") -> bool:
