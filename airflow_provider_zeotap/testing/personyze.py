@@ -43,6 +43,7 @@ from fastapi import APIRouter, Body, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from typing_extensions import Unpack
 
+from airflow_provider_zeotap.testing.middleware import SerialLane
 from airflow_provider_zeotap.testing.personyze_objects import (
     INTERACTION_INDEXED,
     DoInterpreter,
@@ -51,7 +52,6 @@ from airflow_provider_zeotap.testing.personyze_objects import (
     interaction_row,
 )
 from airflow_provider_zeotap.testing.personyze_path import PathQuery, PathSyntaxError, parse_path
-from airflow_provider_zeotap.testing.middleware import SerialLane
 from airflow_provider_zeotap.testing.server import ApiError, Emulator, ServerOptions
 
 DEFAULT_API_KEY = "personyze-test-key"
