@@ -2,10 +2,14 @@
 
     python -m airflow_provider_zeotap.testing [--host 127.0.0.1] [--only personyze,permutive]
         [--personyze-port N] [--permutive-port N] [--optimizely-port N] [--zeotap-port N] [--no-seed]
+        [--latency-ms 50] [--error-rate 0.1] ... (every fault knob, see ``--help``)
 
 Prints, for each emulator, where it listens, its test credentials and the objects it seeded for a first
 sync (a Personyze list, a Permutive import, an Optimizely project), then the ``AIRFLOW_CONN_<ID>=...``
-lines to paste into a shell. Serves until Ctrl-C or SIGTERM. Binds to loopback addresses only: the keys
+lines to paste into a shell. The fault knobs given (``--error-rate 0.1 --error-when after``...) are set on
+every emulator served, as ``POST /_emulator/faults`` would set them: the options are generated from
+:class:`~airflow_provider_zeotap.testing.faults.FaultConfig`, the one definition of the knobs, so each knob
+takes the same values here, over HTTP and in ``set_faults``. Serves until Ctrl-C or SIGTERM. Binds to loopback addresses only: the keys
 are public test keys.
 """
 
@@ -17,7 +21,11 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any
 
+from pydantic import ValidationError
+
+from airflow_provider_zeotap.testing.faults import FaultConfig
 from airflow_provider_zeotap.testing.optimizely import OptimizelyEmulator
 from airflow_provider_zeotap.testing.permutive import PermutiveEmulator
 from airflow_provider_zeotap.testing.personyze import PersonyzeEmulator
@@ -65,12 +73,61 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-seed", action="store_true", help="don't create the example list, import, project"
     )
-    return parser.parse_args(argv)
+    add_fault_options(parser)
+    args = parser.parse_args(argv)
+    try:
+        FaultConfig.model_validate(fault_knobs(args))
+    except ValidationError as exc:
+        parser.error(_knob_errors(exc))
+    return args
+
+
+#: What a command line writes for a knob's "none" (no value: the knob is off).
+NONE_WORDS = frozenset({"none", "null"})
+
+
+def add_fault_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--<knob>`` option per :class:`FaultConfig` field, with the field's description as its help."""
+    group = parser.add_argument_group(
+        "fault knobs",
+        "Set on every emulator served, over its default limits, as POST /_emulator/faults sets them. "
+        "'none' switches an optional knob off (e.g. --rate-per-second none lifts a documented limit).",
+    )
+    for name, field in FaultConfig.model_fields.items():
+        group.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=f"knob_{name}",
+            default=argparse.SUPPRESS,
+            metavar=name.upper(),
+            help=(field.description or "").replace("%", "%%") + f" (default {field.default})",
+        )
+
+
+def fault_knobs(args: argparse.Namespace) -> dict[str, Any]:
+    """The knobs given on the command line, by field name; "none" becomes None."""
+    knobs: dict[str, Any] = {}
+    for dest, value in vars(args).items():
+        if dest.startswith("knob_"):
+            knobs[dest[len("knob_"):]] = None if str(value).lower() in NONE_WORDS else value
+    return knobs
+
+
+def _knob_errors(exc: ValidationError) -> str:
+    return "; ".join(
+        f"--{'.'.join(str(part) for part in error['loc']).replace('_', '-')}: {error['msg']}"
+        for error in exc.errors()
+    )
 
 
 def describe(emulator: Emulator, seeded: dict[str, str]) -> list[str]:
     """The lines printed for one emulator: name, URLs, credentials and seeded ids."""
     facts = {**emulator.credentials(), **seeded, "admin": emulator.url + ADMIN_PREFIX}
+    changed = {
+        name: value for name, value in emulator.faults.model_dump().items()
+        if value != FaultConfig.model_fields[name].default
+    }
+    if changed:
+        facts["faults"] = ", ".join(f"{name}={value}" for name, value in changed.items())
     return [f"{emulator.name:<11} {emulator.url}  (API: {emulator.api_url})"] + [
         f"    {key}: {value}" for key, value in facts.items()
     ]
@@ -90,8 +147,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(signum, lambda *_: stop.set())
     running: list[Emulator] = []
     try:
+        knobs = fault_knobs(args)
         for emulator in emulators:
             running.append(emulator.start())
+            if knobs:
+                emulator.set_faults(**knobs)
         lines: list[str] = []
         env: dict[str, str] = {}
         for emulator in running:

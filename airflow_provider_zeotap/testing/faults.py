@@ -18,40 +18,180 @@ from typing import Annotated, Literal, TypedDict
 from pydantic import BaseModel, ConfigDict, Field
 
 FaultKind = Literal["error", "rate_limited", "dropped"]
+#: When an injected fault strikes: ``before`` the emulated API sees the request (nothing changes), or ``after``
+#: it applied the request (the write landed, only the answer is lost or replaced).
+When = Literal["before", "after"]
 
 
 class FaultConfig(BaseModel):
-    """What goes wrong, and how often. The defaults are a healthy API with no limits."""
+    """What goes wrong, and how often. The defaults are a healthy API with no limits.
+
+    This model is the one definition of the knobs: ``Emulator.set_faults(**knobs)``, ``POST /_emulator/faults``
+    and the command line's ``--<knob>`` options all validate through it, and the knob tables in the docs are
+    generated from its field descriptions.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    latency_ms: Annotated[float, Field(ge=0, description="Delay added before every answer.")] = 0
-    latency_jitter_ms: Annotated[float, Field(ge=0, description="Extra delay, uniform in [0, jitter].")] = 0
-    error_rate: Annotated[float, Field(ge=0, le=1, description="Fraction answered with error_status.")] = 0
-    error_status: Annotated[int, Field(ge=400, le=599)] = 503
-    retry_after: Annotated[int | None, Field(ge=0, description="Retry-After (s) of injected errors.")] = None
-    drop_rate: Annotated[float, Field(ge=0, le=1, description="Fraction cut off after the headers.")] = 0
-    drop_first: Annotated[
-        int, Field(ge=0, description="The first N requests (after this config is set) are cut off.")
+    latency_ms: Annotated[
+        float,
+        Field(
+            title="delay before every answer", ge=0,
+            description="Delay (ms) added before every answer.",
+        ),
     ] = 0
-    rate_per_second: Annotated[float | None, Field(gt=0, description="Admitted per second; more: 429.")] = (
-        None
-    )
-    rate_per_minute: Annotated[float | None, Field(gt=0, description="Admitted per minute; more: 429.")] = (
-        None
-    )
-    max_in_flight: Annotated[
-        int | None, Field(ge=1, description="Admitted requests open at once (arrival to answer); more: 429.")
+
+    latency_jitter_ms: Annotated[
+        float,
+        Field(
+            title="random extra delay", ge=0,
+            description="Extra delay (ms), uniform in [0, jitter], drawn per request.",
+        ),
+    ] = 0
+
+    error_rate: Annotated[
+        float,
+        Field(
+            title="fraction answered with an injected error", ge=0, le=1,
+            description="Fraction of requests answered with `error_status`.",
+        ),
+    ] = 0
+
+    error_status: Annotated[
+        int,
+        Field(
+            title="its status", ge=400, le=599,
+            description="Status of injected errors (429 for an injected rate limit).",
+        ),
+    ] = 503
+
+    error_message: Annotated[
+        str | None,
+        Field(
+            title="its text",
+            description=(
+                "Text of injected errors, in the vendor's error shape; none: the status's reason phrase (e.g. "
+                "`Too many simultaneous requests` with status 400 for Personyze's busy answer)."
+            ),
+        ),
     ] = None
-    seed: Annotated[int | None, Field(description="Seed of the random draws; None: from the OS.")] = None
-    path_prefix: Annotated[str | None, Field(description="Only paths starting with it are affected.")] = None
-    method: Annotated[str | None, Field(description="Only requests of this method are affected.")] = None
-    body_contains: Annotated[str | None, Field(description="Only requests whose body holds this text.")] = None
+
+    error_when: Annotated[
+        When,
+        Field(
+            title="`before` or `after` the write",
+            description=(
+                "`before`: an injected error is answered before the API sees the request (nothing changes); "
+                "`after`: the API applies the request first, then its answer is replaced by the error."
+            ),
+        ),
+    ] = "before"
+
+    retry_after: Annotated[
+        int | None,
+        Field(
+            title="its `Retry-After`", ge=0,
+            description="`Retry-After` (seconds) sent with injected errors; none: no header.",
+        ),
+    ] = None
+
+    drop_rate: Annotated[
+        float,
+        Field(
+            title="fraction of connections cut", ge=0, le=1,
+            description="Fraction of requests whose connection is cut (see `drop_when`).",
+        ),
+    ] = 0
+
+    drop_first: Annotated[
+        int,
+        Field(
+            title="cut the first N", ge=0,
+            description="The first N requests after this setting have their connection cut (no randomness).",
+        ),
+    ] = 0
+
+    drop_when: Annotated[
+        When,
+        Field(
+            title="`after` or `before` the write",
+            description=(
+                "`after`: the API applies the request, then the answer is cut (half its body, or nothing for an "
+                "empty answer such as a 204); `before`: the connection closes before the API sees the request."
+            ),
+        ),
+    ] = "after"
+
+    rate_per_second: Annotated[
+        float | None,
+        Field(
+            title="rate limit (vendor's throttle answer)", gt=0,
+            description="Requests admitted per second (sliding window); more get the vendor's throttle answer.",
+        ),
+    ] = None
+
+    rate_per_minute: Annotated[
+        float | None,
+        Field(
+            title="rate limit (vendor's throttle answer)", gt=0,
+            description="Requests admitted per minute (sliding window); more get the vendor's throttle answer.",
+        ),
+    ] = None
+
+    max_in_flight: Annotated[
+        int | None,
+        Field(
+            title="cap on requests open at once", ge=1,
+            description="Requests admitted at once (arrival to answer); one more gets the throttle answer.",
+        ),
+    ] = None
+
+    seed: Annotated[
+        int | None,
+        Field(
+            title="seed of the random draws",
+            description="Seed of the random draws; none: from the OS.",
+        ),
+    ] = None
+
+    path_prefix: Annotated[
+        str | None,
+        Field(
+            title="aim: paths under it",
+            description="Only requests whose path starts with it are affected (e.g. `/rest/users`).",
+        ),
+    ] = None
+
+    path: Annotated[
+        str | None,
+        Field(
+            title="aim: this exact path",
+            description="Only requests to exactly this path are affected (e.g. `/cdp/v1/users`).",
+        ),
+    ] = None
+
+    method: Annotated[
+        str | None,
+        Field(
+            title="aim: this method",
+            description="Only requests of this method are affected (e.g. `POST`).",
+        ),
+    ] = None
+
+    body_contains: Annotated[
+        str | None,
+        Field(
+            title="aim: bodies holding this text",
+            description="Only requests whose body holds this text are affected.",
+        ),
+    ] = None
 
     def applies_to(self, path: str, method: str | None = None, body: bytes = b"") -> bool:
         if self.method is not None and method is not None and method.upper() != self.method.upper():
             return False
         if self.body_contains is not None and self.body_contains.encode() not in body:
+            return False
+        if self.path is not None and path.rstrip("/") != self.path.rstrip("/"):
             return False
         return self.path_prefix is None or path.startswith(self.path_prefix)
 
@@ -63,14 +203,18 @@ class FaultSettings(TypedDict, total=False):
     latency_jitter_ms: float
     error_rate: float
     error_status: int
+    error_message: str | None
+    error_when: When
     retry_after: int | None
     drop_rate: float
     drop_first: int
+    drop_when: When
     rate_per_second: float | None
     rate_per_minute: float | None
     max_in_flight: int | None
     seed: int | None
     path_prefix: str | None
+    path: str | None
     method: str | None
     body_contains: str | None
 
@@ -83,12 +227,22 @@ class Verdict:
     fault: FaultKind | None = None
     status: int | None = None  # the refusal status, for "error" and "rate_limited"
     retry_after: int | None = None
+    message: str | None = None  # the refusal's text; None: the status's reason phrase
+    #: "before": the fault replaces the API's handling; "after": the API handles the request, then the fault
+    #: replaces or cuts its answer. Rate limits are always "before".
+    when: When = "before"
     #: The request holds one of ``max_in_flight``'s slots: give it back with ``FaultInjector.release``.
     holds_slot: bool = False
 
     @property
     def refused(self) -> bool:
+        """Answered with an error instead of the API's answer (before or after the API handled it)."""
         return self.status is not None
+
+    @property
+    def reaches_api(self) -> bool:
+        """The emulated API sees the request (it may change state), whatever the client then receives."""
+        return self.fault is None or self.when == "after"
 
 
 HEALTHY = Verdict()
@@ -184,9 +338,10 @@ class FaultInjector:
         """The faults an admitted request meets (called with the lock held)."""
         if self._drops_left:
             self._drops_left -= 1
-            return Verdict(delay, "dropped")
+            return Verdict(delay, "dropped", when=config.drop_when)
         if config.error_rate and self._rng.random() < config.error_rate:
-            return Verdict(delay, "error", config.error_status, retry_after=config.retry_after)
+            return Verdict(delay, "error", config.error_status, retry_after=config.retry_after,
+                           message=config.error_message, when=config.error_when)
         if config.drop_rate and self._rng.random() < config.drop_rate:
-            return Verdict(delay, "dropped")
+            return Verdict(delay, "dropped", when=config.drop_when)
         return Verdict(delay)

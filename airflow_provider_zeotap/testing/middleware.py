@@ -1,13 +1,21 @@
 """The ASGI layer between the server and an emulated API: it logs each API request and applies the faults.
 
-It sits outside the web framework so that an injected fault never reaches the vendor's handlers (a refused
-request changes no state), and so that it can do what no handler can: cut a connection mid-response.
+It sits outside the web framework so that an injected fault never reaches the vendor's handlers unless it is
+meant to, and so that it can do what no handler can: cut a connection.
 
-Cutting a connection: the full answer is computed (so the write, if any, has landed — the nasty case a
-client must survive), then the status line and headers go out with the true Content-Length, then half the
-body, and the application returns. The server sees an unfinished response and closes the socket, so the
-client reads fewer bytes than announced and raises a protocol or read error. An empty 200 is announced as one
-byte and cut the same way; a 204 or 304, which may carry no body, has nothing to cut and arrives whole.
+Every injected fault has two forms (``FaultConfig.error_when`` and ``drop_when``):
+
+* before the write: the handlers never see the request. An error is answered at once; a drop closes the
+  connection without a byte of answer. Nothing changed, but the client cannot know that from a drop.
+* after the write: the handlers answer the request in full (the write, if any, has landed), then the answer
+  is replaced by the error, or cut. Cutting sends the status line and headers with the true Content-Length,
+  then half the body, and the application returns: the server sees an unfinished response and closes the
+  socket, so the client reads fewer bytes than announced. An answer without a body (a 204, Personyze's empty
+  ``do`` answer) is cut by closing the connection before its status line: the client sees the server hang up.
+
+A route the vendor serializes (Personyze's ``POST /rest/users``: one in flight per account) passes through a
+:class:`SerialLane`: the request waits for the one ahead of it, and one that waited too long is refused with
+the vendor's busy answer. Injected latency is spent inside the lane, as the real API's own work would be.
 """
 
 from __future__ import annotations
@@ -46,6 +54,33 @@ class _ExpectedCutFilter(logging.Filter):
 logging.getLogger("uvicorn.error").addFilter(_ExpectedCutFilter())
 
 
+class SerialLane:
+    """One request at a time through a route; one that waited over ``max_wait_s`` gets ``busy()`` instead.
+
+    The lock is made on the event loop that serves (an emulator restarted on a new loop gets a new one).
+    """
+
+    def __init__(self, max_wait_s: float, busy: Callable[[], Response]) -> None:
+        self.max_wait_s = max_wait_s
+        self.busy = busy
+        self._lock: asyncio.Lock | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def acquire(self) -> bool:
+        loop = asyncio.get_running_loop()
+        if self._lock is None or self._loop is not loop:
+            self._lock, self._loop = asyncio.Lock(), loop
+        try:
+            await asyncio.wait_for(self._lock.acquire(), self.max_wait_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    def release(self) -> None:
+        if self._lock is not None and self._lock.locked():
+            self._lock.release()
+
+
 class FaultMiddleware:
     """Wraps the emulator's app: admin requests pass untouched; API requests are logged and judged."""
 
@@ -57,12 +92,14 @@ class FaultMiddleware:
         injector: FaultInjector,
         refusal: Callable[[Verdict], Response],
         admin_prefix: str,
+        lane_for: Callable[[str, str], SerialLane | None] = lambda method, path: None,
     ) -> None:
         self.app = app
         self.log = log
         self.injector = injector
         self.refusal = refusal
         self.admin_prefix = admin_prefix
+        self.lane_for = lane_for
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"].startswith(self.admin_prefix):
@@ -94,45 +131,79 @@ class FaultMiddleware:
                 finish()
             await send(message)
 
+        lane = self.lane_for(scope["method"], scope["path"]) if verdict.reaches_api else None
         try:
-            if verdict.delay:
-                await asyncio.sleep(verdict.delay)
             replay = _replay(body, receive)
-            if verdict.refused:
-                await self.refusal(verdict)(scope, replay, send_logged)
-            elif verdict.fault == "dropped":
-                await self._answer_and_cut(scope, replay, send_logged)
-            else:
-                await self.app(scope, replay, send_logged)
+            if lane is not None and not await lane.acquire():
+                await lane.busy()(scope, replay, send_logged)
+                return
+            try:
+                await self._answer(verdict, scope, replay, send_logged, send)
+            finally:
+                if lane is not None:
+                    lane.release()
         finally:
-            finish()  # a no-op unless the client left early or the app failed
+            finish()  # a no-op unless the client left early, the connection was cut or the app failed
 
-    async def _answer_and_cut(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Send the status line, the headers with the full Content-Length and half the body; then stop."""
-        messages: list[Message] = []
-
-        async def keep(message: Message) -> None:
-            messages.append(message)
-
-        await self.app(scope, receive, keep)
-        start = next((m for m in messages if m["type"] == "http.response.start"), None)
-        if start is None:
-            return
-        content = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
-        headers = [
-            (name, value) for name, value in start.get("headers", []) if name.lower() != b"content-length"
-        ]
-        headers.append((b"content-length", str(len(content)).encode()))
-        if not content and start["status"] not in (204, 304):
-            # An empty answer (Personyze's ``do`` answers nothing) is lost by announcing one byte and sending none.
-            headers[-1] = (b"content-length", b"1")
-        await send({**start, "headers": headers})
-        if content or start["status"] not in (204, 304):
-            half = {"type": "http.response.body", "body": content[: len(content) // 2], "more_body": True}
-            await send(half)
-            _cutting_connection.set(True)  # the server closes the connection when this app returns
+    async def _answer(self, verdict: Verdict, scope: Scope, receive: Receive, send: Send, raw_send: Send) -> None:
+        if verdict.delay:
+            await asyncio.sleep(verdict.delay)
+        if verdict.fault is None:
+            await self.app(scope, receive, send)
+        elif verdict.when == "before":
+            if verdict.refused:
+                await self.refusal(verdict)(scope, receive, send)
+            else:
+                _hang_up(raw_send)
         else:
-            await send({"type": "http.response.body", "body": b""})
+            messages = await _capture(self.app, scope, receive)  # the API applies the request
+            if verdict.refused:
+                await self.refusal(verdict)(scope, receive, send)
+            else:
+                await _send_cut(messages, send, raw_send)
+
+
+async def _capture(app: ASGIApp, scope: Scope, receive: Receive) -> list[Message]:
+    """Run the app to the end and keep its answer instead of sending it."""
+    messages: list[Message] = []
+
+    async def keep(message: Message) -> None:
+        messages.append(message)
+
+    await app(scope, receive, keep)
+    return messages
+
+
+async def _send_cut(messages: list[Message], send: Send, raw_send: Send) -> None:
+    """Send the status line, the headers with the full Content-Length and half the body; then stop.
+
+    An answer with no body has nothing to cut: the connection is closed before its status line instead.
+    """
+    start = next((m for m in messages if m["type"] == "http.response.start"), None)
+    content = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+    if start is None or not content:
+        _hang_up(raw_send)
+        return
+    headers = [(name, value) for name, value in start.get("headers", []) if name.lower() != b"content-length"]
+    headers.append((b"content-length", str(len(content)).encode()))
+    await send({**start, "headers": headers})
+    await send({"type": "http.response.body", "body": content[: len(content) // 2], "more_body": True})
+    _cutting_connection.set(True)  # the server closes the connection when this app returns
+
+
+def _hang_up(send: Send) -> None:
+    """Close the connection without sending a byte of answer.
+
+    ASGI has no message for this, so it goes to the server's transport: uvicorn's ``send`` is a method of the
+    request cycle, which holds the transport. Marking the cycle disconnected stops uvicorn from answering
+    500 for the app that "returned without starting a response".
+    """
+    cycle = getattr(send, "__self__", None)
+    transport = getattr(cycle, "transport", None)
+    if transport is None:
+        raise RuntimeError("cannot close the connection: the emulator runs on uvicorn's h11 server only")
+    cycle.disconnected = True  # type: ignore[union-attr]
+    transport.close()
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -295,9 +295,11 @@ class OptimizelyEmulator(Emulator):
         router.add_api_route(path + "/{object_id}", update, methods=["PATCH"])
 
     def _add_admin_routes(self, router: APIRouter) -> None:
-        @router.post("/projects")
+        @router.post("/projects", status_code=201)
         async def seed_project(name: Annotated[str, Body(embed=True)]) -> dict[str, Any]:
-            return self.projects[self.create_project(name)]
+            """201 and the new project, as the API answers a create."""
+            project_id = self.create_project(name)
+            return self.projects[project_id]
 
         @router.post("/list_attributes/{list_attribute_id}/change_after_get", status_code=204)
         async def change_after_get(list_attribute_id: int, change: Annotated[dict[str, Any], Body()]) -> None:

@@ -8,7 +8,10 @@ Reproduced from the public documentation (path syntax: see ``personyze_path``):
   answer a bare number.
 * ``POST /rest/users`` merges into the user whose email (case-sensitive) or internal_id matches, else creates
   one. It is serialized: one in flight; a request that waited over a second for it is refused
-  ``400 Too many simultaneous requests``. ``users_post_latency_ms`` makes each one slow enough to see this.
+  ``400 Too many simultaneous requests``. Injected latency (``set_faults(latency_ms=...)``) is spent while
+  holding that one slot, as the API's own work would be; ``users_post_latency_ms`` slows only this route.
+* Throttling (the ``rate_per_*`` and ``max_in_flight`` knobs) answers ``503`` with no ``Retry-After``, as the
+  API does: 503 means unavailable or throttled, and no Retry-After is documented.
 * ``GET /rest/users`` without a ``where`` must ``order_by`` an indexed column; ``PUT`` and ``DELETE`` need a
   ``where`` (or a row id); ``offset + limit`` may not exceed 1000.
 * ``POST /rest/user_list_users`` resolves ``user_email`` / ``user_internal_id`` to a user_id, creating a stub
@@ -40,6 +43,7 @@ from fastapi import APIRouter, Body, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from typing_extensions import Unpack
 
+from airflow_provider_zeotap.testing.middleware import SerialLane
 from airflow_provider_zeotap.testing.personyze_objects import (
     INTERACTION_INDEXED,
     DoInterpreter,
@@ -88,6 +92,8 @@ class PersonyzeEmulator(Emulator):
 
     name = "personyze"
     api_prefix = "/rest"
+    throttle_status = 503
+    throttle_retry_after = False
 
     def __init__(
         self,
@@ -99,7 +105,9 @@ class PersonyzeEmulator(Emulator):
         self.api_key = api_key
         #: Time each ``POST /rest/users`` holds the one-in-flight slot; settable while running.
         self.users_post_latency_ms = users_post_latency_ms
-        self._users_post_slot: asyncio.Lock | None = None
+        self._users_post_lane = SerialLane(
+            USERS_POST_MAX_WAIT_S, lambda: self.error_response(400, TOO_MANY_SIMULTANEOUS)
+        )
         super().__init__(**server_options)
 
     # -- seed and inspect ------------------------------------------------------------------------------
@@ -219,8 +227,11 @@ class PersonyzeEmulator(Emulator):
     def seed_example(self) -> dict[str, str]:
         return {"list_id": str(self.create_list("Example list"))}
 
-    async def _on_serve_start(self) -> None:
-        self._users_post_slot = asyncio.Lock()
+    def _serial_lane(self, method: str, path: str) -> SerialLane | None:
+        """``POST /rest/users`` is serialized per account (one in flight, 1 s of waiting at most)."""
+        if method == "POST" and path.rstrip("/") == f"{self.api_prefix}/users":
+            return self._users_post_lane
+        return None
 
     def authenticate(self, request: Request) -> None:
         if _basic_credentials(request.headers.get("authorization")) != (API_USER, self.api_key):
@@ -348,19 +359,11 @@ class PersonyzeEmulator(Emulator):
         return [] if row is None else [row]
 
     async def _post_user(self, fields: dict[str, Any]) -> int:
-        slot = self._users_post_slot
-        assert slot is not None, "created when the server starts"
-        try:
-            await asyncio.wait_for(slot.acquire(), USERS_POST_MAX_WAIT_S)
-        except asyncio.TimeoutError:
-            raise ApiError(400, TOO_MANY_SIMULTANEOUS) from None
-        try:
-            if self.users_post_latency_ms:
-                await asyncio.sleep(self.users_post_latency_ms / 1000)
-            with self._lock:
-                return self._upsert_user(fields)
-        finally:
-            slot.release()
+        # The one-in-flight lane is held around this by the frame (``_serial_lane``).
+        if self.users_post_latency_ms:
+            await asyncio.sleep(self.users_post_latency_ms / 1000)
+        with self._lock:
+            return self._upsert_user(fields)
 
     def _upsert_user(self, fields: dict[str, Any]) -> int:
         if fields.get("user_id") is not None:

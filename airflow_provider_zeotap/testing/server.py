@@ -35,7 +35,7 @@ from starlette.responses import Response
 from typing_extensions import Self, Unpack
 
 from airflow_provider_zeotap.testing.faults import FaultConfig, FaultInjector, FaultSettings, Verdict
-from airflow_provider_zeotap.testing.middleware import FaultMiddleware
+from airflow_provider_zeotap.testing.middleware import FaultMiddleware, SerialLane
 from airflow_provider_zeotap.testing.request_log import RecordedRequest, RequestLog
 
 #: Path prefix of the admin endpoints. They need no credentials and faults never touch them.
@@ -88,6 +88,10 @@ class Emulator(ABC):
     api_prefix: ClassVar[str]
     #: Faults in force after construction and after :meth:`reset`, e.g. the vendor's documented rate limits.
     default_faults: ClassVar[FaultConfig] = FaultConfig()
+    #: How the vendor answers a request over its rate limit (``rate_per_second``, ``rate_per_minute``,
+    #: ``max_in_flight``): the status, and whether a ``Retry-After`` header says when to come back.
+    throttle_status: ClassVar[int] = 429
+    throttle_retry_after: ClassVar[bool] = True
 
     def __init__(
         self,
@@ -123,6 +127,7 @@ class Emulator(ABC):
                 injector=self._injector,
                 refusal=self._refusal,
                 admin_prefix=ADMIN_PREFIX,
+                lane_for=self._serial_lane,
             ),
             lifespan="on",
             loop="asyncio",
@@ -306,6 +311,10 @@ class Emulator(ABC):
     async def _on_serve_start(self) -> None:
         """Called on the server's event loop before it accepts connections: make loop-bound objects here."""
 
+    def _serial_lane(self, method: str, path: str) -> SerialLane | None:
+        """The lane of a route the vendor serves one request at a time, or None (the default: no such route)."""
+        return None
+
     def _malformed_body(self) -> ApiError:
         """The error for a body that is not JSON; vendors whose real API answers differently override it."""
         return ApiError(400, "Malformed JSON body")
@@ -400,10 +409,18 @@ class Emulator(ABC):
         return self._render(400, "Invalid request", None, {})
 
     def _refusal(self, verdict: Verdict) -> Response:
-        """The answer to a request an injected fault or a rate limit refuses."""
-        status = verdict.status or 503
-        headers = {} if verdict.retry_after is None else {"Retry-After": str(verdict.retry_after)}
-        return self._render(status, _reason(status), None, headers)
+        """The answer to a request an injected fault or a rate limit refuses.
+
+        A rate limit answers as the vendor throttles (``throttle_status``, with or without ``Retry-After``);
+        an injected error answers exactly as the knobs say.
+        """
+        if verdict.fault == "rate_limited":
+            status = self.throttle_status
+            retry_after = verdict.retry_after if self.throttle_retry_after else None
+        else:
+            status, retry_after = verdict.status or 503, verdict.retry_after
+        headers = {} if retry_after is None else {"Retry-After": str(retry_after)}
+        return self._render(status, verdict.message or _reason(status), None, headers)
 
 
 class _Server(uvicorn.Server):

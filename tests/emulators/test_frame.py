@@ -160,23 +160,24 @@ def test_dropped_connection_is_a_client_error_after_the_write_landed(
     assert personyze.get("/account").status_code == 200  # the client recovers on a new connection
 
 
-def test_rate_limit_per_second(personyze_emulator: PersonyzeEmulator, personyze: httpx.Client) -> None:
-    personyze_emulator.set_faults(rate_per_second=2)
-    assert statuses(personyze, 3) == [200, 200, 429]
-    refused = personyze.get("/account")
-    assert (refused.status_code, refused.headers["retry-after"], refused.text) == (
+def test_rate_limit_per_second(permutive_emulator: PermutiveEmulator, permutive: httpx.Client) -> None:
+    """A vendor that throttles with 429 says when to come back (Personyze's 503: test_strictness)."""
+    permutive_emulator.set_faults(rate_per_second=2)
+    assert statuses(permutive, 3, "/imports") == [200, 200, 429]
+    refused = permutive.get("/imports")
+    assert (refused.status_code, refused.headers["retry-after"], refused.json()["message"]) == (
         429,
         "1",
         "Too Many Requests",
     )
     time.sleep(1.0)
-    assert statuses(personyze, 2) == [200, 200]
+    assert statuses(permutive, 2, "/imports") == [200, 200]
 
 
-def test_rate_limit_per_minute(personyze_emulator: PersonyzeEmulator, personyze: httpx.Client) -> None:
-    personyze_emulator.set_faults(rate_per_minute=3)
-    assert statuses(personyze, 4) == [200, 200, 200, 429]
-    assert 55 <= int(personyze.get("/account").headers["retry-after"]) <= 60
+def test_rate_limit_per_minute(permutive_emulator: PermutiveEmulator, permutive: httpx.Client) -> None:
+    permutive_emulator.set_faults(rate_per_minute=3)
+    assert statuses(permutive, 4, "/imports") == [200, 200, 200, 429]
+    assert 55 <= int(permutive.get("/imports").headers["retry-after"]) <= 60
 
 
 def test_path_prefix_scopes_the_faults(
