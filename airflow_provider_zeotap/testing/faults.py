@@ -27,9 +27,17 @@ class FaultConfig(BaseModel):
 
     latency_ms: Annotated[float, Field(ge=0, description="Delay added before every answer.")] = 0
     latency_jitter_ms: Annotated[float, Field(ge=0, description="Extra delay, uniform in [0, jitter].")] = 0
+    latency_spike_rate: Annotated[
+        float, Field(ge=0, le=1, description="Fraction of requests delayed by a further latency_spike_ms.")
+    ] = 0
+    latency_spike_ms: Annotated[float, Field(ge=0, description="The extra delay of a latency spike.")] = 300
     error_rate: Annotated[float, Field(ge=0, le=1, description="Fraction answered with error_status.")] = 0
     error_status: Annotated[int, Field(ge=400, le=599)] = 503
     retry_after: Annotated[int | None, Field(ge=0, description="Retry-After (s) of injected errors.")] = None
+    rate_limited_rate: Annotated[
+        float, Field(ge=0, le=1, description="Fraction answered 429 with Retry-After rate_limited_retry_after.")
+    ] = 0
+    rate_limited_retry_after: Annotated[int, Field(ge=0, description="Retry-After (s) of injected 429s.")] = 1
     drop_rate: Annotated[float, Field(ge=0, le=1, description="Fraction cut off after the headers.")] = 0
     drop_first: Annotated[
         int, Field(ge=0, description="The first N requests (after this config is set) are cut off.")
@@ -61,9 +69,13 @@ class FaultSettings(TypedDict, total=False):
 
     latency_ms: float
     latency_jitter_ms: float
+    latency_spike_rate: float
+    latency_spike_ms: float
     error_rate: float
     error_status: int
     retry_after: int | None
+    rate_limited_rate: float
+    rate_limited_retry_after: int
     drop_rate: float
     drop_first: int
     rate_per_second: float | None
@@ -149,7 +161,7 @@ class FaultInjector:
     def judge(self, path: str, now: float, method: str | None = None, body: bytes = b"") -> Verdict:
         """Decide the fate of a request that arrived at ``now`` (monotonic seconds).
 
-        Draws happen in a fixed order (jitter, error, drop) and only for knobs that are on, so the same
+        Draws happen in a fixed order (jitter, spike, error, 429, drop) and only for knobs that are on, so the same
         config and the same request sequence give the same verdicts. Rate limits count admitted requests
         only: a client that backs off for Retry-After seconds gets through. Under ``max_in_flight`` an
         admitted request holds a slot until ``release``; one arriving while every slot is held is 429. ``drop_first`` draws nothing:
@@ -160,6 +172,8 @@ class FaultInjector:
             if not config.applies_to(path, method, body):
                 return HEALTHY
             jitter = self._rng.uniform(0, config.latency_jitter_ms) if config.latency_jitter_ms else 0.0
+            if config.latency_spike_rate and self._rng.random() < config.latency_spike_rate:
+                jitter += config.latency_spike_ms
             delay = (config.latency_ms + jitter) / 1000
             wait = max((window.wait(now) for window in self._windows), default=0.0)
             if wait > 0:
@@ -187,6 +201,8 @@ class FaultInjector:
             return Verdict(delay, "dropped")
         if config.error_rate and self._rng.random() < config.error_rate:
             return Verdict(delay, "error", config.error_status, retry_after=config.retry_after)
+        if config.rate_limited_rate and self._rng.random() < config.rate_limited_rate:
+            return Verdict(delay, "rate_limited", 429, retry_after=config.rate_limited_retry_after)
         if config.drop_rate and self._rng.random() < config.drop_rate:
             return Verdict(delay, "dropped")
         return Verdict(delay)
