@@ -179,10 +179,10 @@ def first(rows_by_run: list[list[dict[str, Any]]], key: str) -> dict[Any, dict[s
 
 
 def _users(domain: str) -> Callable[[int], list[dict[str, Any]]]:
-    """Run 1: 12 users; run 2: two renamed, two new, two no longer in the source (upsert keeps them)."""
+    """Run 1: 8 users; run 2: two renamed, two new, two no longer in the source (upsert keeps them)."""
 
     def rows(run: int) -> list[dict[str, Any]]:
-        ids = range(1, 13) if run == 1 else range(3, 15)
+        ids = range(1, 9) if run == 1 else range(3, 11)
         renamed = {5, 6} if run > 1 else set()
         return [{"customer_id": i, "email": f"{domain}{i}@example.com",
                  "first_name": f"Renamed{i}" if i in renamed else f"First{i}", "plan": "vip" if i % 3 else "basic"}
@@ -207,7 +207,7 @@ USER_MAPPING = "field_mapping={{'email': 'email', 'first_name': 'first_name', 'p
 
 
 def _members(run: int) -> list[dict[str, Any]]:
-    ids = range(1, 13) if run == 1 else range(4, 16)
+    ids = range(1, 9) if run == 1 else range(4, 12)
     return [{"email": f"member{i}@example.com"} for i in ids]
 
 
@@ -228,7 +228,7 @@ def _member_adds(emulator: Any, context: Mapping[str, Any]) -> list[tuple[str, b
 
 
 def _products(run: int) -> list[dict[str, Any]]:
-    ids = range(1, 13) if run == 1 else range(4, 16)
+    ids = range(1, 9) if run == 1 else range(4, 12)
     return [{"sku": f"SKU-{i:03d}", "title": f"Product {i}" + (" v2" if run > 1 and i in (6, 7) else ""),
              "price": 10.0 + i} for i in ids]
 
@@ -247,9 +247,9 @@ def _expect_products(emulator: Any, context: Mapping[str, Any], rows_by_run: lis
 
 
 def _purchases(run: int) -> list[dict[str, Any]]:
-    """Run 1: 24 order lines; run 2: 8 more, and one old line changed (events are not sent again)."""
+    """Run 1: 16 order lines; run 2: 8 more, and one old line changed (events are not sent again)."""
     rows = []
-    for i in range(1, 25 if run == 1 else 33):
+    for i in range(1, 17 if run == 1 else 25):
         when = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(_START + 60 * i))
         rows.append({"line_id": i, "customer": f"fm-cust-{i % 7}", "sku": f"SKU-{i % 5}", "status": "goal",
                      "quantity": 1 + i % 3 + (5 if run > 1 and i == 2 else 0), "ordered_at": when})
