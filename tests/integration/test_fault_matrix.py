@@ -3,8 +3,8 @@
 Each vendor's object types run as the tasks of one DAG (a diff and a sync each), twice, over a changing
 warehouse, while the emulator answers 15% of requests 503, cuts 3% of connections after the write applied,
 throttles 2% with 429 + Retry-After and delays 5% by 300 ms, all drawn from one seeded generator. After the
-second run each target holds exactly the source (nothing lost, nothing the API would double sent twice) and
-each sync's committed baseline is that source.
+second run each target holds exactly the source (nothing lost; no create or event, which the API would
+keep twice, landed twice) and each sync's committed baseline is that source.
 
 Then the worst cases: a destination down for a whole run (every request 503, or the port refusing
 connections) and an emulator restarted in the middle of a delivery (connections cut, state kept).
@@ -30,6 +30,7 @@ from tests.support.fault_matrix import (
     WRITES,
     RestartAfterWrites,
     Scenario,
+    configured_secrets,
     connections,
     dag_source,
     landed,
@@ -60,13 +61,15 @@ class Matrix:
         self.state_dir = tmp_path / "sync_state"
         monkeypatch.setenv("AIRFLOW__ZEOTAP_SYNC__STATE_URI", f"file://{self.state_dir}")
         self.monkeypatch = monkeypatch
+        self.rows_by_run: dict[str, list[list[dict[str, Any]]]] = {}
+        #: Every secret the connections carry: what a scan of this test's logs, XCom and state must not find.
+        self.secrets = configured_secrets(emulators)
         self.connect()
 
     def connect(self, **retries: Any) -> None:
         """The emulators as Airflow connections, with the matrix's retries (or the ones given)."""
         for name, value in connections(self.emulators, retries or RETRIES).items():
             self.monkeypatch.setenv(name, value)
-        self.rows_by_run: dict[str, list[list[dict[str, Any]]]] = {}
 
     def dag(self, scenarios: list[Scenario]) -> str:
         for scenario in scenarios:

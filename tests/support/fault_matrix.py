@@ -12,7 +12,6 @@ encoding of the Personyze key): a scan of logs, XCom and state files after a fau
 from __future__ import annotations
 
 import base64
-import json
 import textwrap
 import threading
 import time
@@ -442,7 +441,3 @@ class RestartAfterWrites(threading.Thread):
     def stop(self) -> None:
         self.finished.set()
         self.join(10)
-
-
-def result_json(value: Any) -> Any:
-    return json.loads(value) if isinstance(value, str) else value
