@@ -2,7 +2,9 @@
 
 upsert reads the project's objects of that type once per run (every page) and updates an object whose key
 (an audience: its name) is already there, instead of creating a duplicate. insert only creates: a key that
-already exists is rejected for that row with Optimizely's message, and the other rows are created.
+already exists is rejected for that row with Optimizely's message, and the other rows are created. insert
+also reads the project's objects once, before its first create: a create whose answer was lost lands, its retry
+is refused as a duplicate, and a key the project did not hold before is then known to be this task's own.
 
 Rows are checked before sending where the public docs give a rule (an attribute key: at most 64 characters
 of ``[a-zA-Z0-9_\\- .]``; audience conditions: condition JSON), so a bad row costs no request at 2 requests/s.
@@ -140,6 +142,9 @@ class OptimizelyObjects(Destination):
         #: identity -> object id of the project's objects, read once per run (upsert, or a refused insert),
         #: then kept current with this task's own creates.
         self._existing: dict[str, int] | None = None
+        #: Identities the project held before this task's first create (insert): a key missing from it that
+        #: the API then calls a duplicate was created by this task, whose answer was lost.
+        self._before: frozenset[str] | None = None
         self._lock = threading.Lock()
 
     def prepare(self, *, dry_run: bool) -> None:
@@ -196,6 +201,8 @@ class OptimizelyObjects(Destination):
     def send(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
         if operation is O.UPSERT:
             self._read_existing()
+        elif self._before is None:
+            self._before = frozenset(self._read_existing())
         return send_each(rows, lambda row: self._send_one(operation, row), max_in_flight=self._in_flight)
 
     @property
@@ -225,10 +232,18 @@ class OptimizelyObjects(Destination):
         return RowOutcome.ok(row)
 
     def _refused_create(self, row: OutboundRow, key: str, error: ApiError) -> RowOutcome:
-        """A create the API refused: already there (this sync's own earlier send, or someone else's), or bad data."""
+        """A create the API refused: already there (this sync's own earlier send, or someone else's), or bad data.
+
+        The HTTP core retries a create whose answer was lost; when that create had landed, the retry is refused
+        as a duplicate. A key the project did not hold before this task's first create is then this task's own.
+        """
+        if key not in self._read_existing():
+            with self._lock:
+                self._existing = None  # read again: the create may have landed after the last read
         exists = key in self._read_existing()
-        if exists and row.ours:
-            return RowOutcome.ok(row)  # an earlier send of this sync landed (its answer was lost)
+        created_here = self._before is not None and key not in self._before
+        if exists and (row.ours or created_here):
+            return RowOutcome.ok(row)  # a send of this sync landed (its answer was lost)
         refused = f"Optimizely refused the create (HTTP {error.status} {error.error_type or ''}): {error.message}"
         if exists:
             what = "audience name" if self.object_type == "audiences" else f"{self.object_type[:-1].replace('_', ' ')} key"

@@ -86,12 +86,16 @@ class PermutiveHook(ApiHook):
         """Check, before any write, that the import exists and the key may write to it.
 
         The API has no "who am I"; an empty batch is a write that changes nothing, so a read-only key is
-        refused (403) while nothing is touched.
+        refused (403) while nothing is touched. An API that is down or busy (5xx, 429, no connection) is not a
+        configuration problem: its error is raised as it is, so the run's record and Airflow's retries treat it
+        as the outage it is.
         """
         try:
             found = self.get_import(import_id)
             self.batch_segments(import_id, [])
         except ApiError as error:
+            if error.retryable:
+                raise
             raise ConfigurationError(str(error)) from None
         return found
 

@@ -49,6 +49,19 @@ class FaultConfig(BaseModel):
         ),
     ] = 0
 
+    latency_spike_rate: Annotated[
+        float,
+        Field(
+            title="fraction of latency spikes", ge=0, le=1,
+            description="Fraction of requests delayed by a further `latency_spike_ms`.",
+        ),
+    ] = 0
+
+    latency_spike_ms: Annotated[
+        float,
+        Field(title="a spike's extra delay", ge=0, description="The extra delay (ms) of a latency spike."),
+    ] = 300
+
     error_rate: Annotated[
         float,
         Field(
@@ -94,6 +107,22 @@ class FaultConfig(BaseModel):
             description="`Retry-After` (seconds) sent with injected errors; none: no header.",
         ),
     ] = None
+
+    rate_limited_rate: Annotated[
+        float,
+        Field(
+            title="fraction answered 429", ge=0, le=1,
+            description=(
+                "Fraction of requests answered 429 with `rate_limited_retry_after`, drawn after `error_rate`, so "
+                "one config mixes injected 5xx and 429s."
+            ),
+        ),
+    ] = 0
+
+    rate_limited_retry_after: Annotated[
+        int,
+        Field(title="their `Retry-After`", ge=0, description="`Retry-After` (seconds) of the injected 429s."),
+    ] = 1
 
     drop_rate: Annotated[
         float,
@@ -201,11 +230,15 @@ class FaultSettings(TypedDict, total=False):
 
     latency_ms: float
     latency_jitter_ms: float
+    latency_spike_rate: float
+    latency_spike_ms: float
     error_rate: float
     error_status: int
     error_message: str | None
     error_when: When
     retry_after: int | None
+    rate_limited_rate: float
+    rate_limited_retry_after: int
     drop_rate: float
     drop_first: int
     drop_when: When
@@ -303,7 +336,7 @@ class FaultInjector:
     def judge(self, path: str, now: float, method: str | None = None, body: bytes = b"") -> Verdict:
         """Decide the fate of a request that arrived at ``now`` (monotonic seconds).
 
-        Draws happen in a fixed order (jitter, error, drop) and only for knobs that are on, so the same
+        Draws happen in a fixed order (jitter, spike, error, 429, drop) and only for knobs that are on, so the same
         config and the same request sequence give the same verdicts. Rate limits count admitted requests
         only: a client that backs off for Retry-After seconds gets through. Under ``max_in_flight`` an
         admitted request holds a slot until ``release``; one arriving while every slot is held is 429. ``drop_first`` draws nothing:
@@ -314,6 +347,8 @@ class FaultInjector:
             if not config.applies_to(path, method, body):
                 return HEALTHY
             jitter = self._rng.uniform(0, config.latency_jitter_ms) if config.latency_jitter_ms else 0.0
+            if config.latency_spike_rate and self._rng.random() < config.latency_spike_rate:
+                jitter += config.latency_spike_ms
             delay = (config.latency_ms + jitter) / 1000
             wait = max((window.wait(now) for window in self._windows), default=0.0)
             if wait > 0:
@@ -342,6 +377,8 @@ class FaultInjector:
         if config.error_rate and self._rng.random() < config.error_rate:
             return Verdict(delay, "error", config.error_status, retry_after=config.retry_after,
                            message=config.error_message, when=config.error_when)
+        if config.rate_limited_rate and self._rng.random() < config.rate_limited_rate:
+            return Verdict(delay, "rate_limited", 429, retry_after=config.rate_limited_retry_after)
         if config.drop_rate and self._rng.random() < config.drop_rate:
             return Verdict(delay, "dropped", when=config.drop_when)
         return Verdict(delay)

@@ -172,6 +172,20 @@ class Emulator(ABC):
         thread.join(_STOP_TIMEOUT_S)
         self._server = self._thread = None
 
+    def restart(self, *, down_for: float = 0.0) -> None:
+        """What a server restart looks like to a client: open connections are cut, a request arriving in
+        between (``down_for`` seconds) is refused, then the same port answers again.
+
+        The state, the request log and the fault knobs are kept, as a restarted service keeps its database.
+        Requests in flight lose their answer (their write may have landed), as in a crash.
+        """
+        if self._server is not None:
+            self._server.cut_connections()
+        self.stop()
+        if down_for:
+            time.sleep(down_for)
+        self.start()
+
     def __enter__(self) -> Self:
         return self.start()
 
@@ -438,6 +452,24 @@ class _Server(uvicorn.Server):
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has already closed
                 loop.call_soon_threadsafe(self._wake.set)
+
+    def cut_connections(self) -> None:
+        """Abort every open connection at once, as a crash would (no graceful close); callable from any thread."""
+        loop = self._loop
+        if loop is None:
+            return
+        done = threading.Event()
+
+        def cut() -> None:
+            for connection in list(self.server_state.connections):
+                transport = getattr(connection, "transport", None)
+                if transport is not None:
+                    transport.abort()
+            done.set()
+
+        with contextlib.suppress(RuntimeError):  # the loop has already closed
+            loop.call_soon_threadsafe(cut)
+            done.wait(_STOP_TIMEOUT_S)
 
     async def main_loop(self) -> None:
         self._wake = asyncio.Event()

@@ -160,6 +160,45 @@ def test_dropped_connection_is_a_client_error_after_the_write_landed(
     assert personyze.get("/account").status_code == 200  # the client recovers on a new connection
 
 
+def test_429s_mix_with_5xx_in_one_config_and_carry_their_own_retry_after(
+    permutive_emulator: PermutiveEmulator, permutive: httpx.Client
+) -> None:
+    permutive_emulator.set_faults(error_rate=0.3, rate_limited_rate=0.4, rate_limited_retry_after=3, seed=5)
+    first = statuses(permutive, 40, "/imports")
+    assert {200, 503, 429} <= set(first)
+    throttled = [r for r in permutive_emulator.requests if r.status == 429]
+    assert {r.fault for r in throttled} == {"rate_limited"}
+    permutive_emulator.set_faults(rate_limited_rate=1.0, rate_limited_retry_after=3)
+    response = permutive.get("/imports")
+    assert (response.status_code, response.headers["retry-after"]) == (429, "3")
+    permutive_emulator.set_faults(error_rate=0.3, rate_limited_rate=0.4, rate_limited_retry_after=3, seed=5)
+    assert statuses(permutive, 40, "/imports") == first  # one seeded generator draws both
+
+
+def test_latency_spikes_hit_the_fraction_drawn_and_add_their_own_delay() -> None:
+    from airflow_provider_zeotap.testing.faults import FaultInjector
+
+    injector = FaultInjector(FaultConfig(latency_ms=10, latency_spike_rate=0.25, latency_spike_ms=300, seed=9))
+    delays = [injector.judge("/x", 0.0).delay for _ in range(400)]
+    assert set(delays) == {0.01, 0.31}
+    assert 60 < delays.count(0.31) < 140  # about a quarter
+    off = FaultInjector(FaultConfig(latency_ms=10, latency_spike_ms=300, seed=9))
+    assert {off.judge("/x", 0.0).delay for _ in range(50)} == {0.01}
+
+
+def test_restart_cuts_open_connections_and_keeps_port_state_log_and_faults(
+    personyze_emulator: PersonyzeEmulator, personyze: httpx.Client
+) -> None:
+    list_id = personyze_emulator.create_list("Kept")
+    personyze_emulator.set_faults(latency_ms=1)
+    assert personyze.get("/account").status_code == 200  # a kept-alive connection is open now
+    port = personyze_emulator.port
+    personyze_emulator.restart()
+    assert personyze_emulator.port == port and personyze_emulator.faults.latency_ms == 1
+    assert len(personyze_emulator.requests) == 1
+    assert personyze.get(f"/user_lists/{list_id}").json() == {"id": list_id, "name": "Kept"}
+
+
 def test_rate_limit_per_second(permutive_emulator: PermutiveEmulator, permutive: httpx.Client) -> None:
     """A vendor that throttles with 429 says when to come back (Personyze's 503: test_strictness)."""
     permutive_emulator.set_faults(rate_per_second=2)

@@ -192,3 +192,19 @@ def test_a_create_whose_answer_was_lost_counts_as_done(dag_runner, warehouse, pe
     assert len(permutive.segments(import_id)) == 30
     # Nothing was there before the first send, so the segments are the sync's own: a mirror may remove them.
     assert set(pq_keys(run.result("sync"))) == {f"seg-{i:05d}" for i in range(30)}
+
+
+def test_an_outage_at_the_write_access_check_is_the_api_error_not_a_configuration_error(permutive):
+    """A 503 (or no connection) before any write is an outage, retried by Airflow and recorded as such; only a
+    refusal (404 import, 403 key) is a configuration problem (found by the fault matrix)."""
+    from airflow_provider_zeotap.errors import ConfigurationError
+    from airflow_provider_zeotap.http import ServerError
+
+    import_id = permutive.create_import("Down")
+    permutive.set_faults(error_rate=1.0, error_status=503)
+    with pytest.raises(ServerError, match="HTTP 503") as caught:
+        PermutiveHook().require_write_access(import_id)
+    assert not isinstance(caught.value, ConfigurationError)
+    permutive.set_faults()
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        PermutiveHook().require_write_access("32f8e031-c532-41bb-b25e-65bdb677a96f")
