@@ -112,8 +112,11 @@ def write() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: python -m tests.support.reliability --write")
+    # The tests register with the imported module, not with this ``__main__`` copy of it.
+    from tests.support import reliability
+
     try:
-        write()
+        reliability.write()
     finally:
         import shutil
 

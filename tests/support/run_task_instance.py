@@ -5,6 +5,9 @@ Airflow and the in-process execution API (the slow part), touches ``<ready file>
 task's instance is QUEUED in the metadata DB and runs it at once, the way ``dag.test()`` runs a task. The
 pool test starts one worker per sync task, so tasks the scheduler queues together really run together
 (``dag.test()`` alone runs one task at a time, whatever the pools say).
+
+``--serve <ready file>`` keeps one warm worker that forks a task process per command (see :func:`serve`): the
+kill tests SIGKILL that process and the next try starts without loading Airflow again.
 """
 
 from __future__ import annotations
@@ -64,20 +67,20 @@ def serve(ready_file: str) -> None:
     ``STARTED <pid>`` and, once the process has ended (or was killed), ``EXITED <pid> <wait status>``.
     The kill tests SIGKILL the task process mid-delivery: its worker lives on, warm, for the next try.
     """
+    import asyncio
     import os
 
+    import httpx
     from airflow import settings
     from airflow.models.taskinstance import TaskInstance
     from airflow.sdk.definitions.dag import _run_task
     from airflow.sdk.execution_time.supervisor import in_process_api_server
     from airflow.utils.session import create_session
     from airflow.utils.state import TaskInstanceState
-    import httpx
-
-    import asyncio
 
     async def warm_up() -> None:  # routes set up here; the sync transport's loop thread is the child's own
-        async with httpx.AsyncClient(transport=in_process_api_server().atransport, base_url="http://in-process") as client:
+        transport = in_process_api_server().atransport
+        async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as client:
             await client.get("/execution/health")
 
     asyncio.run(warm_up())

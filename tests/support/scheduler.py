@@ -111,14 +111,27 @@ class TestScheduler:
                 _run_task(ti=ti, task=self.dags[dag_id].task_dict[ti.task_id])
         return "running" if keys else state
 
-    def fail_vanished_tasks(self) -> None:
-        """The scheduler's heartbeat-timeout check, then its handling of the executor's FAILED event."""
-        time.sleep(self.runner._task_instance_heartbeat_timeout_secs + 0.2)
-        self.runner._find_and_purge_task_instances_without_heartbeats()
+    def fail_vanished_tasks(self, timeout: float = 30.0) -> None:
+        """The scheduler's heartbeat-timeout check, then its handling of the executor's FAILED event.
+
+        Repeated (as the scheduler's loop repeats it) until no task instance of this job is left running
+        without a heartbeat; the first pass that finds one is ``task_instance_heartbeat_timeout`` after the
+        task's last heartbeat.
+        """
         from airflow.utils.session import create_session
 
-        with create_session() as session:
-            self.runner._process_executor_events(self.runner.executor, session)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with create_session() as session:
+                vanished = self.runner._find_task_instances_without_heartbeats(session=session)
+                ids = [ti.id for ti in vanished]
+            if ids:
+                self.runner._find_and_purge_task_instances_without_heartbeats()
+                with create_session() as session:
+                    self.runner._process_executor_events(self.runner.executor, session)
+                return
+            time.sleep(0.1)
+        raise TimeoutError("no task instance without a heartbeat was found")
 
     def task_instance(self, dag_id: str, run_id: str, task_id: str) -> Any:
         from airflow.models.taskinstance import TaskInstance
