@@ -372,7 +372,7 @@ def test_optimizely_custom_events(world):
     emulator.reset()
     run_matrix(world, Spec(
         name="optimizely_events",
-        rows=lambda p: [{"key": f"{p}event_{i}", "name": f"Event {i}"} for i in range(6)],
+        rows=lambda p: [{"key": f"{p}event_{i}", "name": f"Event {i}"} for i in range(8)],
         primary_key="key", batch_size=2, batches_in_flight=1, rows_per_request=1,
         imports="from airflow_provider_zeotap.operators.optimizely import OptimizelySyncOperator",
         operator='object_type="custom_events", project_id=target, sync_mode="insert", batch_size=2',
