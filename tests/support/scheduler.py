@@ -9,14 +9,14 @@ the parts of Airflow 3's scheduler that decide those things, on the real metadat
   created as ``airflow dags trigger`` does (``trigger_dag``), then started by ``_start_queued_dagruns``;
 * each tick runs ``DagRun.update_state`` and ``DagRun.schedule_tis`` (which raise ``try_number``), then the
   scheduler's critical section ``_executable_task_instances_to_queued`` (pools, and ``queued_by_job_id``);
-* tasks named in ``in_process`` run here, as ``dag.test()`` runs them; the others are left QUEUED for worker
-  processes (``tests/support/run_task_instance.py``), which run them the moment they are queued;
+* tasks named in ``in_process`` run here, as ``dag.test()`` runs them; the others are left QUEUED for a
+  :class:`Worker`, a warm process (``tests/support/run_task_instance.py --serve``) that forks a task process
+  for each the moment it is queued, as Airflow's supervisor forks its task process;
 * a worker that vanished is found by the scheduler's heartbeat-timeout check
   (``_find_and_purge_task_instances_without_heartbeats``; set ``task_instance_heartbeat_timeout`` short in the
-  environment before building the scheduler),
-  which tells the executor the task failed, and the executor event is handled by
-  ``process_executor_events``, which calls ``TaskInstance.handle_failure``: UP_FOR_RETRY while retries are
-  left, else FAILED. No state is set by hand.
+  environment before building the scheduler), which tells the executor the task failed; the executor event is
+  handled by ``process_executor_events``, which calls ``TaskInstance.handle_failure``: UP_FOR_RETRY while
+  retries are left, else FAILED. No state is set by hand.
 """
 
 from __future__ import annotations
@@ -24,14 +24,15 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
-import time
-from datetime import datetime
 import queue
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
+from datetime import datetime
 from typing import Any
+
 
 class TestScheduler:
     """One scheduler job over the DAG files given to :meth:`add`."""
