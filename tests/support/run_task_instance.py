@@ -5,6 +5,9 @@ Airflow and the in-process execution API (the slow part), touches ``<ready file>
 task's instance is QUEUED in the metadata DB and runs it at once, the way ``dag.test()`` runs a task. The
 pool test starts one worker per sync task, so tasks the scheduler queues together really run together
 (``dag.test()`` alone runs one task at a time, whatever the pools say).
+
+``--serve <ready file>`` keeps one warm worker that forks a task process per command (see :func:`serve`): the
+kill tests SIGKILL that process and the next try starts without loading Airflow again.
 """
 
 from __future__ import annotations
@@ -49,7 +52,73 @@ def run(path: str, task_id: str, ready_file: str, timeout: float = 180.0) -> str
     return "never queued"
 
 
-if __name__ == "__main__":
+if __name__ == "__main__" and sys.argv[1:2] != ["--serve"]:
     state = run(*sys.argv[1:4])
     print(f"task {sys.argv[2]}: {state}")
     sys.exit(0 if state == "success" else 1)
+
+
+def serve(ready_file: str) -> None:
+    """A warm worker that runs task instances in forked task processes, one command line at a time.
+
+    ``python -m tests.support.run_task_instance --serve <ready file>``, then one line per task on stdin:
+    ``<dag file> <dag_id> <task_id> <try_number>``. For each, the worker waits until that try is QUEUED,
+    forks the task process (Airflow's supervisor forks its task process the same way), prints
+    ``STARTED <pid>`` and, once the process has ended (or was killed), ``EXITED <pid> <wait status>``.
+    The kill tests SIGKILL the task process mid-delivery: its worker lives on, warm, for the next try.
+    """
+    import asyncio
+    import os
+
+    import httpx
+    from airflow import settings
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.sdk.definitions.dag import _run_task
+    from airflow.sdk.execution_time.supervisor import in_process_api_server
+    from airflow.utils.session import create_session
+    from airflow.utils.state import TaskInstanceState
+
+    async def warm_up() -> None:  # routes set up here; the sync transport's loop thread is the child's own
+        transport = in_process_api_server().atransport
+        async with httpx.AsyncClient(transport=transport, base_url="http://in-process") as client:
+            await client.get("/execution/health")
+
+    asyncio.run(warm_up())
+    import airflow_provider_zeotap.sync.runner  # noqa: F401 - the engine's imports, before any fork
+
+    pathlib.Path(ready_file).touch()
+    print("READY", flush=True)
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        path, dag_id, task_id, try_number = line.split()
+        spec = importlib.util.spec_from_file_location(pathlib.Path(path).stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        task = {dag.dag_id: dag for dag in module.dags}[dag_id].task_dict[task_id]
+        query = dict(dag_id=dag_id, task_id=task_id, try_number=int(try_number), state=TaskInstanceState.QUEUED)
+        while True:
+            with create_session() as session:
+                if session.query(TaskInstance).filter_by(**query).one_or_none() is not None:
+                    break
+            time.sleep(0.02)
+        settings.engine.dispose()  # the task process opens its own connections
+        pid = os.fork()
+        if pid == 0:  # the task process
+            code = 1
+            try:
+                with create_session() as session:
+                    ti = session.query(TaskInstance).filter_by(**query).one()
+                    _run_task(ti=ti, task=task)
+                    code = 0 if ti.state == TaskInstanceState.SUCCESS else 1
+            finally:
+                sys.stdout.flush()
+                os._exit(code)
+        print("STARTED", pid, flush=True)
+        _, status = os.waitpid(pid, 0)
+        print("EXITED", pid, status, flush=True)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--serve"]:
+    serve(sys.argv[2])
+    sys.exit(0)
