@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
 
-from airflow_provider_zeotap.destinations.base import send_each
+from airflow_provider_zeotap.destinations.base import email_problem, send_each
 from airflow_provider_zeotap.sync.destination import Capabilities, Destination, OutboundRow, RowOutcome
 from airflow_provider_zeotap.hooks.personyze import PersonyzeHook
 from airflow_provider_zeotap.sync.modes import AUDIENCE_MODES, RECORD_MODES, Operation
 
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 USER_FIELDS = ("email", "first_name", "last_name", "internal_id", "phone", "company")
 
 
@@ -37,9 +35,7 @@ def _email_problem(row: OutboundRow, normalize: bool) -> str | None:
     email = _email(row, normalize)
     if not email:
         return "no email: Personyze identifies users by email; map a column to 'email'"
-    if not EMAIL.match(email):
-        return f"not an email address: {email[:80]!r}"
-    return None
+    return email_problem(email)
 
 
 class PersonyzeUsers(Destination):

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from airflow_provider_zeotap.sync.destination import Capabilities, Destination
 from airflow_provider_zeotap.errors import BindingError, ConfigurationError, GuardError, StaleBaseError
+from airflow_provider_zeotap.sync.mapping import check_destination_fields
 from airflow_provider_zeotap.sync.models import Plan, SyncResult
 from airflow_provider_zeotap.sync.records import (
     FAILURE_KEY,
@@ -198,6 +199,12 @@ class BaseSyncOperator(BaseOperator):
             table = capabilities.operations_for(self.mode)
         except ValueError as error:
             raise ConfigurationError(f"{self.task_id}: {error}") from None
+        mapping = self.field_mapping
+        if isinstance(mapping, Mapping) and not capabilities.accepts_any_field and not _templated(mapping):
+            try:
+                check_destination_fields(mapping, default_fields=capabilities.default_fields, destination=capabilities.name)
+            except ConfigurationError as error:
+                raise ConfigurationError(f"{self.task_id}: {error}") from None
         if self.batch_size is not None:
             maximum = (
                 capabilities.max_batch_size
@@ -349,6 +356,11 @@ def _take_plan(plan: Any, task_id: str) -> None:
             "feeds exactly one sync task. To send one source to several destinations, give each destination its own "
             "diff task with its own sync_id (see docs/how-a-sync-works.md, 'One source, several destinations')."
         )
+
+
+def _templated(mapping: Mapping[Any, Any]) -> bool:
+    """A mapping with a Jinja expression in a key is only known once rendered: it is checked at run time."""
+    return any("{{" in str(key) for key in mapping)
 
 
 def _sync_id_of(plan: Any) -> str | None:

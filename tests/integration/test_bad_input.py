@@ -1,0 +1,349 @@
+"""The bad-input catalogue: garbage in the source, the settings or the connection, over the real operators.
+
+Each case ends one of two ways, and the test asserts which:
+
+* **refused before any write**: the task fails (or the DAG file fails to parse) with the provider's own error as
+  the last line of the task log (not a driver's or a library's exception from deep inside), the message names
+  the setting or field and the fix, and the emulators received no write;
+* **rejected per row**: the rejected-rows file (or, for keys, the diff's invalid-rows file) holds the row with a
+  specific reason, the other rows are delivered exactly, and the counts add up: nothing is dropped silently.
+
+Values that are not errors (unicode, emoji, right-to-left text, long text, ids with URL separators, nested
+values where the API takes JSON) are checked to arrive exactly as the source holds them.
+
+The cases are declared with ``@reliability_case("bad input", ...)``; the README's table is generated from them.
+To keep the suite's time budget, independent cases share a DAG as separate tasks, and the parse-time cases
+share one DagBag parse.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from tests.integration.conftest import FAST_RETRIES, connection_env
+from tests.support.reliability import reliability_case
+
+pytestmark = pytest.mark.integration
+
+WRITES = ("POST", "PUT", "PATCH", "DELETE")
+HEADER = """
+from datetime import datetime
+from airflow.sdk import DAG
+from airflow_provider_zeotap.operators.diff import SyncDiffOperator
+from airflow_provider_zeotap.operators.optimizely import OptimizelySyncOperator
+from airflow_provider_zeotap.operators.permutive import PermutiveSyncOperator
+from airflow_provider_zeotap.operators.personyze import PersonyzeSyncOperator
+from airflow_provider_zeotap.operators.zeotap import ZeotapProfileSyncOperator
+"""
+#: The last line of a traceback the provider raised on purpose: ``airflow_provider_zeotap.<module>.<Error>: text``.
+PROVIDER_ERROR = re.compile(r"^airflow_provider_zeotap\.[\w.]+\.(\w+): (.*)$")
+UNICODE_NAME = "Zoë 🎉 שלום עליכם مرحبا"
+LONG_TEXT = "long " * 2000  # 10,000 characters: no documented limit, so it must arrive whole
+
+
+def dag_source(dag_id: str, body: str) -> str:
+    return HEADER + textwrap.dedent(f"""
+        with DAG(dag_id="{dag_id}", schedule=None, start_date=datetime(2026, 1, 1), catchup=False) as dag:
+    """) + textwrap.indent(textwrap.dedent(body).strip(), "    ") + "\n"
+
+
+def write_dag(dag_runner, dag_id: str, body: str) -> str:
+    path = os.path.join(dag_runner.folder, f"{dag_id}.py")
+    Path(path).write_text(dag_source(dag_id, body))
+    return path
+
+
+def rejected_rows(result: dict[str, Any]) -> dict[Any, str]:
+    """The rejected-rows file as {key: reason} (the key is the row's primary-key value)."""
+    uri = result["rejected_rows_uri"]
+    assert uri, "no rejected-rows file"
+    rows = [json.loads(line) for line in open(uri.removeprefix("file://"), encoding="utf-8")]
+    assert all(row["outcome"] == "rejected" for row in rows)
+    return {next(v for k, v in row.items() if k not in ("change", "operation", "outcome", "reason")): row["reason"]
+            for row in rows}
+
+
+def counts(result: dict[str, Any]) -> tuple[int, int, int]:
+    return result["succeeded"], result["rejected"], result["failed"]
+
+
+def writes(emulator, *, ignore_empty_patch: bool = False) -> list[tuple[str, str]]:
+    """Requests that change something (Permutive's write-access check is an empty PATCH, and writes nothing)."""
+    return [
+        (r.method, r.path) for r in emulator.requests
+        if r.method in WRITES and not (ignore_empty_patch and r.method == "PATCH" and not (r.json or {}).get("operations"))
+        and not r.path.endswith("/_search")
+    ]
+
+
+def provider_errors(out: str) -> list[tuple[str, str]]:
+    """(error class, message) of every provider error the task logs printed as a traceback's last line."""
+    return [m.groups() for line in out.splitlines() if (m := PROVIDER_ERROR.match(line))]
+
+
+def failure_message(run, task_id: str) -> str:
+    """The message the failed task recorded (XCom ``sync_failure``), read from the metadata DB."""
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = session.query(XComModel).filter(
+            XComModel.run_id == run.run_id, XComModel.task_id == task_id, XComModel.key == "sync_failure"
+        ).one()
+        value = row.value
+    while isinstance(value, str):
+        value = json.loads(value)
+    return value["message"]
+
+
+def the_error(out: str, *fragments: str) -> tuple[str, str]:
+    """The one provider error line that holds every fragment; fails when none does (or a driver's error ended it)."""
+    found = [(kind, text) for kind, text in provider_errors(out) if all(f in text for f in fragments)]
+    assert found, f"no provider error line with {fragments}; provider errors: {provider_errors(out)}"
+    return found[-1]
+
+
+# -- refused when the DAG file is parsed ---------------------------------------------------------------------------
+
+PARSE_CASES: dict[str, tuple[str, tuple[str, ...]]] = {
+    # id: (the task(s) in the DAG file, the fragments the error must hold: the argument and the fix)
+    "permutive-invalid-uuid": (
+        'PermutiveSyncOperator(task_id="sync", plan={}, sync_id="s1", import_id="web-visitors", audience_mode="mirror")',
+        ("import_id must be the UUID of a Permutive import", "Audience Platform > Imports", "'web-visitors'"),
+    ),
+    "permutive-unsupported-mode": (
+        'PermutiveSyncOperator(task_id="sync", plan={}, sync_id="s2", audience_mode="insert",\n'
+        '                      import_id="32f8e031-c532-41bb-b25e-65bdb677a96f")',
+        ("audience_mode='insert'", "add", "mirror"),
+    ),
+    "personyze-unsupported-mode": (
+        'PersonyzeSyncOperator(task_id="sync", plan={}, sync_id="s3", object_type="products", sync_mode="insert")',
+        ("products cannot take sync_mode='insert'", "Use sync_mode='upsert'"),
+    ),
+    "zeotap-unsupported-mode": (
+        'ZeotapProfileSyncOperator(task_id="sync", plan={}, sync_id="s4", id_type="email", sync_mode="delete")',
+        ("Zeotap profiles take sync_mode 'upsert' or 'mirror', got 'delete'", "ZeotapProfileDeleteOperator"),
+    ),
+    "optimizely-unsupported-mode": (
+        'OptimizelySyncOperator(task_id="sync", plan={}, sync_id="s5", object_type="custom_events",\n'
+        '                       project_id=1, sync_mode="mirror")',
+        ("sync_mode='mirror'", "upsert", "insert"),
+    ),
+    "personyze-conflicting-arguments": (
+        'PersonyzeSyncOperator(task_id="sync", plan={}, sync_id="s6", object_type="users", sync_mode="upsert",\n'
+        '                      list_id=12)',
+        ("users take sync_mode, not audience_mode/list_id", "object_type='user_list_members'"),
+    ),
+    "optimizely-conflicting-arguments": (
+        'OptimizelySyncOperator(task_id="sync", plan={}, sync_id="s7", object_type="list_attributes",\n'
+        '                       project_id=1, list_attribute_id=2, audience_mode="add", sync_mode="upsert")',
+        ("list_attributes take audience_mode (add, remove, mirror) and list_attribute_id, not sync_mode",),
+    ),
+    "diff-conflicting-arguments": (
+        'SyncDiffOperator(task_id="diff", sync_id="s8", conn_id="warehouse", sql="SELECT 1 AS id",\n'
+        '                 rows=[{"id": 1}], primary_key="id")',
+        ("needs exactly one source: sql (+ conn_id), source_uri or rows", "['sql', 'rows']"),
+    ),
+    "permutive-unknown-field": (
+        'PermutiveSyncOperator(task_id="sync", plan={}, sync_id="s9", audience_mode="mirror",\n'
+        '                      import_id="32f8e031-c532-41bb-b25e-65bdb677a96f",\n'
+        '                      field_mapping={"segment_code": "code", "title": "name"})',
+        ("Permutive segments has no field(s) ['title']", "'segment_name'", "Fix the destination-field names"),
+    ),
+    "personyze-unknown-field": (
+        'PersonyzeSyncOperator(task_id="sync", plan={}, sync_id="s10", object_type="user_list_members",\n'
+        '                      audience_mode="add", list_id=12, field_mapping={"email": "email", "first_name": "n"})',
+        ("Personyze user list has no field(s) ['first_name']", "Fix the destination-field names"),
+    ),
+    "optimizely-unknown-field": (
+        'OptimizelySyncOperator(task_id="sync", plan={}, sync_id="s11", object_type="list_attributes",\n'
+        '                       project_id=1, list_attribute_id=2, audience_mode="add",\n'
+        '                       field_mapping={"email": "email"})',
+        ("has no field(s) ['email']", "['user_id']", "Fix the destination-field names"),
+    ),
+    "zeotap-unknown-field": (
+        'ZeotapProfileSyncOperator(task_id="sync", plan={}, sync_id="s12", id_type="email",\n'
+        '                          field_mapping={"segments.vip": "vip"})',
+        ("field_mapping target 'segments.vip' names no Zeotap section", "'profile.<name>'"),
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def parsed(airflow_db, tmp_path_factory) -> dict[str, str]:
+    """One DagBag parse of one DAG file per case: {case id: the import error Airflow recorded for its file}."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    folder = tmp_path_factory.mktemp("bad_input_dags")
+    paths = {}
+    for case, (tasks, _) in PARSE_CASES.items():
+        paths[case] = str(folder / f"{case.replace('-', '_')}.py")
+        Path(paths[case]).write_text(dag_source(case.replace("-", "_"), tasks))
+    bag = DagBag(dag_folder=str(folder))
+    assert bag.dags == {}, f"DAG files that should not load did: {list(bag.dags)}"
+    return {case: bag.import_errors.get(path, "") for case, path in paths.items()}
+
+
+@reliability_case("bad input", "Permutive", "invalid UUID (`import_id`)",
+                  "refused when the DAG is parsed: names `import_id` and where to copy it from",
+                  param="permutive-invalid-uuid")
+@reliability_case("bad input", "Permutive", "unsupported mode", "refused when the DAG is parsed: names the modes",
+                  param="permutive-unsupported-mode")
+@reliability_case("bad input", "Personyze", "unsupported mode", "refused when the DAG is parsed: names the mode to use",
+                  param="personyze-unsupported-mode")
+@reliability_case("bad input", "Zeotap", "unsupported mode", "refused when the DAG is parsed: names the modes",
+                  param="zeotap-unsupported-mode")
+@reliability_case("bad input", "Optimizely", "unsupported mode", "refused when the DAG is parsed: names the modes",
+                  param="optimizely-unsupported-mode")
+@reliability_case("bad input", "Personyze", "conflicting arguments (`list_id` for users)",
+                  "refused when the DAG is parsed: names the object type to use",
+                  param="personyze-conflicting-arguments")
+@reliability_case("bad input", "Optimizely", "conflicting arguments (`sync_mode` for a list attribute)",
+                  "refused when the DAG is parsed: names the arguments it takes",
+                  param="optimizely-conflicting-arguments")
+@reliability_case("bad input", "All", "conflicting arguments (two sources for one diff)",
+                  "refused when the DAG is parsed: names the sources given", param="diff-conflicting-arguments")
+@reliability_case("bad input", "Permutive", "a destination field that does not exist",
+                  "refused when the DAG is parsed: names the field and the fields there are",
+                  param="permutive-unknown-field")
+@reliability_case("bad input", "Personyze", "a destination field that does not exist (list members)",
+                  "refused when the DAG is parsed: names the field and the fields there are",
+                  param="personyze-unknown-field")
+@reliability_case("bad input", "Optimizely", "a destination field that does not exist (list attribute)",
+                  "refused when the DAG is parsed: names the field and the fields there are",
+                  param="optimizely-unknown-field")
+@reliability_case("bad input", "Zeotap", "a destination field that does not exist (no such section)",
+                  "refused when the DAG is parsed: names the target and how to write one",
+                  param="zeotap-unknown-field")
+@pytest.mark.parametrize("case", list(PARSE_CASES))
+def test_a_bad_setting_fails_when_the_dag_is_parsed_naming_the_argument_and_the_fix(parsed, case):
+    error = parsed[case]
+    assert error, f"the DAG file of {case} parsed without error"
+    last_line = error.strip().splitlines()[-1]
+    assert last_line.startswith("airflow_provider_zeotap.errors.ConfigurationError: "), last_line
+    for fragment in PARSE_CASES[case][1]:
+        assert fragment in last_line, f"{fragment!r} not in {last_line!r}"
+
+
+# -- rows: each bad one rejected with its reason, the others delivered exactly -------------------------------------
+
+CUSTOMER_COLUMNS = ["customer_id", "email", "first_name", "note", "score"]
+
+
+def customer(i: int | None, **overrides: Any) -> dict[str, Any]:
+    return {"customer_id": i, "email": f"user{i}@example.com", "first_name": f"First{i}", "note": "n", "score": 1.5,
+            **overrides}
+
+
+def parquet_source(path: Path, rows: list[dict[str, Any]]) -> str:
+    """A Parquet file (as a warehouse export would be): it carries NaN, infinities and nested values."""
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return str(path)
+
+
+def invalid_rows(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return pq.read_table(plan["invalid_uri"].removeprefix("file://")).to_pylist()
+
+
+@reliability_case("bad input", "All", "null and duplicate keys",
+                  "set aside by the diff with the reason per row (invalid-rows file), never sent; counts add up")
+@reliability_case("bad input", "All", "NaN and ±inf",
+                  "row rejected: names the field and says how to replace the value in the source")
+@reliability_case("bad input", "Personyze", "missing required field (email)",
+                  "row rejected: `missing required field(s) ['email']`, with the column it maps from")
+@reliability_case("bad input", "Personyze", "malformed email", "row rejected: `not an email address`")
+@reliability_case("bad input", "Personyze", "unicode, emoji and right-to-left text", "delivered exactly")
+@reliability_case("bad input", "Personyze", "over-long field (10,000 characters; no documented limit)",
+                  "delivered whole, never truncated")
+@reliability_case("bad input", "Personyze", "nested values (an object, a list)",
+                  "row rejected with Personyze's own words, naming the field; the rest of the batch lands")
+@reliability_case("bad input", "Personyze", "ids with `/ & = %` in a path",
+                  "delivered to exactly that item (percent-encoded in the path)")
+def test_personyze_rows_with_bad_values_are_rejected_one_by_one_and_the_rest_arrive_exactly(
+    dag_runner, warehouse, personyze, tmp_path
+):
+    warehouse.replace("customers", [
+        customer(1),
+        customer(2, email=None),
+        customer(3, email="user3.example.com"),
+        customer(4, first_name=UNICODE_NAME),
+        customer(5, score=float("inf")),
+        customer(6, note=LONG_TEXT),
+        customer(None, email="nokey@example.com"),
+        customer(7, email="dup-a@example.com"),
+        customer(7, email="dup-b@example.com"),
+    ], CUSTOMER_COLUMNS)
+    source = parquet_source(tmp_path / "people.parquet", [
+        {"id": 1, "email": "nan@example.com", "score": float("nan"), "tags": None, "sizes": None},
+        {"id": 2, "email": "neg@example.com", "score": float("-inf"), "tags": None, "sizes": None},
+        {"id": 3, "email": "obj@example.com", "score": 1.0, "tags": {"tier": "gold"}, "sizes": None},
+        {"id": 4, "email": "list@example.com", "score": 1.0, "tags": None, "sizes": [1, 2]},
+        {"id": 5, "email": "ok@example.com", "score": 2.0, "tags": None, "sizes": None},
+    ])
+    skus = ["shoes/red", "salt&pepper", "a=b", "100%cotton", "plain"]
+    for sku in skus:
+        personyze.create_product(internal_id=sku, title="old")
+    warehouse.replace("products", [{"sku": sku, "title": f"New {sku}"} for sku in skus], ["sku", "title"])
+
+    run = dag_runner.run(write_dag(dag_runner, "bad_input_personyze_rows", f"""
+        users = SyncDiffOperator(task_id="diff_users", sync_id="bad_personyze_users", conn_id="warehouse",
+                                 sql="SELECT * FROM customers", primary_key="customer_id")
+        PersonyzeSyncOperator(task_id="users", plan=users.output, object_type="users", sync_mode="upsert",
+                              field_mapping={{"email": "email", "first_name": "first_name", "note": "note",
+                                              "score": "score"}})
+        people = SyncDiffOperator(task_id="diff_people", sync_id="bad_personyze_people", source_uri="{source}",
+                                  primary_key="id")
+        PersonyzeSyncOperator(task_id="people", plan=people.output, object_type="users", sync_mode="upsert",
+                              field_mapping={{"email": "email", "score": "score", "tags": "tags", "sizes": "sizes"}})
+        products = SyncDiffOperator(task_id="diff_products", sync_id="bad_personyze_products", conn_id="warehouse",
+                                    sql="SELECT * FROM products", primary_key="sku")
+        PersonyzeSyncOperator(task_id="products", plan=products.output, object_type="products", sync_mode="update",
+                              field_mapping={{"internal_id": "sku", "title": "title"}})
+    """))
+    assert run.state == "success", run.task_states
+
+    # Keys: the null key and both rows of the duplicated key are set aside by the diff, each with its reason.
+    plan = run.result("diff_users")
+    assert plan["counts"]["invalid"] == 3 and plan["counts"]["added"] == 6 and plan["counts"]["total"] == 9
+    invalid = invalid_rows(plan)
+    assert sorted(row["email"] for row in invalid) == ["dup-a@example.com", "dup-b@example.com", "nokey@example.com"]
+    reasons = {row["email"]: row["__reason"] for row in invalid}
+    assert "null" in reasons["nokey@example.com"] and "duplicate" in reasons["dup-a@example.com"]
+
+    users = run.result("users")
+    assert counts(users) == (3, 3, 0)  # 3 + 3 = the 6 rows with a valid key: none dropped
+    rejected = rejected_rows(users)
+    assert rejected == {
+        2: "missing required field(s) ['email'] (mapped from: email <- email)",
+        3: "not an email address: 'user3.example.com'",
+        5: "field 'score' (from column 'score'): inf has no JSON form; replace it in the source "
+           "(e.g. NULLIF / CASE WHEN ... THEN NULL)",
+    }
+    held = {u["email"]: u for u in personyze.users.values()}
+    # Exactly the rows that were not rejected, from both user syncs (ok@ is the Parquet source's good row).
+    assert set(held) == {"user1@example.com", "user4@example.com", "user6@example.com", "ok@example.com"}
+    assert held["user4@example.com"]["first_name"] == UNICODE_NAME
+    assert held["user6@example.com"]["note"] == LONG_TEXT
+
+    people = run.result("people")
+    assert counts(people) == (1, 4, 0)
+    reasons = rejected_rows(people)
+    assert "nan has no JSON form" in reasons[1] and "-inf has no JSON form" in reasons[2]
+    # Personyze fields hold text and numbers: the API refuses the command, the batch is split down to the row.
+    assert reasons[3] == "Personyze refused the command: Invalid value for field tags: expected a string or a number"
+    assert reasons[4] == "Personyze refused the command: Invalid value for field sizes: expected a string or a number"
+    assert held["ok@example.com"]["score"] == 2.0
+
+    products = run.result("products")
+    assert counts(products) == (5, 0, 0)
+    assert {sku: item["title"] for sku, item in personyze.products.items()} == {sku: f"New {sku}" for sku in skus}
