@@ -91,21 +91,6 @@ def provider_errors(out: str) -> list[tuple[str, str]]:
     return [m.groups() for line in out.splitlines() if (m := PROVIDER_ERROR.match(line))]
 
 
-def failure_message(run, task_id: str) -> str:
-    """The message the failed task recorded (XCom ``sync_failure``), read from the metadata DB."""
-    from airflow.models.xcom import XComModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        row = session.query(XComModel).filter(
-            XComModel.run_id == run.run_id, XComModel.task_id == task_id, XComModel.key == "sync_failure"
-        ).one()
-        value = row.value
-    while isinstance(value, str):
-        value = json.loads(value)
-    return value["message"]
-
-
 def the_error(out: str, *fragments: str) -> tuple[str, str]:
     """The one provider error line that holds every fragment; fails when none does (or a driver's error ended it)."""
     found = [(kind, text) for kind, text in provider_errors(out) if all(f in text for f in fragments)]
@@ -347,3 +332,238 @@ def test_personyze_rows_with_bad_values_are_rejected_one_by_one_and_the_rest_arr
     products = run.result("products")
     assert counts(products) == (5, 0, 0)
     assert {sku: item["title"] for sku, item in personyze.products.items()} == {sku: f"New {sku}" for sku in skus}
+
+
+@pytest.fixture
+def optimizely(optimizely_emulator, monkeypatch):
+    """The Optimizely emulator (2/s and 120/min enforced), as ``optimizely_default``."""
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_OPTIMIZELY_DEFAULT",
+        connection_env("optimizely", optimizely_emulator.url, optimizely_emulator.token, **FAST_RETRIES),
+    )
+    return optimizely_emulator
+
+
+@reliability_case("bad input", "Permutive", "over-long fields (code over 100, name over 255 characters)",
+                  "row rejected before sending: names the field, its length and the limit")
+@reliability_case("bad input", "Permutive", "unicode, emoji and right-to-left text", "delivered exactly")
+@reliability_case("bad input", "Optimizely", "ids with `,` (list attribute)",
+                  "row rejected: the comma would split the id into several members")
+@reliability_case("bad input", "Optimizely", "over-long field (attribute key over 64 characters)",
+                  "row rejected before sending: names the key, its length and the limit")
+@reliability_case("bad input", "Optimizely", "unicode, emoji and right-to-left text", "delivered exactly")
+@reliability_case("bad input", "Zeotap", "malformed email (id_type 'email')", "row rejected: `not an email address`")
+@reliability_case("bad input", "Zeotap", "nested values", "delivered as the same JSON object (profiles are JSON)")
+@reliability_case("bad input", "Zeotap", "unicode, emoji and right-to-left text; a 10,000-character value",
+                  "delivered exactly, never truncated")
+def test_permutive_optimizely_and_zeotap_rows_with_bad_values_are_rejected_one_by_one(
+    dag_runner, warehouse, permutive, optimizely, zeotap, tmp_path
+):
+    import_id = permutive.create_import("Warehouse segments")
+    warehouse.replace("segments", [
+        {"code": "seg-1", "name": UNICODE_NAME},
+        {"code": "c" * 101, "name": "Code too long"},
+        {"code": "seg-3", "name": "n" * 256},
+    ], ["code", "name"])
+    project = optimizely.create_project("Web")
+    list_id = optimizely.create_list_attribute(project, "vips")
+    warehouse.replace("audience", [{"user_id": u} for u in ("u1", "u2,u3", "ü-🎉-שלום")], ["user_id"])
+    warehouse.replace("attributes", [{"key": "k" * 65, "name": "Too long"}, {"key": "plan", "name": "خطة 🎉"}],
+                      ["key", "name"])
+    source = parquet_source(tmp_path / "profiles.parquet", [
+        {"email": "a@example.com", "name": UNICODE_NAME, "tags": {"tier": "gold", "sizes": [1, 2]}, "bio": LONG_TEXT},
+        {"email": "not-an-email", "name": "x", "tags": None, "bio": None},
+        {"email": "b@example.com", "name": "b", "tags": None, "bio": None},
+    ])
+
+    run = dag_runner.run(write_dag(dag_runner, "bad_input_other_rows", f"""
+        segments = SyncDiffOperator(task_id="diff_segments", sync_id="bad_permutive_rows", conn_id="warehouse",
+                                    sql="SELECT * FROM segments", primary_key="code")
+        PermutiveSyncOperator(task_id="permutive", plan=segments.output, import_id="{import_id}",
+                              audience_mode="mirror", field_mapping={{"segment_code": "code", "segment_name": "name"}})
+        members = SyncDiffOperator(task_id="diff_members", sync_id="bad_optimizely_list", conn_id="warehouse",
+                                   sql="SELECT * FROM audience", primary_key="user_id")
+        OptimizelySyncOperator(task_id="optimizely_list", plan=members.output, object_type="list_attributes",
+                               project_id={project}, list_attribute_id={list_id}, audience_mode="add")
+        attributes = SyncDiffOperator(task_id="diff_attributes", sync_id="bad_optimizely_attributes",
+                                      conn_id="warehouse", sql="SELECT * FROM attributes", primary_key="key")
+        OptimizelySyncOperator(task_id="optimizely_attributes", plan=attributes.output, object_type="attributes",
+                               project_id={project}, sync_mode="upsert")
+        profiles = SyncDiffOperator(task_id="diff_profiles", sync_id="bad_zeotap_rows", source_uri="{source}",
+                                    primary_key="email")
+        ZeotapProfileSyncOperator(task_id="zeotap", plan=profiles.output, id_type="email")
+    """))
+    assert run.state == "success", run.task_states
+
+    segments = run.result("permutive")
+    assert counts(segments) == (1, 2, 0)
+    assert rejected_rows(segments) == {
+        "c" * 101: f"segment_code '{'c' * 40}…' is 101 characters long; at most 100",
+        "seg-3": f"segment_name '{'n' * 40}…' is 256 characters long; at most 255",
+    }
+    assert {code: s["name"] for code, s in permutive.segments(import_id).items()} == {"seg-1": UNICODE_NAME}
+    assert all(len(r.json["operations"]) == 1 for r in permutive.requests if r.method == "PATCH" and r.json["operations"])
+
+    members = run.result("optimizely_list")
+    assert counts(members) == (2, 1, 0)
+    assert rejected_rows(members) == {
+        "u2,u3": "user_id 'u2,u3' contains a comma, which separates ids in Optimizely's list_content: it would "
+                 "become several members; fix the id in the source",
+    }
+    assert sorted(optimizely.list_members(list_id)) == sorted(["u1", "ü-🎉-שלום"])
+
+    attributes = run.result("optimizely_attributes")
+    assert counts(attributes) == (1, 1, 0)
+    (reason,) = rejected_rows(attributes).values()
+    assert reason.startswith("attribute key 'kkkk") and "is 65 characters long; Optimizely takes at most 64" in reason
+    assert [(a["key"], a["name"]) for a in optimizely.objects("attributes", project)] == [("plan", "خطة 🎉")]
+
+    profiles = run.result("zeotap")
+    assert counts(profiles) == (2, 1, 0)
+    assert rejected_rows(profiles) == {
+        "not-an-email": "not an email address: 'not-an-email': the key column holds the profiles' id_type 'email'; "
+                        "fix the value in the source",
+    }
+    held = {p["ids"]["email"]: p["profile"] for p in zeotap.profiles.values()}
+    assert held == {
+        "a@example.com": {"name": UNICODE_NAME, "tags": {"tier": "gold", "sizes": [1, 2]}, "bio": LONG_TEXT},
+        "b@example.com": {"name": "b"},
+    }
+
+
+# -- refused before any write, at run time -------------------------------------------------------------------------
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@reliability_case("bad input", "All", "an SQL error", "diff task fails: names `sql`, the database's words and the fix")
+@reliability_case("bad input", "All", "a column in `field_mapping` that the source lacks",
+                  "refused before any write: names the mapping entry and the source columns")
+@reliability_case("bad input", "All", "a plan passed by hand", "refused before any read or write: says to pass the "
+                  "diff task's output")
+@reliability_case("bad input", "Personyze", "an unreachable host", "refused before any write: names the URL, "
+                  "after the connection's retries")
+@reliability_case("bad input", "Personyze", "401 (a wrong key)", "refused before any write: says where to copy the key")
+@reliability_case("bad input", "Personyze", "a 404 list", "refused before any write: says to create the list first")
+@reliability_case("bad input", "Permutive", "403 (a read-only key)", "refused before any write: says to ask for write access")
+@reliability_case("bad input", "Permutive", "a 404 import", "refused before any write: names the import")
+@reliability_case("bad input", "Optimizely", "401 (a wrong token)", "refused before any write: says where to make a token")
+@reliability_case("bad input", "Optimizely", "a 404 list attribute", "refused before any write: says to create it first")
+@reliability_case("bad input", "Zeotap", "401 (a wrong key)",
+                  "stops at the first call, refused, nothing written: says the key is wrong or revoked")
+@reliability_case("bad input", "Zeotap", "403 (another organisation)",
+                  "stops at the first call, refused, nothing written: names the scopes and `org_id`")
+def test_a_bad_source_setting_or_connection_fails_the_task_before_any_write_with_the_providers_message(
+    dag_runner, warehouse, personyze, permutive, optimizely, zeotap, monkeypatch, capsys
+):
+    slow = {"backoff_initial": 0.01, "backoff_max": 0.05, "max_attempts": 2}
+    for conn_id, value in {
+        "personyze_dead": connection_env("personyze", f"http://127.0.0.1:{closed_port()}", personyze.api_key, **slow),
+        "personyze_wrong_key": connection_env("personyze", personyze.url, "wrong-key-1", **slow),
+        "permutive_read_only": connection_env("permutive", permutive.url, permutive.read_only_key, **slow),
+        "optimizely_wrong_token": connection_env("optimizely", optimizely.url, "wrong-token-1", **slow),
+        "zeotap_wrong_key": connection_env("zeotap", zeotap.url, "wrong-key-2", org_id=str(zeotap.org_id),
+                                           region=zeotap.region, **slow),
+        "zeotap_other_org": connection_env("zeotap", zeotap.url, zeotap.api_key, org_id="999", region=zeotap.region,
+                                           **slow),
+    }.items():
+        monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", value)
+    import_id = permutive.create_import("Target")
+    missing_import = "32f8e031-c532-41bb-b25e-65bdb677a96f"
+    project = optimizely.create_project("Web")
+    list_attribute = optimizely.create_list_attribute(project, "vips")
+    warehouse.replace("people", [{"email": "a@example.com", "code": "seg-1", "name": "A"}], ["email", "code", "name"])
+
+    def chain(name: str, sync: str) -> str:
+        return f"""
+        {name} = SyncDiffOperator(task_id="diff_{name}", sync_id="bad_{name}", conn_id="warehouse",
+                                  sql="SELECT * FROM people", primary_key="email")
+        {sync.format(plan=f"{name}.output")}
+        """
+
+    body = "\n".join([
+        """
+        SyncDiffOperator(task_id="diff_sql_error", sync_id="bad_sql_error", conn_id="warehouse",
+                         sql="SELECT email FROM peple", primary_key="email")
+        PersonyzeSyncOperator(task_id="plan_by_hand", sync_id="bad_plan_by_hand", object_type="users",
+                              sync_mode="upsert", plan={"sync_id": "bad_plan_by_hand", "changes_uri": "file:///etc/passwd"})
+        """,
+        chain("missing_column", 'PersonyzeSyncOperator(task_id="missing_column", plan={plan}, object_type="users", '
+                                'sync_mode="upsert", field_mapping={{"email": "email", "plan": "plan_column"}})'),
+        chain("unreachable", 'PersonyzeSyncOperator(task_id="unreachable", plan={plan}, object_type="users", '
+                             'sync_mode="upsert", personyze_conn_id="personyze_dead")'),
+        chain("personyze_401", 'PersonyzeSyncOperator(task_id="personyze_401", plan={plan}, object_type="users", '
+                               'sync_mode="upsert", personyze_conn_id="personyze_wrong_key")'),
+        chain("personyze_404", 'PersonyzeSyncOperator(task_id="personyze_404", plan={plan}, '
+                               'object_type="user_list_members", audience_mode="add", list_id=424242)'),
+        chain("permutive_403", f'PermutiveSyncOperator(task_id="permutive_403", plan={{plan}}, import_id="{import_id}", '
+                               'audience_mode="add", permutive_conn_id="permutive_read_only", '
+                               'field_mapping={{"segment_code": "code", "segment_name": "name"}})'),
+        chain("permutive_404", f'PermutiveSyncOperator(task_id="permutive_404", plan={{plan}}, '
+                               f'import_id="{missing_import}", audience_mode="add", '
+                               'field_mapping={{"segment_code": "code", "segment_name": "name"}})'),
+        chain("optimizely_401", f'OptimizelySyncOperator(task_id="optimizely_401", plan={{plan}}, project_id={project}, '
+                                f'object_type="list_attributes", list_attribute_id={list_attribute}, '
+                                'audience_mode="add", optimizely_conn_id="optimizely_wrong_token", '
+                                'field_mapping={{"user_id": "email"}})'),
+        chain("optimizely_404", f'OptimizelySyncOperator(task_id="optimizely_404", plan={{plan}}, project_id={project}, '
+                                'object_type="list_attributes", list_attribute_id=999999, audience_mode="add", '
+                                'field_mapping={{"user_id": "email"}})'),
+        chain("zeotap_401", 'ZeotapProfileSyncOperator(task_id="zeotap_401", plan={plan}, id_type="email", '
+                            'zeotap_conn_id="zeotap_wrong_key")'),
+        chain("zeotap_403", 'ZeotapProfileSyncOperator(task_id="zeotap_403", plan={plan}, id_type="email", '
+                            'zeotap_conn_id="zeotap_other_org")'),
+    ])
+    capsys.readouterr()
+    run = dag_runner.run(write_dag(dag_runner, "bad_input_refusals", body))
+    out = capsys.readouterr().out
+
+    syncs = ["plan_by_hand", "missing_column", "unreachable", "personyze_401", "personyze_404", "permutive_403",
+             "permutive_404", "optimizely_401", "optimizely_404", "zeotap_401", "zeotap_403"]
+    assert {task: run.task_states[task] for task in ["diff_sql_error", *syncs]} == {
+        task: "failed" for task in ["diff_sql_error", *syncs]}
+    # No write reached any API (Permutive's write-access check is an empty batch, which writes nothing).
+    assert writes(personyze) == [] and writes(optimizely) == []
+    # Zeotap has no call that checks a key without counting against the quota, so the first write is the check:
+    # refused (401, 403), it stops its task at once; one row was tried per task and nothing was written.
+    assert sorted((r.method, r.path, r.status) for r in zeotap.requests) == [
+        ("POST", "/cdp/v1/users", 401), ("POST", "/cdp/v1/users", 403)]
+    assert zeotap.profiles == {}
+    assert writes(permutive, ignore_empty_patch=True) == [] and permutive.segments(import_id) == {}
+    for emulator in (personyze, permutive, optimizely, zeotap):
+        assert not [r for r in emulator.requests if r.status is not None and r.status >= 500]
+
+    # Each task log ends with the provider's own error (not a driver's or httpx's), naming the setting and the fix.
+    kind, text = the_error(out, "Sync 'bad_sql_error': the source query (sql) failed")
+    assert kind == "ConfigurationError"
+    assert "OperationalError: no such table: peple" in text and "Fix the diff task's sql" in text
+    expected = {
+        "plan_by_hand": ("ConfigurationError", ("plan is not a valid plan (pass the diff task's output)",)),
+        "missing_column": ("ConfigurationError", (
+            "field_mapping names source columns that the plan does not have: 'plan' <- 'plan_column'",
+            "Source columns: ['email', 'code', 'name']")),
+        "unreachable": ("ApiConnectionError", ("Personyze", "127.0.0.1", "gave up after 2 attempts")),
+        "personyze_401": ("AuthenticationError", ("Personyze refused the API key (HTTP 401)", "Settings > API")),
+        "personyze_404": ("ConfigurationError", (
+            "Personyze user list 424242 does not exist: create the list in Personyze first",)),
+        "permutive_403": ("ConfigurationError", ("This Permutive key is read-only (InsufficientAPIKey)",
+                                                    "ask Permutive Technical Services for write access")),
+        "permutive_404": ("ConfigurationError", (f"Permutive import {missing_import} does not exist",)),
+        "optimizely_401": ("AuthenticationError", ("Optimizely refused the personal access token (HTTP 401)",
+                                                   "Profile > API Access")),
+        "optimizely_404": ("ConfigurationError", (
+            f"Optimizely list attribute 999999 does not exist in project {project}",
+            "copy its numeric id into the task's list_attribute_id")),
+        "zeotap_401": ("AuthenticationError", ("Zeotap refused the API key (HTTP 401): it is wrong or revoked.",)),
+        "zeotap_403": ("PermissionDeniedError", ("Zeotap refused this key for the scopes", "org_id")),
+    }
+    for task, (error_class, fragments) in expected.items():
+        assert the_error(out, *fragments)[0] == error_class, (task, provider_errors(out))
+    assert len(provider_errors(out)) == len(expected) + 1  # one per failed task: no other error ended a task
+    for secret in ("wrong-key-1", "wrong-key-2", "wrong-token-1", permutive.read_only_key, zeotap.api_key):
+        assert secret not in out
