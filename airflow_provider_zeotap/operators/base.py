@@ -382,4 +382,10 @@ def _load_plan(value: Any) -> Plan:
     try:
         return Plan.model_validate(value)
     except ValidationError as error:
-        raise ConfigurationError(f"plan is not a valid plan (pass the diff task's output): {error}") from None
+        # One line a person can act on, not pydantic's multi-line dump: a plan is never written by hand.
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'plan'}: {e['msg']}" for e in error.errors()]
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ConfigurationError(
+            f"plan is not a valid plan ({shown}). Pass the diff task's output (plan=diff.output), never a plan "
+            "written by hand or edited."
+        ) from None

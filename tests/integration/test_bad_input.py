@@ -543,11 +543,15 @@ def test_a_bad_source_setting_or_connection_fails_the_task_before_any_write_with
     assert kind == "ConfigurationError"
     assert "OperationalError: no such table: peple" in text and "Fix the diff task's sql" in text
     expected = {
-        "plan_by_hand": ("ConfigurationError", ("plan is not a valid plan (pass the diff task's output)",)),
+        "plan_by_hand": ("ConfigurationError", (
+            "plan is not a valid plan (plan_id: Field required; primary_key: Field required;",
+            "Pass the diff task's output (plan=diff.output), never a plan written by hand or edited.")),
         "missing_column": ("ConfigurationError", (
             "field_mapping names source columns that the plan does not have: 'plan' <- 'plan_column'",
             "Source columns: ['email', 'code', 'name']")),
-        "unreachable": ("ApiConnectionError", ("Personyze", "127.0.0.1", "gave up after 2 attempts")),
+        "unreachable": ("ApiConnectionError", (
+            "Could not reach Personyze at http://127.0.0.1:", "check the host field of connection 'personyze_dead'",
+            "Connection refused", "gave up after 2 attempts")),
         "personyze_401": ("AuthenticationError", ("Personyze refused the API key (HTTP 401)", "Settings > API")),
         "personyze_404": ("ConfigurationError", (
             "Personyze user list 424242 does not exist: create the list in Personyze first",)),
