@@ -571,3 +571,78 @@ def test_a_bad_source_setting_or_connection_fails_the_task_before_any_write_with
     assert len(provider_errors(out)) == len(expected) + 1  # one per failed task: no other error ended a task
     for secret in ("wrong-key-1", "wrong-key-2", "wrong-token-1", permutive.read_only_key, zeotap.api_key):
         assert secret not in out
+
+
+# -- refused on a later run: what the committed state says about the new one --------------------------------------
+
+
+@reliability_case("bad input", "All", "an empty source (after a commit, in a mirror)",
+                  "refused before any write: names `allow_empty_source`")
+@reliability_case("bad input", "All", "a changed `primary_key`",
+                  "diff refused before any write: names both keys and says to use a new `sync_id`")
+@reliability_case("bad input", "All", "a `sync_id` reused by another DAG",
+                  "refused before any write: names both bindings and `rebind`")
+def test_a_later_run_that_would_undo_the_committed_state_is_refused_before_any_write(
+    dag_runner, warehouse, personyze, permutive, capsys
+):
+    import_id = permutive.create_import("Segments")
+    list_id = personyze.create_list("VIPs")
+    warehouse.replace("segments", [{"code": "seg-1", "name": "One"}, {"code": "seg-2", "name": "Two"}],
+                      ["code", "name"])
+    warehouse.replace("audience", [{"email": "a@example.com"}, {"email": "b@example.com"}], ["email"])
+    warehouse.replace("customers", [customer(1), customer(2)], CUSTOMER_COLUMNS)
+
+    def syncs(users_key: str) -> str:
+        return f"""
+        segments = SyncDiffOperator(task_id="diff_segments", sync_id="bad_shared_segments", conn_id="warehouse",
+                                    sql="SELECT * FROM segments", primary_key="code")
+        PermutiveSyncOperator(task_id="segments", plan=segments.output, import_id="{import_id}", audience_mode="mirror",
+                              field_mapping={{"segment_code": "code", "segment_name": "name"}})
+        members = SyncDiffOperator(task_id="diff_members", sync_id="bad_members", conn_id="warehouse",
+                                   sql="SELECT * FROM audience", primary_key="email")
+        PersonyzeSyncOperator(task_id="members", plan=members.output, object_type="user_list_members",
+                              audience_mode="mirror", list_id={list_id})
+        users = SyncDiffOperator(task_id="diff_users", sync_id="bad_users", conn_id="warehouse",
+                                 sql="SELECT * FROM customers", primary_key="{users_key}")
+        PersonyzeSyncOperator(task_id="users", plan=users.output, object_type="users", sync_mode="upsert",
+                              field_mapping={{"email": "email", "first_name": "first_name"}})
+        """
+
+    first = dag_runner.run(write_dag(dag_runner, "bad_input_baseline", syncs("customer_id")))
+    assert first.state == "success", first.task_states
+    assert personyze.list_member_emails(list_id) == {"a@example.com", "b@example.com"}
+    held = {"segments": set(permutive.segments(import_id)), "users": {u["email"] for u in personyze.users.values()}}
+    assert held == {"segments": {"seg-1", "seg-2"}, "users": {"user1@example.com", "user2@example.com",
+                                                              "a@example.com", "b@example.com"}}
+
+    # Run 2, same DAG: the audience query now returns nothing, and the users' key column changed.
+    warehouse.replace("audience", [], ["email"])
+    personyze.clear_requests()
+    permutive.clear_requests()
+    capsys.readouterr()
+    second = dag_runner.run(write_dag(dag_runner, "bad_input_baseline", syncs("email")))
+    out = capsys.readouterr().out
+    assert (second.task_states["members"], second.task_states["diff_users"]) == ("failed", "failed")
+    assert second.task_states["segments"] == "success"  # unchanged: nothing to send, nothing refused
+    kind, text = the_error(out, "Sync 'bad_members': the source returned no rows but 2 are committed")
+    assert kind == "RefusedBeforeSending" and "set allow_empty_source=True" in text
+    kind, text = the_error(out, "Sync 'bad_users' was committed with primary_key ['customer_id'], now ['email']")
+    assert kind == "ConfigurationError" and "use a new sync_id" in text
+
+    # Run 3, another DAG on the first DAG's sync_id (and import): refused before its first request.
+    warehouse.replace("other_segments", [{"code": "seg-9", "name": "Nine"}], ["code", "name"])
+    third = dag_runner.run(write_dag(dag_runner, "bad_input_other_dag", f"""
+        segments = SyncDiffOperator(task_id="diff_segments", sync_id="bad_shared_segments", conn_id="warehouse",
+                                    sql="SELECT * FROM other_segments", primary_key="code")
+        PermutiveSyncOperator(task_id="segments", plan=segments.output, import_id="{import_id}", audience_mode="mirror",
+                              field_mapping={{"segment_code": "code", "segment_name": "name"}})
+    """))
+    out = capsys.readouterr().out
+    assert third.task_states["segments"] == "failed"
+    kind, text = the_error(out, "DAG 'bad_input_baseline' task 'segments'", "DAG 'bad_input_other_dag' task 'segments'")
+    assert kind == "RefusedBeforeSending" and "rebind" in text
+
+    # Neither later run wrote anything: the list, the segments and the users are as the first run left them.
+    assert writes(personyze) == [] and writes(permutive, ignore_empty_patch=True) == []
+    assert personyze.list_member_emails(list_id) == {"a@example.com", "b@example.com"}
+    assert set(permutive.segments(import_id)) == {"seg-1", "seg-2"}
