@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.integration.conftest import FAST_RETRIES, connection_env
+from tests.integration.test_docs_messages import as_pattern, quotes
 from tests.support.reliability import reliability_case
 
 pytestmark = pytest.mark.integration
@@ -148,7 +149,7 @@ PARSE_CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "personyze-unknown-field": (
         'PersonyzeSyncOperator(task_id="sync", plan={}, sync_id="s10", object_type="user_list_members",\n'
         '                      audience_mode="add", list_id=12, field_mapping={"email": "email", "first_name": "n"})',
-        ("Personyze user list has no field(s) ['first_name']", "Fix the destination-field names"),
+        ("Personyze user list has no field(s) ['first_name']; its fields are ['email']", "Fix the destination-field names"),
     ),
     "optimizely-unknown-field": (
         'OptimizelySyncOperator(task_id="sync", plan={}, sync_id="s11", object_type="list_attributes",\n'
@@ -331,6 +332,11 @@ def test_personyze_rows_with_bad_values_are_rejected_one_by_one_and_the_rest_arr
 
     products = run.result("products")
     assert counts(products) == (5, 0, 0)
+    # Each separator went percent-encoded, so the path named exactly that item (a bare '/', '&', '=' or '%' would
+    # have been read as path or where-clause syntax).
+    puts = sorted(r.raw_path for r in personyze.requests if r.method == "PUT")
+    assert puts == sorted(["/rest/products/where/internal_id=" + encoded for encoded in (
+        "shoes%2Fred", "salt%26pepper", "a%3Db", "100%25cotton", "plain")])
     assert {sku: item["title"] for sku, item in personyze.products.items()} == {sku: f"New {sku}" for sku in skus}
 
 
@@ -417,6 +423,7 @@ def test_permutive_optimizely_and_zeotap_rows_with_bad_values_are_rejected_one_b
     (reason,) = rejected_rows(attributes).values()
     assert reason.startswith("attribute key 'kkkk") and "is 65 characters long; Optimizely takes at most 64" in reason
     assert [(a["key"], a["name"]) for a in optimizely.objects("attributes", project)] == [("plan", "خطة 🎉")]
+    assert not [r for r in optimizely.requests if "k" * 65 in json.dumps(r.json)]  # found before sending
 
     profiles = run.result("zeotap")
     assert counts(profiles) == (2, 1, 0)
@@ -459,7 +466,7 @@ def closed_port() -> int:
 @reliability_case("bad input", "Zeotap", "403 (another organisation)",
                   "stops at the first call, refused, nothing written: names the scopes and `org_id`")
 def test_a_bad_source_setting_or_connection_fails_the_task_before_any_write_with_the_providers_message(
-    dag_runner, warehouse, personyze, permutive, optimizely, zeotap, monkeypatch, capsys
+    dag_runner, warehouse, personyze, permutive, optimizely, zeotap, monkeypatch, capsys, parsed
 ):
     slow = {"backoff_initial": 0.01, "backoff_max": 0.05, "max_attempts": 2}
     for conn_id, value in {
@@ -571,6 +578,12 @@ def test_a_bad_source_setting_or_connection_fails_the_task_before_any_write_with
     assert len(provider_errors(out)) == len(expected) + 1  # one per failed task: no other error ended a task
     for secret in ("wrong-key-1", "wrong-key-2", "wrong-token-1", permutive.read_only_key, zeotap.api_key):
         assert secret not in out
+
+    # The troubleshooting index quotes these messages (and the parse-time ones): each quote is one of them.
+    produced = [text for _, text in provider_errors(out)] + [error.strip().splitlines()[-1] for error in parsed.values()]
+    section = quotes("troubleshooting.md", "Bad input, any destination")
+    assert len(section) >= 5
+    assert [q for q in section if not any(as_pattern(q).search(m) for m in produced)] == []
 
 
 # -- refused on a later run: what the committed state says about the new one --------------------------------------

@@ -112,8 +112,12 @@ def write() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: python -m tests.support.reliability --write")
+    # Run as ``-m``, this file is ``__main__``; the test modules register their cases in the module they import,
+    # ``tests.support.reliability``, so the table is written from that module's registry.
+    from tests.support import reliability as registered
+
     try:
-        write()
+        registered.write()
     finally:
         import shutil
 
