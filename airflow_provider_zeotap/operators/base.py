@@ -306,6 +306,11 @@ class BaseSyncOperator(BaseOperator):
             self.log.error("The task fails on its rejected rows; its result: %s", result.model_dump_json())
         for line in summary:
             self.log.info("%s", line)
+        if plan.counts.invalid:  # the diff set them aside; said here too, where a reader of the sync looks
+            self.log.warning(
+                "%d source rows were set aside by the diff (null or duplicate primary key) and never sent; each is "
+                "in %s with its reason. Fix the key in the source.", plan.counts.invalid, plan.invalid_uri,
+            )
         if breach:
             raise TooManyRejectedRows(breach, result)
         describe_landing(context, self.sync_id, result)

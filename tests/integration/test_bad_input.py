@@ -256,7 +256,7 @@ def invalid_rows(plan: dict[str, Any]) -> list[dict[str, Any]]:
 @reliability_case("bad input", "Personyze", "ids with `/ & = %` in a path",
                   "delivered to exactly that item (percent-encoded in the path)")
 def test_personyze_rows_with_bad_values_are_rejected_one_by_one_and_the_rest_arrive_exactly(
-    dag_runner, warehouse, personyze, tmp_path
+    dag_runner, warehouse, personyze, tmp_path, capsys
 ):
     warehouse.replace("customers", [
         customer(1),
@@ -297,9 +297,13 @@ def test_personyze_rows_with_bad_values_are_rejected_one_by_one_and_the_rest_arr
                               field_mapping={{"internal_id": "sku", "title": "title"}})
     """))
     assert run.state == "success", run.task_states
+    log = capsys.readouterr().out
 
-    # Keys: the null key and both rows of the duplicated key are set aside by the diff, each with its reason.
+    # Keys: the null key and both rows of the duplicated key are set aside by the diff, each with its reason,
+    # and the sync task's log says so beside its summary.
     plan = run.result("diff_users")
+    assert (f"3 source rows were set aside by the diff (null or duplicate primary key) and never sent; each is in "
+            f"{plan['invalid_uri']} with its reason") in log
     assert plan["counts"]["invalid"] == 3 and plan["counts"]["added"] == 6 and plan["counts"]["total"] == 9
     invalid = invalid_rows(plan)
     assert sorted(row["email"] for row in invalid) == ["dup-a@example.com", "dup-b@example.com", "nokey@example.com"]
