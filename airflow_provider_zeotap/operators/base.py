@@ -202,7 +202,9 @@ class BaseSyncOperator(BaseOperator):
         mapping = self.field_mapping
         if isinstance(mapping, Mapping) and not capabilities.accepts_any_field and not _templated(mapping):
             try:
-                check_destination_fields(mapping, default_fields=capabilities.default_fields, destination=capabilities.name)
+                check_destination_fields(
+                    mapping, default_fields=capabilities.default_fields, destination=capabilities.name
+                )
             except ConfigurationError as error:
                 raise ConfigurationError(f"{self.task_id}: {error}") from None
         if self.batch_size is not None:

@@ -80,10 +80,12 @@ def counts(result: dict[str, Any]) -> tuple[int, int, int]:
 
 def writes(emulator, *, ignore_empty_patch: bool = False) -> list[tuple[str, str]]:
     """Requests that change something (Permutive's write-access check is an empty PATCH, and writes nothing)."""
+    def empty_patch(r) -> bool:
+        return r.method == "PATCH" and not (r.json or {}).get("operations")
+
     return [
         (r.method, r.path) for r in emulator.requests
-        if r.method in WRITES and not (ignore_empty_patch and r.method == "PATCH" and not (r.json or {}).get("operations"))
-        and not r.path.endswith("/_search")
+        if r.method in WRITES and not (ignore_empty_patch and empty_patch(r)) and not r.path.endswith("/_search")
     ]
 
 
@@ -104,7 +106,8 @@ def the_error(out: str, *fragments: str) -> tuple[str, str]:
 PARSE_CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     # id: (the task(s) in the DAG file, the fragments the error must hold: the argument and the fix)
     "permutive-invalid-uuid": (
-        'PermutiveSyncOperator(task_id="sync", plan={}, sync_id="s1", import_id="web-visitors", audience_mode="mirror")',
+        'PermutiveSyncOperator(task_id="sync", plan={}, sync_id="s1", import_id="web-visitors",\n'
+        '                      audience_mode="mirror")',
         ("import_id must be the UUID of a Permutive import", "Audience Platform > Imports", "'web-visitors'"),
     ),
     "permutive-unsupported-mode": (
@@ -149,7 +152,8 @@ PARSE_CASES: dict[str, tuple[str, tuple[str, ...]]] = {
     "personyze-unknown-field": (
         'PersonyzeSyncOperator(task_id="sync", plan={}, sync_id="s10", object_type="user_list_members",\n'
         '                      audience_mode="add", list_id=12, field_mapping={"email": "email", "first_name": "n"})',
-        ("Personyze user list has no field(s) ['first_name']; its fields are ['email']", "Fix the destination-field names"),
+        ("Personyze user list has no field(s) ['first_name']; its fields are ['email']",
+         "Fix the destination-field names"),
     ),
     "optimizely-unknown-field": (
         'OptimizelySyncOperator(task_id="sync", plan={}, sync_id="s11", object_type="list_attributes",\n'
@@ -412,7 +416,8 @@ def test_permutive_optimizely_and_zeotap_rows_with_bad_values_are_rejected_one_b
         "seg-3": f"segment_name '{'n' * 40}…' is 256 characters long; at most 255",
     }
     assert {code: s["name"] for code, s in permutive.segments(import_id).items()} == {"seg-1": UNICODE_NAME}
-    assert all(len(r.json["operations"]) == 1 for r in permutive.requests if r.method == "PATCH" and r.json["operations"])
+    sent = [r.json["operations"] for r in permutive.requests if r.method == "PATCH" and r.json["operations"]]
+    assert [[op["data"]["code"] for op in ops] for ops in sent] == [["seg-1"]]  # the bad ones never left
 
     members = run.result("optimizely_list")
     assert counts(members) == (2, 1, 0)
@@ -461,10 +466,13 @@ def closed_port() -> int:
                   "after the connection's retries")
 @reliability_case("bad input", "Personyze", "401 (a wrong key)", "refused before any write: says where to copy the key")
 @reliability_case("bad input", "Personyze", "a 404 list", "refused before any write: says to create the list first")
-@reliability_case("bad input", "Permutive", "403 (a read-only key)", "refused before any write: says to ask for write access")
+@reliability_case("bad input", "Permutive", "403 (a read-only key)",
+                  "refused before any write: says to ask for write access")
 @reliability_case("bad input", "Permutive", "a 404 import", "refused before any write: names the import")
-@reliability_case("bad input", "Optimizely", "401 (a wrong token)", "refused before any write: says where to make a token")
-@reliability_case("bad input", "Optimizely", "a 404 list attribute", "refused before any write: says to create it first")
+@reliability_case("bad input", "Optimizely", "401 (a wrong token)",
+                  "refused before any write: says where to make a token")
+@reliability_case("bad input", "Optimizely", "a 404 list attribute",
+                  "refused before any write: says to create it first")
 @reliability_case("bad input", "Zeotap", "401 (a wrong key)",
                   "stops at the first call, refused, nothing written: says the key is wrong or revoked")
 @reliability_case("bad input", "Zeotap", "403 (another organisation)",
@@ -502,7 +510,8 @@ def test_a_bad_source_setting_or_connection_fails_the_task_before_any_write_with
         SyncDiffOperator(task_id="diff_sql_error", sync_id="bad_sql_error", conn_id="warehouse",
                          sql="SELECT email FROM peple", primary_key="email")
         PersonyzeSyncOperator(task_id="plan_by_hand", sync_id="bad_plan_by_hand", object_type="users",
-                              sync_mode="upsert", plan={"sync_id": "bad_plan_by_hand", "changes_uri": "file:///etc/passwd"})
+                              sync_mode="upsert",
+                              plan={"sync_id": "bad_plan_by_hand", "changes_uri": "file:///etc/passwd"})
         """,
         chain("missing_column", 'PersonyzeSyncOperator(task_id="missing_column", plan={plan}, object_type="users", '
                                 'sync_mode="upsert", field_mapping={{"email": "email", "plan": "plan_column"}})'),
@@ -512,17 +521,20 @@ def test_a_bad_source_setting_or_connection_fails_the_task_before_any_write_with
                                'sync_mode="upsert", personyze_conn_id="personyze_wrong_key")'),
         chain("personyze_404", 'PersonyzeSyncOperator(task_id="personyze_404", plan={plan}, '
                                'object_type="user_list_members", audience_mode="add", list_id=424242)'),
-        chain("permutive_403", f'PermutiveSyncOperator(task_id="permutive_403", plan={{plan}}, import_id="{import_id}", '
+        chain("permutive_403", 'PermutiveSyncOperator(task_id="permutive_403", plan={plan}, '
+                               f'import_id="{import_id}", '
                                'audience_mode="add", permutive_conn_id="permutive_read_only", '
                                'field_mapping={{"segment_code": "code", "segment_name": "name"}})'),
         chain("permutive_404", f'PermutiveSyncOperator(task_id="permutive_404", plan={{plan}}, '
                                f'import_id="{missing_import}", audience_mode="add", '
                                'field_mapping={{"segment_code": "code", "segment_name": "name"}})'),
-        chain("optimizely_401", f'OptimizelySyncOperator(task_id="optimizely_401", plan={{plan}}, project_id={project}, '
+        chain("optimizely_401", 'OptimizelySyncOperator(task_id="optimizely_401", plan={plan}, '
+                                f'project_id={project}, '
                                 f'object_type="list_attributes", list_attribute_id={list_attribute}, '
                                 'audience_mode="add", optimizely_conn_id="optimizely_wrong_token", '
                                 'field_mapping={{"user_id": "email"}})'),
-        chain("optimizely_404", f'OptimizelySyncOperator(task_id="optimizely_404", plan={{plan}}, project_id={project}, '
+        chain("optimizely_404", 'OptimizelySyncOperator(task_id="optimizely_404", plan={plan}, '
+                                f'project_id={project}, '
                                 'object_type="list_attributes", list_attribute_id=999999, audience_mode="add", '
                                 'field_mapping={{"user_id": "email"}})'),
         chain("zeotap_401", 'ZeotapProfileSyncOperator(task_id="zeotap_401", plan={plan}, id_type="email", '
@@ -584,7 +596,8 @@ def test_a_bad_source_setting_or_connection_fails_the_task_before_any_write_with
         assert secret not in out
 
     # The troubleshooting index quotes these messages (and the parse-time ones): each quote is one of them.
-    produced = [text for _, text in provider_errors(out)] + [error.strip().splitlines()[-1] for error in parsed.values()]
+    produced = [text for _, text in provider_errors(out)]
+    produced += [error.strip().splitlines()[-1] for error in parsed.values()]
     section = quotes("troubleshooting.md", "Bad input, any destination")
     assert len(section) >= 5
     assert [q for q in section if not any(as_pattern(q).search(m) for m in produced)] == []
