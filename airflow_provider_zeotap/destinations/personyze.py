@@ -38,6 +38,19 @@ def _email_problem(row: OutboundRow, normalize: bool) -> str | None:
     return email_problem(email)
 
 
+def _nested_problem(row: OutboundRow) -> str | None:
+    """A profile field holds text or a number. An object or a list is refused by ``/rest/do`` (after a batch split
+    to find it) and has no documented form in ``/rest/users``, so it is rejected with its field before sending."""
+    for field, value in row.payload.items():
+        if isinstance(value, (dict, list)):
+            kind = "an object" if isinstance(value, dict) else "a list"
+            return (
+                f"field {field!r} holds a nested value ({kind}); Personyze profile fields hold text and numbers: "
+                "flatten it in the source (one column per key) or cast it to JSON text"
+            )
+    return None
+
+
 class PersonyzeUsers(Destination):
     """``POST /rest/users`` (create or merge on email/internal_id) and ``PUT .../where/email=``."""
 
@@ -61,7 +74,7 @@ class PersonyzeUsers(Destination):
         self.hook.get_account()
 
     def validate(self, operation: Operation, row: OutboundRow) -> str | None:
-        return _email_problem(row, self.normalize_email)
+        return _email_problem(row, self.normalize_email) or _nested_problem(row)
 
     def identity(self, row: OutboundRow) -> str | None:
         return _identity(row, self.normalize_email)

@@ -256,7 +256,7 @@ def invalid_rows(plan: dict[str, Any]) -> list[dict[str, Any]]:
 @reliability_case("bad input", "Personyze", "over-long field (10,000 characters; no documented limit)",
                   "delivered whole, never truncated")
 @reliability_case("bad input", "Personyze", "nested values (an object, a list)",
-                  "row rejected with Personyze's own words, naming the field; the rest of the batch lands")
+                  "row rejected before sending: names the field and how to flatten it")
 @reliability_case("bad input", "Personyze", "ids with `/ & = %` in a path",
                   "delivered to exactly that item (percent-encoded in the path)")
 def test_personyze_rows_with_bad_values_are_rejected_one_by_one_and_the_rest_arrive_exactly(
@@ -333,9 +333,11 @@ def test_personyze_rows_with_bad_values_are_rejected_one_by_one_and_the_rest_arr
     assert counts(people) == (1, 4, 0)
     reasons = rejected_rows(people)
     assert "nan has no JSON form" in reasons[1] and "-inf has no JSON form" in reasons[2]
-    # Personyze fields hold text and numbers: the API refuses the command, the batch is split down to the row.
-    assert reasons[3] == "Personyze refused the command: Invalid value for field tags: expected a string or a number"
-    assert reasons[4] == "Personyze refused the command: Invalid value for field sizes: expected a string or a number"
+    # Personyze fields hold text and numbers: a nested value is rejected with its field before sending.
+    assert reasons[3] == ("field 'tags' holds a nested value (an object); Personyze profile fields hold text and "
+                          "numbers: flatten it in the source (one column per key) or cast it to JSON text")
+    assert reasons[4].startswith("field 'sizes' holds a nested value (a list)")
+    assert [len(r.json) for r in personyze.requests if r.path == "/rest/do" and "ok@example.com" in str(r.json)] == [1]
     assert held["ok@example.com"]["score"] == 2.0
 
     products = run.result("products")
