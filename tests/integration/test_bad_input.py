@@ -95,7 +95,7 @@ def provider_errors(out: str) -> list[tuple[str, str]]:
 
 
 def the_error(out: str, *fragments: str) -> tuple[str, str]:
-    """The one provider error line that holds every fragment; fails when none does (or a driver's error ended it)."""
+    """The provider error line holding every fragment (the last, if several); fails when none does."""
     found = [(kind, text) for kind, text in provider_errors(out) if all(f in text for f in fragments)]
     assert found, f"no provider error line with {fragments}; provider errors: {provider_errors(out)}"
     return found[-1]
