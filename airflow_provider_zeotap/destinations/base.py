@@ -8,6 +8,7 @@ engine, in ``sync/destination.py``.
 from __future__ import annotations
 
 import asyncio
+import re
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +16,19 @@ from concurrent.futures import ThreadPoolExecutor
 from airflow_provider_zeotap.errors import FatalError
 from airflow_provider_zeotap.http import ApiError
 from airflow_provider_zeotap.sync.destination import DeliveryStopped, OutboundRow, RowOutcome
+
+
+#: What every destination that takes an email accepts as one: one ``@``, no spaces, a dot in the domain. Not a
+#: full RFC 5322 parse: it catches the values that are plainly not addresses (a name, a phone number, a missing
+#: ``@``), which an API would otherwise store as an identifier nobody can reach.
+EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
+
+
+def email_problem(value: str) -> str | None:
+    """Why ``value`` is not an email address (the reason a row is rejected with), or None when it is one."""
+    if not EMAIL.match(value):
+        return f"not an email address: {value[:80]!r}"
+    return None
 
 
 def outcome_for_error(row: OutboundRow, error: Exception) -> RowOutcome:

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
 
-from airflow_provider_zeotap.destinations.base import send_each
+from airflow_provider_zeotap.destinations.base import email_problem, send_each
 from airflow_provider_zeotap.sync.destination import Capabilities, Destination, OutboundRow, RowOutcome
 from airflow_provider_zeotap.hooks.personyze import PersonyzeHook
 from airflow_provider_zeotap.sync.modes import AUDIENCE_MODES, RECORD_MODES, Operation
 
-EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s.]+$")
 USER_FIELDS = ("email", "first_name", "last_name", "internal_id", "phone", "company")
 
 
@@ -37,8 +35,19 @@ def _email_problem(row: OutboundRow, normalize: bool) -> str | None:
     email = _email(row, normalize)
     if not email:
         return "no email: Personyze identifies users by email; map a column to 'email'"
-    if not EMAIL.match(email):
-        return f"not an email address: {email[:80]!r}"
+    return email_problem(email)
+
+
+def _nested_problem(row: OutboundRow) -> str | None:
+    """A profile field holds text or a number. An object or a list is refused by ``/rest/do`` (after a batch split
+    to find it) and has no documented form in ``/rest/users``, so it is rejected with its field before sending."""
+    for field, value in row.payload.items():
+        if isinstance(value, (dict, list)):
+            kind = "an object" if isinstance(value, dict) else "a list"
+            return (
+                f"field {field!r} holds a nested value ({kind}); Personyze profile fields hold text and numbers: "
+                "flatten it in the source (one column per key) or cast it to JSON text"
+            )
     return None
 
 
@@ -65,7 +74,7 @@ class PersonyzeUsers(Destination):
         self.hook.get_account()
 
     def validate(self, operation: Operation, row: OutboundRow) -> str | None:
-        return _email_problem(row, self.normalize_email)
+        return _email_problem(row, self.normalize_email) or _nested_problem(row)
 
     def identity(self, row: OutboundRow) -> str | None:
         return _identity(row, self.normalize_email)

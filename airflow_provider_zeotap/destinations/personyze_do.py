@@ -18,7 +18,14 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from airflow_provider_zeotap.destinations.base import outcomes_for_error
-from airflow_provider_zeotap.destinations.personyze import USER_FIELDS, _cleared, _email, _email_problem, _identity
+from airflow_provider_zeotap.destinations.personyze import (
+    USER_FIELDS,
+    _cleared,
+    _email,
+    _email_problem,
+    _identity,
+    _nested_problem,
+)
 from airflow_provider_zeotap.hooks.personyze import PersonyzeHook
 from airflow_provider_zeotap.http import ApiError, BadRequestError
 from airflow_provider_zeotap.sync.destination import BatchRefused, Capabilities, Destination, OutboundRow, RowOutcome
@@ -69,8 +76,9 @@ class PersonyzeUsersDo(Destination):
         if self.user_key == "internal_id" and str(row.payload.get("internal_id") or "").strip() == "":
             return "no internal_id: users are keyed by internal_id here (the diff's primary key maps to it)"
         if self.user_key == "email" or row.payload.get("email") not in (None, ""):
-            return _email_problem(row, self.normalize_email)
-        return None
+            if problem := _email_problem(row, self.normalize_email):
+                return problem
+        return _nested_problem(row)
 
     def identity(self, row: OutboundRow) -> str | None:
         if self.user_key == "internal_id":

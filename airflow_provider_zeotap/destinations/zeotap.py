@@ -17,7 +17,7 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import IO, Any
 
-from airflow_provider_zeotap.destinations.base import outcome_for_error, outcomes_for_error
+from airflow_provider_zeotap.destinations.base import email_problem, outcome_for_error, outcomes_for_error
 from airflow_provider_zeotap.errors import ConfigurationError, FatalError
 from airflow_provider_zeotap.hooks.zeotap import MAX_DELETE_IDS, NO_IDENTIFIER, SECTIONS, DeletedProfiles, ZeotapProfileHook
 from airflow_provider_zeotap.http import ApiError, BadRequestError
@@ -147,6 +147,10 @@ class ZeotapProfiles(Destination):
         if value is None or not value.strip():
             return (f"empty id: the key column is the profile's {self.id_type}, and Zeotap answers an empty one with "
                     f"400 {NO_IDENTIFIER!r}; fill it in the source or leave the row out")
+        if not operation.removes and self.id_type.strip().lower() == "email" and (problem := email_problem(value)):
+            # Zeotap stores whatever string it is given as the id, so a non-address would become a profile
+            # keyed by an email nobody has; it is refused here, with the row, instead.
+            return f"{problem}: the key column holds the profiles' id_type 'email'; fix the value in the source"
         return None
 
     def identity(self, row: OutboundRow) -> str | None:

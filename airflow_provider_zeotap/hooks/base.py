@@ -17,6 +17,7 @@ from airflow.sdk.bases.hook import BaseHook
 from airflow_provider_zeotap.hooks.forms import FORMS, ConnectionForm
 from airflow_provider_zeotap.http import ApiClient, ApiError, ConfigurationError, Limits, Pacer
 from airflow_provider_zeotap.http.client import default_error_parser
+from airflow_provider_zeotap.http.errors import ApiConnectionError, TlsError
 from airflow_provider_zeotap.http.settings import HttpSettings, normalize_extras, parse_settings, unknown_extras
 from airflow_provider_zeotap.http.tls import build_ssl_context
 from airflow_provider_zeotap.http.urls import display_url, resolve_base_url
@@ -238,6 +239,12 @@ class ApiHook(BaseHook):
             return (
                 f"{self.vendor} refused the {self.secret_label} (HTTP 401): it is wrong or revoked. "
                 f"Check the password field of connection {self.conn_id!r}."
+            )
+        if isinstance(error, ApiConnectionError) and not isinstance(error, TlsError):  # TLS errors carry their own
+            return (
+                f"Could not reach {self.vendor} at {display_url(self.base_url)}: check the host field of connection "
+                f"{self.conn_id!r} (empty means {self.default_host}) and that this worker can reach it (DNS, proxy, "
+                "firewall)."
             )
         if error.status == 404 and self._is_list_path(error.path):
             return self._wrong_base_url()

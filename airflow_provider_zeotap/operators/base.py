@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from airflow_provider_zeotap.sync.destination import Capabilities, Destination
 from airflow_provider_zeotap.errors import BindingError, ConfigurationError, GuardError, StaleBaseError
+from airflow_provider_zeotap.sync.mapping import check_destination_fields
 from airflow_provider_zeotap.sync.models import Plan, SyncResult
 from airflow_provider_zeotap.sync.records import (
     FAILURE_KEY,
@@ -198,6 +199,14 @@ class BaseSyncOperator(BaseOperator):
             table = capabilities.operations_for(self.mode)
         except ValueError as error:
             raise ConfigurationError(f"{self.task_id}: {error}") from None
+        mapping = self.field_mapping
+        if isinstance(mapping, Mapping) and not capabilities.accepts_any_field and not _templated(mapping):
+            try:
+                check_destination_fields(
+                    mapping, default_fields=capabilities.default_fields, destination=capabilities.name
+                )
+            except ConfigurationError as error:
+                raise ConfigurationError(f"{self.task_id}: {error}") from None
         if self.batch_size is not None:
             maximum = (
                 capabilities.max_batch_size
@@ -299,6 +308,11 @@ class BaseSyncOperator(BaseOperator):
             self.log.error("The task fails on its rejected rows; its result: %s", result.model_dump_json())
         for line in summary:
             self.log.info("%s", line)
+        if plan.counts.invalid:  # the diff set them aside; said here too, where a reader of the sync looks
+            self.log.warning(
+                "%d source rows were set aside by the diff (null or duplicate primary key) and never sent; each is "
+                "in %s with its reason. Fix the key in the source.", plan.counts.invalid, plan.invalid_uri,
+            )
         if breach:
             raise TooManyRejectedRows(breach, result)
         describe_landing(context, self.sync_id, result)
@@ -351,6 +365,11 @@ def _take_plan(plan: Any, task_id: str) -> None:
         )
 
 
+def _templated(mapping: Mapping[Any, Any]) -> bool:
+    """A mapping with a Jinja expression in a key is only known once rendered: it is checked at run time."""
+    return any("{{" in str(key) for key in mapping)
+
+
 def _sync_id_of(plan: Any) -> str | None:
     """The sync id of the diff task whose output ``plan`` is, if it is one."""
     operator = getattr(plan, "operator", None)
@@ -370,4 +389,10 @@ def _load_plan(value: Any) -> Plan:
     try:
         return Plan.model_validate(value)
     except ValidationError as error:
-        raise ConfigurationError(f"plan is not a valid plan (pass the diff task's output): {error}") from None
+        # One line a person can act on, not pydantic's multi-line dump: a plan is never written by hand.
+        problems = [f"{'.'.join(str(p) for p in e['loc']) or 'plan'}: {e['msg']}" for e in error.errors()]
+        shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
+        raise ConfigurationError(
+            f"plan is not a valid plan ({shown}). Pass the diff task's output (plan=diff.output), never a plan "
+            "written by hand or edited."
+        ) from None

@@ -52,7 +52,10 @@ def id_chunks(
         return
     os.makedirs(work_dir, exist_ok=True)
     if sql is not None:
-        parts = sql_to_parts(sql_hook, sql, work_dir, chunk_size=CHUNK, parameters=parameters)
+        try:
+            parts = sql_to_parts(sql_hook, sql, work_dir, chunk_size=CHUNK, parameters=parameters)
+        except ValueError as error:  # a query the database refused: the provider's error, as in the diff task
+            raise ConfigurationError(str(error)) from None
     else:
         uri = str(source_uri)
         path = local_path(uri) if is_local(uri) else storage.fetch(uri)

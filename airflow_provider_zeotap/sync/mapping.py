@@ -41,12 +41,7 @@ def resolve_mapping(
             + f". Source columns: {list(source_columns)}."
         )
     if not accepts_any_field:
-        foreign = [name for name in mapping if name not in default_fields]
-        if foreign:
-            raise ConfigurationError(
-                f"{destination} has no field(s) {foreign}; its fields are {list(default_fields)}. "
-                "Fix the destination-field names (the keys) in field_mapping."
-            )
+        check_destination_fields(mapping, default_fields=default_fields, destination=destination)
     missing = [name for name in required_fields if name not in mapping]
     if missing:
         raise ConfigurationError(
@@ -60,6 +55,20 @@ def resolve_mapping(
             f"{list(default_fields)}. Pass field_mapping={{destination_field: source_column}}."
         )
     return mapping
+
+
+def check_destination_fields(mapping: Mapping[str, str], *, default_fields: Sequence[str], destination: str) -> None:
+    """A destination with a fixed set of fields refuses a mapping to any other: the value would be dropped.
+
+    The operators call it when the DAG is parsed (the keys of a literal ``field_mapping`` are known then), and
+    ``resolve_mapping`` again at run time for a templated one.
+    """
+    foreign = [name for name in mapping if name not in default_fields]
+    if foreign:
+        raise ConfigurationError(
+            f"{destination} has no field(s) {foreign}; its fields are {list(default_fields)}. "
+            "Fix the destination-field names (the keys) in field_mapping."
+        )
 
 
 class UnsendableValue(ValueError):

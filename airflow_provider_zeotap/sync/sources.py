@@ -245,14 +245,26 @@ def _execute(cursor: Any, sql: str, parameters: Sequence[Any] | Mapping[str, Any
         else:
             cursor.execute(sql, parameters)
     except Exception as error:
-        if not getattr(cursor, "name", None) or not _is_programming_error(error):
-            raise
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not getattr(cursor, "name", None) or not _is_programming_error(error):
+            if not _is_database_error(error):
+                raise
+            # The database refused the query (a typo, a missing table or column, no permission): say so in the
+            # words of the setting to fix, not as the driver's traceback from deep inside the extract.
+            raise ValueError(
+                f"the source query (sql) failed: {type(error).__name__}: {first_line}. Fix the diff task's sql (run it "
+                "in a SQL client on the same connection first); nothing was read or sent."
+            ) from error
         raise ValueError(
             f"The source query could not be opened as a server-side cursor ({first_line}). The cursor runs "
             "it as DECLARE ... CURSOR FOR <query>, which takes a single SELECT, VALUES or WITH ... SELECT: "
             "move set-up statements (SET, CREATE ...) into a view or function, and check the query's syntax."
         ) from error
+
+
+def _is_database_error(error: BaseException) -> bool:
+    """DB-API ``DatabaseError`` (every error the database itself reports), told by name: no driver is imported."""
+    return any(kind.__name__ == "DatabaseError" for kind in type(error).__mro__)
 
 
 def _is_programming_error(error: BaseException) -> bool:

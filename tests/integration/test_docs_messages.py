@@ -36,6 +36,7 @@ INDEX = "troubleshooting.md"
 #: The troubleshooting index's sections with quotes, and the test module that checks each one against the
 #: messages its scenarios produce (each destination's own scenarios, so none runs twice).
 INDEX_SECTIONS = {
+    "Bad input, any destination": "tests/integration/test_bad_input.py",
     "Personyze": "tests/integration/test_docs_messages.py",
     "Permutive": "tests/integration/test_docs_messages.py",
     "Optimizely": "tests/integration/test_optimizely_docs_messages.py",
