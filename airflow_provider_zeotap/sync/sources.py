@@ -114,13 +114,34 @@ def sql_to_parts(
     ``server_side_cursor=False`` uses the driver's default cursor even where it buffers the whole
     result; it exists to measure what the server-side cursor saves.
     """
+    with closing(hook.get_conn()) as conn:
+        return query_to_parts(
+            conn, sql, out_dir, chunk_size=chunk_size, parameters=parameters, server_side_cursor=server_side_cursor
+        )
+
+
+def query_to_parts(
+    conn: Any,
+    sql: str,
+    out_dir: str,
+    *,
+    chunk_size: int = 50_000,
+    parameters: Sequence[Any] | Mapping[str, Any] | None = None,
+    server_side_cursor: bool = True,
+    engine_columns: bool = False,
+) -> list[str]:
+    """``sql_to_parts`` over a connection the caller keeps open (the warehouse diff's own session).
+
+    ``engine_columns`` lets the result carry the engine's ``__`` columns: the warehouse diff's queries
+    return the changes file's bookkeeping columns, which a user's source may not.
+    """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
-    with closing(hook.get_conn()) as conn, _result_cursor(conn, chunk_size, server_side_cursor) as cursor:
+    with _result_cursor(conn, chunk_size, server_side_cursor) as cursor:
         _execute(cursor, sql, parameters)
         chunk, description = _first_chunk(cursor, chunk_size)
         names = [str(column[0]) for column in description]
-        check_column_names(names)
+        check_column_names([name for name in names if not (engine_columns and name.startswith("__"))])
         writer = _PartWriter(names, out_dir, declared_types(conn, description))
         while chunk:
             writer.write_columns(_transpose(chunk, len(names)), len(chunk))
