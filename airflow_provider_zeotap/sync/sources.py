@@ -38,6 +38,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -370,9 +371,37 @@ class DeclaredType:
 
 def declared_types(conn: Any, description: Sequence[Sequence[Any]]) -> list[DeclaredType | None]:
     """Per column, the type the driver declares, or None where it declares none this engine reads."""
-    if driver_of(conn) not in _POSTGRES_DRIVERS:
+    driver = driver_of(conn)
+    if driver in ("duckdb", "_duckdb"):
+        return [_duckdb_type(column) for column in description]
+    if driver not in _POSTGRES_DRIVERS:
         return [None] * len(description)
     return [_postgres_type(column) for column in description]
+
+
+#: DuckDB type names (a DuckDB file read as a warehouse) to the Arrow type their values are stored as.
+_DUCKDB_TYPES: dict[str, pa.DataType] = {
+    "BOOLEAN": pa.bool_(),
+    "SMALLINT": pa.int16(),
+    "INTEGER": pa.int32(),
+    "BIGINT": pa.int64(),
+    "FLOAT": pa.float64(),
+    "DOUBLE": pa.float64(),
+    "VARCHAR": pa.string(),
+    "DATE": pa.date32(),
+    "TIMESTAMP": pa.timestamp("us"),
+    "TIMESTAMP WITH TIME ZONE": pa.timestamp("us", tz="UTC"),
+}
+_DUCKDB_DECIMAL = re.compile(r"DECIMAL\((\d+),\s*(\d+)\)")
+
+
+def _duckdb_type(column: Any) -> DeclaredType | None:
+    """DuckDB describes each column by its type, so a DECIMAL(8,2) is one in every chunk, as with PostgreSQL."""
+    name = str(column[1])
+    if name in _DUCKDB_TYPES:
+        return DeclaredType(_DUCKDB_TYPES[name])
+    match = _DUCKDB_DECIMAL.fullmatch(name)
+    return _numeric_type(int(match.group(1)), int(match.group(2))) if match else None
 
 
 def _postgres_type(column: Any) -> DeclaredType | None:
