@@ -35,8 +35,11 @@ ACK_SCRATCH = "zeotap_acknowledged"
 LOOKUP_SCRATCH = "zeotap_lookup"
 
 #: Table aliases in the generated SQL.
-_S, _T, _A, _D = '"s"', '"t"', '"a"', '"d"'
-_DN = '"d"."n"'
+_S, _T, _A, _D = "s", "t", "a", "d"
+_DN = "d.n"
+
+#: The invalid-rows file's reason column (as ``diff.REASON_COLUMN``).
+REASON = "__reason"
 
 #: A schema name the author gives: plain, so it means the same thing in every dialect.
 SCHEMA_PATTERN = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,62}")
@@ -100,20 +103,23 @@ class Dialect:
     def create_versions_table(self, schema: str) -> str:
         return (
             f"CREATE TABLE IF NOT EXISTS {self.table(schema, VERSIONS_TABLE)} ("
-            '"sync_id" VARCHAR(128) PRIMARY KEY, "version" BIGINT NOT NULL, "plan_id" VARCHAR(64), '
-            '"committed_at" TIMESTAMP)'
+            'sync_id VARCHAR(128) PRIMARY KEY, version BIGINT NOT NULL, plan_id VARCHAR(64), '
+            'committed_at TIMESTAMP)'
         )
 
     def ensure_version(self, schema: str) -> str:
         """The first version row of a sync (parameters: sync id twice); a later run finds it there."""
         versions = self.table(schema, VERSIONS_TABLE)
         return (
-            f'INSERT INTO {versions} ("sync_id", "version") SELECT {self.param}, 0 '
-            f'WHERE NOT EXISTS (SELECT 1 FROM {versions} WHERE "sync_id" = {self.param})'
+            f'INSERT INTO {versions} (sync_id, version) SELECT {self.param}, 0 '
+            f'WHERE NOT EXISTS (SELECT 1 FROM {versions} WHERE sync_id = {self.param})'
         )
 
+    def ensure_version_parameters(self, sync_id: str) -> tuple[str, ...]:
+        return (sync_id, sync_id)
+
     def read_version(self, schema: str) -> str:
-        return f'SELECT "version", "plan_id" FROM {self.table(schema, VERSIONS_TABLE)} WHERE "sync_id" = {self.param}'
+        return f'SELECT version, plan_id FROM {self.table(schema, VERSIONS_TABLE)} WHERE sync_id = {self.param}'
 
     def bump_version(self, schema: str) -> str:
         """The compare-and-set, inside the commit's transaction. Parameters: new version, plan id,
@@ -121,9 +127,9 @@ class Dialect:
         committed state, or this same plan committed it (a retried task commits again)."""
         p = self.param
         return (
-            f'UPDATE {self.table(schema, VERSIONS_TABLE)} SET "version" = {p}, "plan_id" = {p}, '
-            f'"committed_at" = CURRENT_TIMESTAMP WHERE "sync_id" = {p} AND ("version" = {p} OR '
-            f'("plan_id" = {p} AND "version" = {p}))'
+            f'UPDATE {self.table(schema, VERSIONS_TABLE)} SET version = {p}, plan_id = {p}, '
+            f'committed_at = CURRENT_TIMESTAMP WHERE sync_id = {p} AND (version = {p} OR '
+            f'(plan_id = {p} AND version = {p}))'
         )
 
     def scratch_from_source(self, schema: str, name: str, source_sql: str, hash_expr: str) -> str:
@@ -131,7 +137,7 @@ class Dialect:
         same rows, and the author's query (and its parameters) runs exactly once."""
         return (
             f"{self._create_scratch(schema, name)} AS SELECT {_S}.*, {hash_expr} AS {self.quote(HASH_COLUMN)} "
-            f'FROM ({source_sql}) AS "s"'
+            f'FROM ({source_sql}) AS s'
         )
 
     def _create_scratch(self, schema: str, name: str) -> str:
@@ -146,9 +152,9 @@ class Dialect:
         """The state table with the source's own column types, plus the hash and delivery columns."""
         return (
             f"CREATE TABLE {self.table(schema, table)} AS SELECT {self.columns(columns, _S)}, "
-            f'"s".{self.quote(HASH_COLUMN)}, {self._null_text(IDENTITY_COLUMN)}, '
+            f's.{self.quote(HASH_COLUMN)}, {self._null_text(IDENTITY_COLUMN)}, '
             f"{self._null_text(PAYLOAD_HASH_COLUMN)}, {self._null_text(PAYLOAD_FIELDS_COLUMN)} "
-            f'FROM {source} AS "s" WHERE 1 = 0'
+            f'FROM {source} AS s WHERE 1 = 0'
         )
 
     def _null_text(self, name: str) -> str:
@@ -168,7 +174,7 @@ class Dialect:
         return f"DROP TABLE IF EXISTS {self.table(schema, table)}"
 
     def describe_source(self, source_sql: str) -> str:
-        return f'SELECT * FROM ({source_sql}) AS "s" WHERE 1 = 0'
+        return f'SELECT * FROM ({source_sql}) AS s WHERE 1 = 0'
 
     # -- the diff: one statement per change kind ---------------------------------------------------
     def key_match(self, left: str, right: str, keys: Sequence[str]) -> str:
@@ -176,18 +182,18 @@ class Dialect:
 
     def valid_source(self, schema: str, keys: Sequence[str]) -> str:
         """Source rows with a whole key that occurs once (the others are set aside as invalid)."""
-        not_null = " AND ".join(f'"s".{self.quote(k)} IS NOT NULL' for k in keys)
+        not_null = " AND ".join(f's.{self.quote(k)} IS NOT NULL' for k in keys)
         dups = self.scratch(schema, DUPS_SCRATCH)
         return (
-            f'{self.scratch(schema, SOURCE_SCRATCH)} AS "s" WHERE {not_null} AND NOT EXISTS '
-            f'(SELECT 1 FROM {dups} AS "d" WHERE {self.key_match(_D, _S, keys)})'
+            f'{self.scratch(schema, SOURCE_SCRATCH)} AS s WHERE {not_null} AND NOT EXISTS '
+            f'(SELECT 1 FROM {dups} AS d WHERE {self.key_match(_D, _S, keys)})'
         )
 
     def create_dups(self, schema: str, keys: Sequence[str]) -> str:
         not_null = " AND ".join(f"{self.quote(k)} IS NOT NULL" for k in keys)
         cols = self.columns(keys)
         return (
-            f'{self._create_scratch(schema, DUPS_SCRATCH)} AS SELECT {cols}, COUNT(*) AS "n" '
+            f'{self._create_scratch(schema, DUPS_SCRATCH)} AS SELECT {cols}, COUNT(*) AS n '
             f"FROM {self.scratch(schema, SOURCE_SCRATCH)} WHERE {not_null} GROUP BY {cols} HAVING COUNT(*) > 1"
         )
 
@@ -212,8 +218,8 @@ class Dialect:
         state = self.table(schema, table)
         return (
             f'SELECT {self.columns(columns, _S)}, {self._delivered(None)}, '
-            f'"s".{self.quote(HASH_COLUMN)}, {self._kind(Change.ADDED)} FROM {self.valid_source(schema, keys)} '
-            f'AND NOT EXISTS (SELECT 1 FROM {state} AS "t" WHERE {self.key_match(_T, _S, keys)})'
+            f's.{self.quote(HASH_COLUMN)}, {self._kind(Change.ADDED)} FROM {self.valid_source(schema, keys)} '
+            f'AND NOT EXISTS (SELECT 1 FROM {state} AS t WHERE {self.key_match(_T, _S, keys)})'
         )
 
     def changed_query(
@@ -223,12 +229,12 @@ class Dialect:
         state = self.table(schema, table)
         compare = "=" if refresh else "<>"
         kind = Change.REFRESH if refresh else Change.CHANGED
-        match = self.key_match('"t"', '"s"', keys)
+        match = self.key_match(_T, _S, keys)
         return (
             f'SELECT {self.columns(columns, _S)}, {self._delivered(_T)}, '
-            f'"s".{self.quote(HASH_COLUMN)}, {self._kind(kind)} FROM {state} AS "t" JOIN '
-            f'(SELECT "s".* FROM {self.valid_source(schema, keys)}) AS "s" ON {match} '
-            f'WHERE "s".{self.quote(HASH_COLUMN)} {compare} "t".{self.quote(HASH_COLUMN)}'
+            f's.{self.quote(HASH_COLUMN)}, {self._kind(kind)} FROM {state} AS t JOIN '
+            f'(SELECT s.* FROM {self.valid_source(schema, keys)}) AS s ON {match} '
+            f'WHERE s.{self.quote(HASH_COLUMN)} {compare} t.{self.quote(HASH_COLUMN)}'
         )
 
     def removed_query(self, schema: str, table: str, keys: Sequence[str], columns: Sequence[str]) -> str:
@@ -236,8 +242,8 @@ class Dialect:
         state = self.table(schema, table)
         return (
             f'SELECT {self.columns(columns, _T)}, {self._delivered(_T)}, '
-            f'"t".{self.quote(HASH_COLUMN)}, {self._kind(Change.REMOVED)} FROM {state} AS "t" WHERE NOT EXISTS '
-            f'(SELECT 1 FROM {self.scratch(schema, SOURCE_SCRATCH)} AS "s" WHERE {self.key_match(_S, _T, keys)})'
+            f't.{self.quote(HASH_COLUMN)}, {self._kind(Change.REMOVED)} FROM {state} AS t WHERE NOT EXISTS '
+            f'(SELECT 1 FROM {self.scratch(schema, SOURCE_SCRATCH)} AS s WHERE {self.key_match(_S, _T, keys)})'
         )
 
     def invalid_query(self, schema: str, keys: Sequence[str], columns: Sequence[str]) -> str:
@@ -245,12 +251,12 @@ class Dialect:
             f"WHEN {_S}.{self.quote(k)} IS NULL THEN {self.param}" for k in keys
         )
         dups = self.scratch(schema, DUPS_SCRATCH)
-        nulls = " OR ".join(f'"s".{self.quote(k)} IS NULL' for k in keys)
+        nulls = " OR ".join(f's.{self.quote(k)} IS NULL' for k in keys)
         return (
             f'SELECT {self.columns(columns, _S)}, CASE {reasons} ELSE '
             f"{self.concat(self.param, self.cast_text(_DN), self.param)} END "
-            f'AS "__reason" FROM {self.scratch(schema, SOURCE_SCRATCH)} AS "s" LEFT JOIN {dups} AS "d" ON '
-            f'{self.key_match(_D, _S, keys)} WHERE {nulls} OR "d"."n" IS NOT NULL'
+            f'AS {self.quote(REASON)} FROM {self.scratch(schema, SOURCE_SCRATCH)} AS s LEFT JOIN {dups} AS d ON '
+            f'{self.key_match(_D, _S, keys)} WHERE {nulls} OR d.n IS NOT NULL'
         )
 
     def concat(self, *parts: str) -> str:
@@ -261,28 +267,28 @@ class Dialect:
 
     def state_rows_query(self, schema: str, table: str, columns: Sequence[str]) -> str:
         """Every committed row with its hash (a rebind sends every current row)."""
-        return f'SELECT {self.columns(columns, _T)}, {_T}.{self.quote(HASH_COLUMN)} FROM {self.table(schema, table)} AS "t"'
+        return f'SELECT {self.columns(columns, _T)}, {_T}.{self.quote(HASH_COLUMN)} FROM {self.table(schema, table)} AS t'
 
     # -- lookups by identity (the identity check, ownership records) ------------------------------
     def create_lookup(self, schema: str) -> str:
-        return f'{self._create_scratch(schema, LOOKUP_SCRATCH)} ("identity" {self.text_type})'
+        return f'{self._create_scratch(schema, LOOKUP_SCRATCH)} (lookup_identity {self.text_type})'
 
     def insert_lookup(self, schema: str) -> str:
-        return f'INSERT INTO {self.scratch(schema, LOOKUP_SCRATCH)} ("identity") VALUES ({self.param})'
+        return f'INSERT INTO {self.scratch(schema, LOOKUP_SCRATCH)} (lookup_identity) VALUES ({self.param})'
 
     def rows_with_identities(self, schema: str, table: str, keys: Sequence[str]) -> str:
         return (
-            f'SELECT {self.columns(keys, _T)}, "t".{self.quote(IDENTITY_COLUMN)} '
-            f'FROM {self.table(schema, table)} AS "t" WHERE "t".{self.quote(IDENTITY_COLUMN)} IN '
-            f'(SELECT "identity" FROM {self.scratch(schema, LOOKUP_SCRATCH)})'
+            f'SELECT {self.columns(keys, _T)}, t.{self.quote(IDENTITY_COLUMN)} '
+            f'FROM {self.table(schema, table)} AS t WHERE t.{self.quote(IDENTITY_COLUMN)} IN '
+            f'(SELECT lookup_identity FROM {self.scratch(schema, LOOKUP_SCRATCH)})'
         )
 
     # -- the commit --------------------------------------------------------------------------------
     def create_acknowledged(self, schema: str, table: str) -> str:
         """A scratch table shaped like the state table, plus the change kind, for the acknowledged rows."""
         return (
-            f'{self._create_scratch(schema, ACK_SCRATCH)} AS SELECT "t".*, {self._null_text(CHANGE_COLUMN)} '
-            f'FROM {self.table(schema, table)} AS "t" WHERE 1 = 0'
+            f'{self._create_scratch(schema, ACK_SCRATCH)} AS SELECT t.*, {self._null_text(CHANGE_COLUMN)} '
+            f'FROM {self.table(schema, table)} AS t WHERE 1 = 0'
         )
 
     def insert_acknowledged(self, schema: str, columns: Sequence[str]) -> str:
@@ -297,8 +303,8 @@ class Dialect:
         """
         state = self.table(schema, table)
         ack = self.scratch(schema, ACK_SCRATCH)
-        statements = [f"DELETE FROM {state}"] if replace_all else [
-            f'DELETE FROM {state} AS "t" WHERE EXISTS (SELECT 1 FROM {ack} AS "a" WHERE '
+        statements = [f"DELETE FROM {state} WHERE 1 = 1"] if replace_all else [
+            f'DELETE FROM {state} AS t WHERE EXISTS (SELECT 1 FROM {ack} AS a WHERE '
             f'{self.key_match(_A, _T, keys)})'
         ]
         statements.append(
@@ -378,13 +384,13 @@ class SnowflakeDialect(Dialect):
         ack = self.scratch(schema, ACK_SCRATCH)
         removed = f"'{Change.REMOVED.value}'"
         change = self.quote(CHANGE_COLUMN)
-        statements = [f"DELETE FROM {state}"] if replace_all else []
-        updates = ", ".join(f'{self.quote(c)} = "a".{self.quote(c)}' for c in columns if c not in keys)
+        statements = [f"DELETE FROM {state} WHERE 1 = 1"] if replace_all else []
+        updates = ", ".join(f'{self.quote(c)} = a.{self.quote(c)}' for c in columns if c not in keys)
         statements.append(
-            f'MERGE INTO {state} AS "t" USING {ack} AS "a" ON {self.key_match(_T, _A, keys)} '
-            f'WHEN MATCHED AND "a".{change} = {removed} THEN DELETE '
+            f'MERGE INTO {state} AS t USING {ack} AS a ON {self.key_match(_T, _A, keys)} '
+            f'WHEN MATCHED AND a.{change} = {removed} THEN DELETE '
             f"WHEN MATCHED THEN UPDATE SET {updates} "
-            f'WHEN NOT MATCHED AND "a".{change} <> {removed} THEN INSERT ({self.columns(columns)}) '
+            f'WHEN NOT MATCHED AND a.{change} <> {removed} THEN INSERT ({self.columns(columns)}) '
             f'VALUES ({self.columns(columns, _A)})'
         )
         return statements
@@ -420,8 +426,23 @@ class BigQueryDialect(Dialect):
             "`sync_id` STRING NOT NULL, `version` INT64 NOT NULL, `plan_id` STRING, `committed_at` TIMESTAMP)"
         )
 
-    def key_match(self, left: str, right: str, keys: Sequence[str]) -> str:
-        return " AND ".join(f"{left}.{self.quote(k)} = {right}.{self.quote(k)}" for k in keys)
+    def ensure_version(self, schema: str) -> str:
+        """BigQuery takes no WHERE without a FROM: the first version row is a MERGE."""
+        return (
+            f"MERGE INTO {self.table(schema, VERSIONS_TABLE)} AS v USING (SELECT {self.param} AS sync_id) AS n "
+            "ON v.sync_id = n.sync_id WHEN NOT MATCHED THEN INSERT (sync_id, version) VALUES (n.sync_id, 0)"
+        )
+
+    def ensure_version_parameters(self, sync_id: str) -> tuple[str, ...]:
+        return (sync_id,)
+
+    def state_columns(self, schema: str, table: str) -> tuple[str, Sequence[Any]]:
+        """A dataset's own INFORMATION_SCHEMA (BigQuery has no project-wide one without a region)."""
+        return (
+            f"SELECT column_name FROM {self.quote(validate_schema(schema))}.INFORMATION_SCHEMA.COLUMNS "
+            f"WHERE table_name = {self.param} ORDER BY ordinal_position",
+            (table,),
+        )
 
     def merge(self, schema: str, table: str, keys: Sequence[str], columns: Sequence[str], *, replace_all: bool) -> list[str]:
         return SnowflakeDialect.merge(self, schema, table, keys, columns, replace_all=replace_all)  # type: ignore[arg-type]

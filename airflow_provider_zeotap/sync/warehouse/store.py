@@ -168,10 +168,10 @@ class WarehouseState:
                 compared = list(columns) if columns is not None else list(names)
                 cursor.execute(d.create_schema(self.schema))
                 cursor.execute(d.create_versions_table(self.schema))
-                cursor.execute(d.ensure_version(self.schema), (self.sync_id, self.sync_id))
+                cursor.execute(d.ensure_version(self.schema), d.ensure_version_parameters(self.sync_id))
                 self._check_state_table(cursor, names, first_run)
                 self._drop_scratch(conn, cursor, SOURCE_SCRATCH, DUPS_SCRATCH)
-                source = d.scratch_from_source(self.schema, SOURCE_SCRATCH, sql, d.row_hash('"s"', compared))
+                source = d.scratch_from_source(self.schema, SOURCE_SCRATCH, sql, d.row_hash("s", compared))
                 cursor.execute(source) if parameters is None else cursor.execute(source, parameters)
                 cursor.execute(d.create_dups(self.schema, primary_key), ())
                 if first_run:
@@ -183,7 +183,7 @@ class WarehouseState:
                 version = int(cursor.fetchone()[0])
                 cursor.execute(d.source_counts(self.schema, primary_key), ())
                 total, null_keys = (int(v) for v in cursor.fetchone())
-                cursor.execute(f'SELECT COALESCE(SUM("n"), 0) FROM {d.scratch(self.schema, DUPS_SCRATCH)}', ())
+                cursor.execute(f"SELECT COALESCE(SUM(n), 0) FROM {d.scratch(self.schema, DUPS_SCRATCH)}", ())
                 duplicated = int(cursor.fetchone()[0])
                 self._commit(conn, cursor)
                 kinds = [Change.ADDED, Change.CHANGED, Change.REFRESH if full_refresh else Change.REMOVED]
