@@ -5,6 +5,7 @@ The crash test runs this in a child process and kills it with SIGKILL half-way t
 
 from __future__ import annotations
 
+import os
 import sys
 
 from airflow_provider_zeotap.destinations.personyze import PersonyzeUsers
@@ -27,8 +28,22 @@ def deliver(work_dir: str):
         pointer=CommittedPointer(JsonFileStore(f"{work_dir}/asset_state.json")),
         checkpoints=JsonFileStore(f"{work_dir}/task_state.json"),
         batch_size=5,
+        warehouse_hook=_warehouse_hook(work_dir),
     )
     return runner.run()
+
+
+def _warehouse_hook(work_dir: str):
+    """A plan diffed in PostgreSQL commits there: ``warehouse_dsn`` in the work dir names the server."""
+    path = f"{work_dir}/warehouse_dsn"
+    if not os.path.exists(path):
+        return None
+    import psycopg2
+
+    from tests.support.warehouse_harness import ConnectHook
+
+    dsn = open(path, encoding="utf-8").read().strip()
+    return ConnectHook(lambda: psycopg2.connect(dsn))
 
 
 if __name__ == "__main__":
