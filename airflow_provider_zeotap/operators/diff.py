@@ -216,6 +216,8 @@ class SyncDiffOperator(BaseOperator):
             with open(descriptor, "w", encoding="utf-8") as handle:
                 json.dump({"dialect": dialect.name, "state_schema": self.state_schema,
                            "state_table": output.state_table, "base_version": output.version}, handle)
+        except ConfigurationError:
+            raise
         except ValueError as error:
             raise ConfigurationError(f"Sync {self.sync_id!r}: {error}") from None
         try:

@@ -187,7 +187,7 @@ def test_a_stale_plan_changes_nothing_in_the_warehouse(tmp_path, monkeypatch):
         side.runner(older, RecordingDestination()).run()
 
 
-def test_a_missing_state_table_or_a_new_column_set_names_the_fix(tmp_path, monkeypatch):
+def test_a_missing_state_table_a_new_column_set_or_a_new_type_names_the_fix(tmp_path, monkeypatch):
     pair = Pair(tmp_path, monkeypatch)
     side = pair.sides["warehouse"]
     pair.load([person(1)])
@@ -198,6 +198,11 @@ def test_a_missing_state_table_or_a_new_column_set_names_the_fix(tmp_path, monke
         side.plan()
     with duckdb.connect(pair.path) as con:
         con.execute("ALTER TABLE main.people DROP COLUMN plan")
+        con.execute("ALTER TABLE main.people ALTER score TYPE DECIMAL(8, 1)")
+    with pytest.raises(ConfigurationError, match=r"^Sync 'people_warehouse': source column 'score' is now of type DECIMAL\(8,1\), .* holds it as DECIMAL\(8,2\)\. Cast"):
+        side.plan()
+    with duckdb.connect(pair.path) as con:
+        con.execute("ALTER TABLE main.people ALTER score TYPE DECIMAL(8, 2)")
         con.execute(f'DROP TABLE zeotap_sync."{state_table_name(side.sync_id)}"')
     with pytest.raises(ConfigurationError, match="which is gone. Restore it .* new sync_id"):
         side.plan()

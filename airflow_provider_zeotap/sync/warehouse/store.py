@@ -162,14 +162,14 @@ class WarehouseState:
         d = self.dialect
         with self._session() as (conn, cursor):
             try:
-                names = self._describe(cursor, sql, parameters)
+                names, types = self._describe(cursor, sql, parameters)
                 _require(names, primary_key, "primary-key column")
                 _require(names, columns or [], "compared column")
                 compared = list(columns) if columns is not None else list(names)
                 cursor.execute(d.create_schema(self.schema))
                 cursor.execute(d.create_versions_table(self.schema))
                 cursor.execute(d.ensure_version(self.schema), d.ensure_version_parameters(self.sync_id))
-                self._check_state_table(cursor, names, first_run)
+                self._check_state_table(cursor, names, types, first_run)
                 self._drop_scratch(conn, cursor, SOURCE_SCRATCH, DUPS_SCRATCH)
                 source = d.scratch_from_source(self.schema, SOURCE_SCRATCH, sql, d.row_hash("s", compared))
                 cursor.execute(source) if parameters is None else cursor.execute(source, parameters)
@@ -219,17 +219,19 @@ class WarehouseState:
             counts=counts, source_columns=names, columns=compared, version=version, state_table=self.table,
         )
 
-    def _describe(self, cursor: Any, sql: str, parameters: Any) -> list[str]:
+    def _describe(self, cursor: Any, sql: str, parameters: Any) -> tuple[list[str], list[tuple[str, ...]]]:
+        """The source's column names, and each one's type as the driver describes it."""
         statement = self.dialect.describe_source(sql)
         cursor.execute(statement) if parameters is None else cursor.execute(statement, parameters)
         names = [str(column[0]) for column in cursor.description]
+        types = [_described_type(column) for column in cursor.description]
         cursor.fetchall()
         check_column_names(names)
         for name in names:
             self.dialect.quote(name)  # a name the dialect cannot quote is refused before anything runs
-        return names
+        return names, types
 
-    def _check_state_table(self, cursor: Any, names: list[str], first_run: bool) -> None:
+    def _check_state_table(self, cursor: Any, names: list[str], types: list[tuple[str, ...]], first_run: bool) -> None:
         """The state table of a committed sync must exist and hold the source's columns."""
         statement, parameters = self.dialect.state_columns(self.schema, self.table)
         cursor.execute(statement, tuple(parameters))
@@ -250,6 +252,17 @@ class WarehouseState:
                 f"{self.where} was created with {held}. Select the same columns, or start the sync afresh under a "
                 "new sync_id (a new column set is a new sync)."
             )
+        # A value of a changed type would be stored in the old one, which may round it: refused instead.
+        cursor.execute(f"SELECT {self.dialect.columns(names)} FROM {self.dialect.table(self.schema, self.table)} WHERE 1 = 0")
+        held_types = [_described_type(column) for column in cursor.description]
+        cursor.fetchall()
+        for name, now, before in zip(names, types, held_types):
+            if now != before:
+                raise ConfigurationError(
+                    f"Sync {self.sync_id!r}: source column {name!r} is now of type {_type_text(now)}, but the warehouse "
+                    f"state table {self.where} holds it as {_type_text(before)}. Cast it back in the source query "
+                    f"(e.g. CAST({name} AS ...)), or start the sync afresh under a new sync_id."
+                )
 
     def _kind_query(self, kind: Change, keys: list[str], names: list[str]) -> str:
         d = self.dialect
@@ -410,6 +423,16 @@ class WarehouseState:
         os.replace(partial, out_path)
         os.remove(state_path)
         return int(rows)
+
+
+def _described_type(column: Any) -> tuple[str, ...]:
+    """A column's type as DB-API describes it: the type code, with precision and scale where given."""
+    return tuple(str(part) for part in (column[1], column[4], column[5]))
+
+
+def _type_text(described: tuple[str, ...]) -> str:
+    code, precision, scale = described
+    return code if precision == "None" else f"{code} ({precision}, {scale})"
 
 
 def _require(names: list[str], wanted: Iterable[str], role: str) -> None:
