@@ -112,8 +112,12 @@ def write() -> None:
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: python -m tests.support.reliability --write")
+    # Run as a script this module is ``__main__``; the test modules register their cases with the imported
+    # ``tests.support.reliability``, so the table is written from that one.
+    from tests.support import reliability as registered
+
     try:
-        write()
+        registered.write()
     finally:
         import shutil
 
