@@ -211,3 +211,15 @@ def test_a_missing_state_table_a_new_column_set_or_a_new_type_names_the_fix(tmp_
 def _binding(list_id: str) -> Binding:
     return Binding(dag_id="d", task_id="t", operator="Op", conn_id="c", destination="Test destination",
                    target={"list_id": list_id}, mode_family="delivers")
+
+
+def test_a_sync_keeps_the_diff_in_it_was_committed_with(tmp_path, monkeypatch):
+    pair = Pair(tmp_path, monkeypatch)
+    worker = pair.sides["worker"]
+    pair.load([person(1)])
+    worker.runner(worker.plan(), RecordingDestination()).run()
+    switched = DiffHarness(str(tmp_path / "worker"), sync_id=worker.sync_id, conn_id="duck_wh", hook=worker.hook,
+                           diff_in="warehouse", sql=SQL, pointer_store=worker.pointer_store)
+    with pytest.raises(ConfigurationError, match="committed by a diff on the worker, and this task has "
+                                                 "diff_in='warehouse'.*new sync_id"):
+        switched.plan()
