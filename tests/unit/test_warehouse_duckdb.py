@@ -223,3 +223,13 @@ def test_a_sync_keeps_the_diff_in_it_was_committed_with(tmp_path, monkeypatch):
     with pytest.raises(ConfigurationError, match="committed by a diff on the worker, and this task has "
                                                  "diff_in='warehouse'.*new sync_id"):
         switched.plan()
+
+
+def test_take_over_existing_is_refused_for_a_warehouse_plan_before_sending(tmp_path, monkeypatch):
+    pair = Pair(tmp_path, monkeypatch)
+    side = pair.sides["warehouse"]
+    pair.load([person(1)])
+    destination = RecordingDestination()
+    with pytest.raises(ConfigurationError, match="take_over_existing=True .* use diff_in='worker'"):
+        side.runner(side.plan(), destination, take_over_existing=True).run()
+    assert destination.calls == []
