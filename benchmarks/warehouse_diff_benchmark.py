@@ -145,12 +145,12 @@ def run_worker_diff(uri: str, out: str, base: str | None) -> dict:
             "snapshot": output.snapshot_path}
 
 
-def run_warehouse_diff(uri: str, out: str) -> dict:
+def run_warehouse_diff(uri: str, out: str, chunk_size: int) -> dict:
     from airflow_provider_zeotap.sync.warehouse.store import WarehouseState
 
     state = WarehouseState(_Hook(uri), "postgres", sync_id=SYNC_ID, state_schema=SCHEMA)
     output = state.diff(sql=QUERY, parameters=None, primary_key=["id"], columns=None, first_run=False,
-                        full_refresh=False, out_dir=out)
+                        full_refresh=False, out_dir=out, chunk_size=chunk_size)
     return {"changes": output.counts.added + output.counts.changed + output.counts.removed}
 
 
@@ -161,7 +161,7 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "worker":
         figures = run_worker_diff(args.uri, args.out, args.base)
     else:
-        figures = run_warehouse_diff(args.uri, args.out)
+        figures = run_warehouse_diff(args.uri, args.out, args.chunk_size)
     figures.update(wall_s=time.perf_counter() - started, peak_mb=peak_rss_mb())
     print(json.dumps(figures))
 
@@ -171,8 +171,8 @@ def child(args: argparse.Namespace) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-def spawn(path: str, uri: str, out: str, base: str | None = None) -> dict:
-    command = [sys.executable, __file__, "--child", path, "--uri", uri, "--out", out]
+def spawn(path: str, uri: str, out: str, base: str | None = None, chunk_size: int = 50_000) -> dict:
+    command = [sys.executable, __file__, "--child", path, "--uri", uri, "--out", out, "--chunk-size", str(chunk_size)]
     if base:
         command += ["--base", base]
     completed = subprocess.run(command, capture_output=True, text=True)
@@ -181,7 +181,7 @@ def spawn(path: str, uri: str, out: str, base: str | None = None) -> dict:
     return json.loads(completed.stdout.strip().splitlines()[-1])
 
 
-def prepare(server_uri: str, rows: int, changed: float, work: Path) -> str:
+def prepare(server_uri: str, rows: int, changed: float, work: Path, worker: bool = True) -> str | None:
     """Fill the table, commit every row on both paths, then change ``changed`` of them. Returns the base snapshot."""
     import psycopg2
 
@@ -212,15 +212,16 @@ def prepare(server_uri: str, rows: int, changed: float, work: Path) -> str:
         )
         cursor.execute("DROP TABLE setup_empty")
     # The worker path's first run: its committed snapshot (every row, no delivery columns yet).
-    first = spawn("worker", server_uri, tempfile.mkdtemp(prefix="setup-", dir=work))
+    first = spawn("worker", server_uri, tempfile.mkdtemp(prefix="setup-", dir=work)) if worker else {"snapshot": None}
     with psycopg2.connect(server_uri) as pg, pg.cursor() as cursor:
         cursor.execute(f"UPDATE {TABLE} SET name = name || ' (changed)' WHERE id %% %s = 0", (round(1 / changed),))
     return first["snapshot"]
 
 
-def measure(path: str, relay: CountingRelay, relay_uri: str, rows: int, work: Path, base: str | None) -> Measurement:
+def measure(path: str, relay: CountingRelay, relay_uri: str, rows: int, work: Path, base: str | None,
+            chunk_size: int) -> Measurement:
     relay.take()
-    figures = spawn(path, relay_uri, tempfile.mkdtemp(prefix=f"{path}-", dir=work), base)
+    figures = spawn(path, relay_uri, tempfile.mkdtemp(prefix=f"{path}-", dir=work), base, chunk_size)
     return Measurement(path, rows, figures["changes"], figures["wall_s"], figures["peak_mb"], relay.take())
 
 
@@ -228,6 +229,11 @@ def report(results: list[Measurement]) -> None:
     print(f"\n{'path':<10} {'source rows':>12} {'changes':>9} {'wall s':>7} {'peak RSS MB':>12} {'bytes out of PG':>16}")
     for m in results:
         print(f"{m.path:<10} {m.rows:>12,} {m.changes:>9,} {m.wall_s:>7.1f} {m.peak_mb:>12.0f} {m.bytes_out:>16,}")
+    if results[0].path != "worker":
+        small = results[1]
+        print(f"\nwarehouse path worker RSS: {results[0].peak_mb:.0f} MB at {results[0].rows:,} rows against "
+              f"{small.peak_mb:.0f} MB at {small.rows:,} rows: {results[0].peak_mb / small.peak_mb:.2f}x (flat: ~1)")
+        return
     worker, warehouse = results[0], results[1]
     print(f"\nbytes out of the database: warehouse diff {warehouse.bytes_out / 2**20:.1f} MiB against the worker diff's "
           f"{worker.bytes_out / 2**20:.1f} MiB: {worker.bytes_out / max(warehouse.bytes_out, 1):.0f}x fewer (target >= 50x)")
@@ -244,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--small-rows", type=int, default=1_000_000, help="0: skip the flat-memory check")
     parser.add_argument("--changed", type=float, default=0.01)
+    parser.add_argument("--chunk-size", type=int, default=50_000, help="rows per fetch of the changes")
+    parser.add_argument("--warehouse-only", action="store_true", help="skip the worker path (its set-up is long)")
     parser.add_argument("--child", choices=("worker", "warehouse"), help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -270,11 +278,11 @@ def main(argv: list[str] | None = None) -> int:
         relay_uri = uri.replace(socket_dir, str(relay_dir))
         for rows in [args.rows] + ([args.small_rows] if args.small_rows else []):
             print(f"preparing {rows:,} rows ({args.changed:.0%} changed) ...", flush=True)
-            base = prepare(uri, rows, args.changed, work)
-            paths = ("worker", "warehouse") if rows == args.rows else ("warehouse",)
-            for path in paths:
+            with_worker = rows == args.rows and not args.warehouse_only
+            base = prepare(uri, rows, args.changed, work, worker=with_worker)
+            for path in ("worker", "warehouse") if with_worker else ("warehouse",):
                 print(f"  {path} diff ...", flush=True)
-                results.append(measure(path, relay, relay_uri, rows, work, base))
+                results.append(measure(path, relay, relay_uri, rows, work, base, args.chunk_size))
         relay.close()
     finally:
         server.cleanup()
