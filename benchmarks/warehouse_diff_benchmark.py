@@ -250,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=10_000_000)
     parser.add_argument("--small-rows", type=int, default=1_000_000, help="0: skip the flat-memory check")
     parser.add_argument("--changed", type=float, default=0.01)
+    parser.add_argument("--small-changed", type=float, default=None,
+                        help="share changed at --small-rows (default: --changed); equal change counts isolate the source size")
     parser.add_argument("--chunk-size", type=int, default=50_000, help="rows per fetch of the changes")
     parser.add_argument("--warehouse-only", action="store_true", help="skip the worker path (its set-up is long)")
     parser.add_argument("--child", choices=("worker", "warehouse"), help=argparse.SUPPRESS)
@@ -277,9 +279,10 @@ def main(argv: list[str] | None = None) -> int:
         relay = CountingRelay(os.path.join(socket_dir, port), relay_dir)
         relay_uri = uri.replace(socket_dir, str(relay_dir))
         for rows in [args.rows] + ([args.small_rows] if args.small_rows else []):
-            print(f"preparing {rows:,} rows ({args.changed:.0%} changed) ...", flush=True)
+            changed = args.changed if rows == args.rows else (args.small_changed or args.changed)
+            print(f"preparing {rows:,} rows ({changed:.1%} changed) ...", flush=True)
             with_worker = rows == args.rows and not args.warehouse_only
-            base = prepare(uri, rows, args.changed, work, worker=with_worker)
+            base = prepare(uri, rows, changed, work, worker=with_worker)
             for path in ("worker", "warehouse") if with_worker else ("warehouse",):
                 print(f"  {path} diff ...", flush=True)
                 results.append(measure(path, relay, relay_uri, rows, work, base, args.chunk_size))
