@@ -292,6 +292,7 @@ class BaseSyncOperator(BaseOperator):
                 send_nulls=self.send_nulls,
                 retry_rejected=self.retry_rejected,
                 progress_interval=self.progress_interval,
+                warehouse_hook=_warehouse_hook(plan),
             )
             result = runner.run()
             summary = runner.summary(result)  # reads the rejected-rows file, so before the cleanup
@@ -345,6 +346,15 @@ class BaseSyncOperator(BaseOperator):
         for what, uri in (("plan's changes file", plan.changes_uri), ("plan's snapshot file", plan.snapshot_uri)):
             if not storage.exists(uri):
                 raise missing_state_error(self, plan.sync_id, what, uri, plan.state_uri)
+
+
+def _warehouse_hook(plan: Plan) -> Any:
+    """The SQL hook of the warehouse holding the plan's state, when the diff ran there."""
+    if plan.warehouse is None:
+        return None
+    from airflow_provider_zeotap.operators.diff import sql_hook
+
+    return sql_hook(plan.warehouse.conn_id)
 
 
 def _take_plan(plan: Any, task_id: str) -> None:

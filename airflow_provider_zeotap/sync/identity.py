@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import closing
 from dataclasses import dataclass
 
@@ -59,16 +59,23 @@ def identity_verdicts(
     primary_key: Sequence[str],
     work_dir: str,
     memory_limit: str | None = None,
+    held_rows: Callable[[str], str | None] | None = None,
 ) -> dict[int, tuple[Outcome, str]]:
     """Row id -> (rejected or identity_kept, reason) for the rows the rules above catch; others absent.
 
     Every aggregate runs over the few identities that matter (shared ones, removed ones), never one
     group per row, so memory stays flat however many rows change.
+
+    ``held_rows``, given the file of this run's identities, returns the committed rows holding one of
+    them (key columns and ``__identity``), in place of ``base_snapshot``: a baseline kept in the
+    warehouse is asked for those few rows instead of being read whole.
     """
     with tempfile.TemporaryDirectory(prefix=".identity-", dir=work_dir) as folder:
         ids_path = os.path.join(folder, "identities.parquet")
         if not _write(checks, ids_path):
             return {}
+        if held_rows is not None:
+            base_snapshot = held_rows(ids_path)
         with closing(open_duckdb(folder, memory_limit=memory_limit)) as con:
             rows = con.execute(_verdicts_sql(con, ids_path, base_snapshot, changes_path, primary_key)).fetchall()
     verdicts: dict[int, tuple[Outcome, str]] = {}

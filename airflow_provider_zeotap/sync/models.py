@@ -143,6 +143,28 @@ class CommittedState(_Frozen):
     _safe_uris = field_validator("snapshot_uri", "rejected_uri")(_safe_uri)
 
 
+#: A committed state kept in the warehouse is named in the state store by a small marker file (where
+#: the state table is, its version) in place of a snapshot: the pointer, binding and pruning stay as they are.
+WAREHOUSE_MARKER_SUFFIX = ".warehouse.json"
+
+
+class WarehousePlan(_Frozen):
+    """Where a plan's committed state lives when the diff ran in the warehouse (``diff_in="warehouse"``).
+
+    The state table and the version row are in ``state_schema``; ``base_version`` is the version the
+    diff read, which the commit's compare-and-set checks; ``hashes_uri`` holds each change row's hash.
+    """
+
+    conn_id: str
+    dialect: str
+    state_schema: str
+    state_table: str
+    base_version: int
+    hashes_uri: str
+
+    _safe_uris = field_validator("hashes_uri")(_safe_uri)
+
+
 class Plan(_Frozen):
     """What the diff task found; the sync task's whole input. Small JSON in XCom."""
 
@@ -167,6 +189,8 @@ class Plan(_Frozen):
     #: The committed state this plan was computed against (None on a first run).
     base: CommittedState | None = None
     created_at: datetime
+    #: Set when the diff ran in the warehouse: the commit merges into its state table there.
+    warehouse: WarehousePlan | None = None
 
     _plain_ids = field_validator("sync_id", "plan_id")(_one_segment)
     _safe_uris = field_validator("state_uri", "snapshot_uri", "changes_uri", "invalid_uri")(_safe_uri)
@@ -196,8 +220,10 @@ class Plan(_Frozen):
             )
         root = join(state_uri, self.sync_id)
         plan_folder = join(root, "plans", self.plan_id)
-        for name in ("snapshot_uri", "changes_uri", "invalid_uri"):
-            uri = getattr(self, name)
+        named = {name: getattr(self, name) for name in ("snapshot_uri", "changes_uri", "invalid_uri")}
+        if self.warehouse is not None:
+            named["warehouse.hashes_uri"] = self.warehouse.hashes_uri
+        for name, uri in named.items():
             if not is_under(uri, plan_folder):
                 problems.append(f"{name} {uri!r} is not inside the plan's folder {plan_folder}/")
         if self.base is not None:

@@ -64,6 +64,7 @@ from airflow_provider_zeotap.sync.models import (
     PAYLOAD_FIELDS_COLUMN,
     PAYLOAD_HASH_COLUMN,
     ROW_ID_COLUMN,
+    WAREHOUSE_MARKER_SUFFIX,
     Binding,
     Change,
     CommittedState,
@@ -78,7 +79,10 @@ from airflow_provider_zeotap.sync.progress import Progress
 from airflow_provider_zeotap.sync.remembered import fingerprint, load_remembered, write_remembered
 from airflow_provider_zeotap.sync.state import CommittedPointer, KeyValueStore
 from airflow_provider_zeotap.sync.storage import SyncStorage
+from airflow_provider_zeotap.sync.sources import DbApiHookLike
 from airflow_provider_zeotap.sync.summary import summary_lines
+from airflow_provider_zeotap.sync.warehouse.store import WarehouseState
+from airflow_provider_zeotap.sync.warehouse.store import marker as warehouse_marker
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +191,7 @@ class DeliveryRunner:
         retry_rejected: bool = False,
         progress_interval: float = 10.0,
         memory_limit: str | None = None,
+        warehouse_hook: DbApiHookLike | None = None,
     ) -> None:
         self.plan = plan
         self.destination = destination
@@ -224,6 +229,15 @@ class DeliveryRunner:
             accepts_any_field=self.capabilities.accepts_any_field,
         )
         self._check_identity()
+        #: The warehouse holding the committed state, when the diff ran there (``diff_in="warehouse"``).
+        self.warehouse: WarehouseState | None = None
+        if plan.warehouse is not None:
+            if warehouse_hook is None:
+                raise ConfigurationError(
+                    f"Plan {plan.plan_id} of sync {plan.sync_id!r} keeps its state in the warehouse of connection "
+                    f"{plan.warehouse.conn_id!r}; the delivery needs that connection's hook to commit there."
+                )
+            self.warehouse = WarehouseState.of_plan(warehouse_hook, plan.warehouse, plan.sync_id)
         self.ownership = OwnershipLog(storage, binding.target_key() if binding else _UNBOUND_TARGET)
         #: True when the baseline belongs to another target and ``rebind`` starts this one afresh.
         self.rebinding = False
@@ -282,6 +296,11 @@ class DeliveryRunner:
         self.rebinding = self._check_binding()
         if self.pointer is not None:
             self.pointer.check(self.plan)  # a stale plan sends nothing
+        if self.warehouse is not None and self._takes_over:
+            raise ConfigurationError(
+                "take_over_existing=True reads every identity of the source and the baseline, which a diff in the "
+                "warehouse keeps there; use diff_in='worker' for a take-over mirror, or remove take_over_existing."
+            )
         self.changes_path, counts = self._changes()
         removals = sum(counts[change.value] for change, op in self.table.items() if op.removes)
         selected = sum(counts[change.value] for change in self.table)
@@ -394,18 +413,45 @@ class DeliveryRunner:
         if not self.rebinding:
             return self.storage.fetch(self.plan.changes_uri), self.plan.counts.model_dump()
         path = self.storage.to_local(self.storage.plan_uri(self.plan.plan_id, "delivery", "rebind_changes.parquet"))
-        rows = _refresh_changes(
-            self.storage.fetch(self.plan.snapshot_uri), self.plan.primary_key, path, self.memory_limit
-        )
+        if self.warehouse is not None:
+            rows = self.warehouse.rebind_changes(
+                changes_path=self.storage.fetch(self.plan.changes_uri),
+                hashes_path=self._hashes_path,
+                names=self.plan.source_columns,
+                primary_key=self.plan.primary_key,
+                out_path=path,
+            )
+        else:
+            rows = _refresh_changes(
+                self.storage.fetch(self.plan.snapshot_uri), self.plan.primary_key, path, self.memory_limit
+            )
         counts = {change.value: 0 for change in Change}
         counts[Change.REFRESH.value] = rows
         return path, counts
 
     @property
     def _base_snapshot(self) -> str | None:
-        """The baseline this delivery moves forward: none when the target is new (rebind)."""
+        """The baseline this delivery moves forward: none when the target is new (rebind), or kept in the warehouse."""
         base = self.plan.base
-        return None if base is None or self.rebinding else self.storage.fetch(base.snapshot_uri)
+        if base is None or self.rebinding or self.warehouse is not None:
+            return None
+        return self.storage.fetch(base.snapshot_uri)
+
+    @property
+    def _hashes_path(self) -> str:
+        """The row hashes of a warehouse plan's changes (of the rebind's changes on a rebind)."""
+        assert self.plan.warehouse is not None
+        hashes = self.storage.fetch(self.plan.warehouse.hashes_uri)
+        if self.rebinding and self.changes_path:
+            return self.changes_path.removesuffix(".parquet") + ".hashes.parquet"
+        return hashes
+
+    def _committed_with_identities(self, identities: Iterator[str] | set[str], name: str) -> str | None:
+        """The warehouse's committed rows holding one of ``identities`` (none on a rebind: the target is new)."""
+        if self.warehouse is None or self.plan.base is None or self.rebinding:
+            return None
+        folder = self.storage.local_dir(self.storage.plan_uri(self.plan.plan_id, "delivery"))
+        return self.warehouse.rows_with_identities(identities, self.plan.primary_key, os.path.join(folder, name))
 
     def _batches(self) -> Iterator[_Batch]:
         """Selected changes, removals first, each operation in row-id order, cut at its batch size.
@@ -503,8 +549,18 @@ class DeliveryRunner:
                                             prepared.identity, _key_text(prepared.row))
 
         folder = self.storage.local_dir(self.storage.plan_uri(self.plan.plan_id, "delivery"))
+        def held(ids_path: str) -> str | None:
+            with self._duckdb() as con:
+                reader = con.sql(
+                    'SELECT DISTINCT "identity" FROM read_parquet(?) WHERE "kind" <> ?',
+                    params=[ids_path, Change.REMOVED.value],
+                ).to_arrow_reader(10_000)
+                wanted = (value for batch in reader for value in batch.column(0).to_pylist())
+                return self._committed_with_identities(wanted, "committed_identities.parquet")
+
         verdicts = identity_verdicts(
             identities(),
+            held_rows=held if self.warehouse is not None else None,
             base_snapshot=self._base_snapshot,
             changes_path=self.changes_path,
             primary_key=self.plan.primary_key,
@@ -771,6 +827,8 @@ class DeliveryRunner:
             log.info("Nothing changed since the committed snapshot; the baseline stays as it is")
             return plan.base
         snapshot_id = f"{plan.plan_id}-{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"
+        if self.warehouse is not None:
+            return self._commit_in_warehouse(outcome_paths, snapshot_id)
         uri = self.storage.committed_uri(snapshot_id)
         local = self.storage.to_local(uri)
         rows = commit_snapshot(
@@ -804,6 +862,56 @@ class DeliveryRunner:
         keep = {snapshot_id} | ({plan.base.snapshot_id} if plan.base else set())
         if removed := self.storage.prune(keep_plan=plan.plan_id, keep_snapshots=keep):
             log.info("Removed %d old plan folders and snapshots of sync %r", len(removed), plan.sync_id)
+        return state
+
+    def _commit_in_warehouse(self, outcome_paths: list[str], snapshot_id: str) -> CommittedState:
+        """The warehouse merges the acknowledged rows and moves its version row; the pointer names a marker.
+
+        The marker file (where the state is, its version) sits where a snapshot would, so the pointer, the
+        binding, pruning and the rejected-rows memory work as they do for a diff on the worker.
+        """
+        plan, warehouse = self.plan, self.warehouse
+        assert warehouse is not None and plan.warehouse is not None
+        folder = self.storage.local_dir(self.storage.plan_uri(plan.plan_id, "delivery"))
+        rows, version = warehouse.commit(
+            plan_id=plan.plan_id,
+            base_version=plan.warehouse.base_version,
+            changes_path=self.changes_path,
+            hashes_path=self._hashes_path,
+            outcome_paths=outcome_paths,
+            acted_on={change.value for change in self.table},
+            primary_key=plan.primary_key,
+            replace_all=self.rebinding,
+            work_dir=folder,
+            memory_limit=self.memory_limit,
+        )
+        uri = self.storage.committed_uri(snapshot_id).removesuffix(".parquet") + WAREHOUSE_MARKER_SUFFIX
+        with open(self.storage.to_local(uri), "w", encoding="utf-8") as handle:
+            json.dump(warehouse_marker(plan.warehouse, version, rows), handle)
+        self.storage.publish(uri)
+        state = CommittedState(
+            snapshot_id=snapshot_id,
+            snapshot_uri=uri,
+            plan_id=plan.plan_id,
+            rows=rows,
+            committed_at=datetime.now(timezone.utc),
+            primary_key=plan.primary_key,
+            rejected_uri=self._write_rejections(snapshot_id, outcome_paths),
+            binding=self.binding,
+            run_id=self.run_id,
+            mode=self.mode,
+        )
+        self.pointer.compare_and_set(plan, state)  # type: ignore[union-attr]
+        log.info("Committed version %d of sync %r in the warehouse (%s): %d rows", version, plan.sync_id,
+                 warehouse.where, rows)
+        held = warehouse.rows_with_identities(
+            self.ownership.load(), plan.primary_key, os.path.join(folder, "owned_identities.parquet")
+        )
+        self.ownership.compact(
+            snapshot_path=held, outcome_paths=outcome_paths, snapshot_id=snapshot_id, memory_limit=self.memory_limit
+        )
+        keep = {snapshot_id} | ({plan.base.snapshot_id} if plan.base else set())
+        self.storage.prune(keep_plan=plan.plan_id, keep_snapshots=keep)
         return state
 
     def _write_rejections(self, snapshot_id: str, paths: list[str]) -> str | None:

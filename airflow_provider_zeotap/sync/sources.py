@@ -38,6 +38,7 @@ import importlib
 import json
 import logging
 import os
+import re
 import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -114,13 +115,34 @@ def sql_to_parts(
     ``server_side_cursor=False`` uses the driver's default cursor even where it buffers the whole
     result; it exists to measure what the server-side cursor saves.
     """
+    with closing(hook.get_conn()) as conn:
+        return query_to_parts(
+            conn, sql, out_dir, chunk_size=chunk_size, parameters=parameters, server_side_cursor=server_side_cursor
+        )
+
+
+def query_to_parts(
+    conn: Any,
+    sql: str,
+    out_dir: str,
+    *,
+    chunk_size: int = 50_000,
+    parameters: Sequence[Any] | Mapping[str, Any] | None = None,
+    server_side_cursor: bool = True,
+    engine_columns: bool = False,
+) -> list[str]:
+    """``sql_to_parts`` over a connection the caller keeps open (the warehouse diff's own session).
+
+    ``engine_columns`` lets the result carry the engine's ``__`` columns: the warehouse diff's queries
+    return the changes file's bookkeeping columns, which a user's source may not.
+    """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}.")
-    with closing(hook.get_conn()) as conn, _result_cursor(conn, chunk_size, server_side_cursor) as cursor:
+    with _result_cursor(conn, chunk_size, server_side_cursor) as cursor:
         _execute(cursor, sql, parameters)
         chunk, description = _first_chunk(cursor, chunk_size)
         names = [str(column[0]) for column in description]
-        check_column_names(names)
+        check_column_names([name for name in names if not (engine_columns and name.startswith("__"))])
         writer = _PartWriter(names, out_dir, declared_types(conn, description))
         while chunk:
             writer.write_columns(_transpose(chunk, len(names)), len(chunk))
@@ -361,9 +383,37 @@ class DeclaredType:
 
 def declared_types(conn: Any, description: Sequence[Sequence[Any]]) -> list[DeclaredType | None]:
     """Per column, the type the driver declares, or None where it declares none this engine reads."""
-    if driver_of(conn) not in _POSTGRES_DRIVERS:
+    driver = driver_of(conn)
+    if driver in ("duckdb", "_duckdb"):
+        return [_duckdb_type(column) for column in description]
+    if driver not in _POSTGRES_DRIVERS:
         return [None] * len(description)
     return [_postgres_type(column) for column in description]
+
+
+#: DuckDB type names (a DuckDB file read as a warehouse) to the Arrow type their values are stored as.
+_DUCKDB_TYPES: dict[str, pa.DataType] = {
+    "BOOLEAN": pa.bool_(),
+    "SMALLINT": pa.int16(),
+    "INTEGER": pa.int32(),
+    "BIGINT": pa.int64(),
+    "FLOAT": pa.float64(),
+    "DOUBLE": pa.float64(),
+    "VARCHAR": pa.string(),
+    "DATE": pa.date32(),
+    "TIMESTAMP": pa.timestamp("us"),
+    "TIMESTAMP WITH TIME ZONE": pa.timestamp("us", tz="UTC"),
+}
+_DUCKDB_DECIMAL = re.compile(r"DECIMAL\((\d+),\s*(\d+)\)")
+
+
+def _duckdb_type(column: Any) -> DeclaredType | None:
+    """DuckDB describes each column by its type, so a DECIMAL(8,2) is one in every chunk, as with PostgreSQL."""
+    name = str(column[1])
+    if name in _DUCKDB_TYPES:
+        return DeclaredType(_DUCKDB_TYPES[name])
+    match = _DUCKDB_DECIMAL.fullmatch(name)
+    return _numeric_type(int(match.group(1)), int(match.group(2))) if match else None
 
 
 def _postgres_type(column: Any) -> DeclaredType | None:

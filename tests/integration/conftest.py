@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import logging
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import pytest
 
@@ -157,3 +161,39 @@ def zeotap(zeotap_emulator, monkeypatch):
                        region=zeotap_emulator.region, **FAST_RETRIES),
     )
     return zeotap_emulator
+
+
+@dataclass(frozen=True)
+class Postgres:
+    uri: str
+    socket_dir: str
+    port: int
+
+    def airflow_connection(self) -> str:
+        """An AIRFLOW_CONN_* value: the socket directory is the host, as libpq takes it."""
+        return json.dumps(
+            {"conn_type": "postgres", "host": self.socket_dir, "port": self.port, "login": "postgres", "schema": "postgres"}
+        )
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[Postgres]:
+    """One server for the session, in a directory of its own.
+
+    Not under pytest's temporary root: run as root, pgserver runs PostgreSQL as a system user of its
+    own, which needs to reach the data directory also when it is stopped.
+    """
+    import pgserver
+
+    work = tempfile.mkdtemp(prefix="zeotap-pg-")
+    server = pgserver.get_server(os.path.join(work, "pgdata"), cleanup_mode="stop")
+    try:
+        uri = server.get_uri()
+        parsed = urlparse(uri)
+        query = parse_qs(parsed.query)
+        yield Postgres(uri=uri, socket_dir=query["host"][0], port=int(query.get("port", [parsed.port or 5432])[0]))
+    finally:
+        server.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+        # pgserver logs again from its exit hook, after pytest has closed the captured streams.
+        logging.getLogger("pgserver").setLevel(logging.WARNING)

@@ -8,22 +8,17 @@ so nothing else this test session loaded is counted.
 from __future__ import annotations
 
 import json
-import logging
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from datetime import date, datetime, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlparse
 
 import duckdb
 import psycopg
@@ -32,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from airflow_provider_zeotap.sync.sources import sql_to_parts
+from tests.integration.conftest import Postgres
 
 pytestmark = pytest.mark.integration
 
@@ -46,42 +42,6 @@ ROWS_SQL = """
            TIMESTAMPTZ '2026-01-01 00:00:00+00' + g * INTERVAL '1 second' AS created_at
     FROM generate_series(1::BIGINT, {rows}) AS g
 """
-
-
-@dataclass(frozen=True)
-class Postgres:
-    uri: str
-    socket_dir: str
-    port: int
-
-    def airflow_connection(self) -> str:
-        """An AIRFLOW_CONN_* value: the socket directory is the host, as libpq takes it."""
-        return json.dumps(
-            {"conn_type": "postgres", "host": self.socket_dir, "port": self.port, "login": "postgres", "schema": "postgres"}
-        )
-
-
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[Postgres]:
-    """One server for the session, in a directory of its own.
-
-    Not under pytest's temporary root: run as root, pgserver runs PostgreSQL as a system user of its
-    own, which needs to reach the data directory also when it is stopped.
-    """
-    import pgserver
-
-    work = tempfile.mkdtemp(prefix="zeotap-pg-")
-    server = pgserver.get_server(os.path.join(work, "pgdata"), cleanup_mode="stop")
-    try:
-        uri = server.get_uri()
-        parsed = urlparse(uri)
-        query = parse_qs(parsed.query)
-        yield Postgres(uri=uri, socket_dir=query["host"][0], port=int(query.get("port", [parsed.port or 5432])[0]))
-    finally:
-        server.cleanup()
-        shutil.rmtree(work, ignore_errors=True)
-        # pgserver logs again from its exit hook, after pytest has closed the captured streams.
-        logging.getLogger("pgserver").setLevel(logging.WARNING)
 
 
 @pytest.fixture
