@@ -46,6 +46,8 @@ class Measurement:
     too_many: int
     wall_s: float
     created: int
+    #: CPU time of the thread that ran the delivery (the emulator serves from its own threads).
+    cpu_s: float = 0.0
 
 
 class _MemoryStore:
@@ -107,7 +109,7 @@ def most_in_one_second(starts: list[float]) -> int:
     return best
 
 
-def measure(objects: int, *, sliding_windows: bool) -> Measurement:
+def measure(objects: int, *, sliding_windows: bool, latency_ms: float | None = None) -> Measurement:
     from airflow_provider_zeotap.destinations.optimizely_objects import OptimizelyObjects
     from airflow_provider_zeotap.hooks.optimizely import OptimizelyHook
     from airflow_provider_zeotap.sync.runner import DeliveryRunner
@@ -117,6 +119,8 @@ def measure(objects: int, *, sliding_windows: bool) -> Measurement:
     limits = OptimizelyHook.default_limits.model_copy(update={"sliding_windows": sliding_windows})
     with OptimizelyEmulator() as emulator, tempfile.TemporaryDirectory() as state:
         project = emulator.create_project("Benchmark")
+        if latency_ms:
+            emulator.set_faults(latency_ms=latency_ms)
         os.environ["AIRFLOW_CONN_OPTIMIZELY_DEFAULT"] = json.dumps(
             {"conn_type": "optimizely", "host": emulator.url, "password": emulator.token}
         )
@@ -140,12 +144,12 @@ def measure(objects: int, *, sliding_windows: bool) -> Measurement:
             checkpoints=_MemoryStore(),
             progress_interval=3600.0,
         )
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.thread_time()
         try:
             result = runner.run()
         finally:
             destination.close()
-        wall = time.monotonic() - started
+        wall, cpu = time.monotonic() - started, time.thread_time() - cpu
         log = emulator.requests
         starts = sorted(r.started_at for r in log)
         rate = (len(starts) - 1) / (starts[-1] - starts[0]) if len(starts) > 1 else 0.0
@@ -157,6 +161,7 @@ def measure(objects: int, *, sliding_windows: bool) -> Measurement:
             too_many=sum(1 for r in log if r.status == 429),
             wall_s=wall,
             created=result.succeeded,
+            cpu_s=cpu,
         )
 
 

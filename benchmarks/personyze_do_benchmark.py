@@ -26,13 +26,18 @@ import tempfile
 import time
 from pathlib import Path
 
-from measure import peak_rss_mb  # run as a script, so its own folder is on sys.path
+from measure import cpu_seconds, peak_rss_mb  # run as a script, so its own folder is on sys.path
 
 GOAL = 50.0
 
 
 def child(path: str, rows: int, batch_size: int) -> None:
     """Diff ``rows`` users against nothing, deliver them through ``path``, print the figures as JSON."""
+    print(json.dumps(deliver(path, rows, batch_size)))
+
+
+def deliver(path: str, rows: int, batch_size: int) -> dict:
+    """Diff ``rows`` users against nothing and deliver them through ``path``: the delivery's wall and CPU time."""
     from datetime import datetime, timezone
 
     from airflow_provider_zeotap.destinations.personyze import PersonyzeUsers
@@ -64,24 +69,28 @@ def child(path: str, rows: int, batch_size: int) -> None:
                                 batch_size=batch_size if path == "do" else None,
                                 field_mapping={"email": "email", "first_name": "first_name", "plan": "plan"},
                                 progress_interval=3600)
-        started = time.monotonic()
+        cpu, started = cpu_seconds(), time.monotonic()
         result = runner.run()
-        wall = time.monotonic() - started
+        wall, cpu = time.monotonic() - started, cpu_seconds() - cpu
         destination.close()
-    print(json.dumps({"path": path, "rows": rows, "wall_s": wall, "succeeded": result.succeeded,
-                      "failed": result.failed + result.rejected, "rss_mb": peak_rss_mb()}))
+    return {"path": path, "rows": rows, "wall_s": wall, "cpu_s": cpu, "succeeded": result.succeeded,
+            "failed": result.failed + result.rejected, "rss_mb": peak_rss_mb()}
 
 
-def run_child(emulator, path: str, rows: int, batch_size: int) -> dict:
+def run_child(emulator, path: str, rows: int, batch_size: int, call=None) -> dict:
+    """One path in a fresh subprocess (or through ``call``, a ``measure.call_*``), with what the emulator saw."""
     env = {**os.environ, **emulator.airflow_env(), "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING"}
     before = len(emulator.users)
-    completed = subprocess.run(
-        [sys.executable, __file__, "--child", path, "--rows", str(rows), "--batch-size", str(batch_size)],
-        env=env, capture_output=True, text=True, check=False,
-    )
-    if completed.returncode != 0:
-        raise SystemExit(f"the {path} run failed:\n{completed.stderr[-3000:]}")
-    figures = json.loads(completed.stdout.strip().splitlines()[-1])
+    if call is not None:
+        figures = call(Path(__file__), "deliver", env=env, path=path, rows=rows, batch_size=batch_size)
+    else:
+        completed = subprocess.run(
+            [sys.executable, __file__, "--child", path, "--rows", str(rows), "--batch-size", str(batch_size)],
+            env=env, capture_output=True, text=True, check=False,
+        )
+        if completed.returncode != 0:
+            raise SystemExit(f"the {path} run failed:\n{completed.stderr[-3000:]}")
+        figures = json.loads(completed.stdout.strip().splitlines()[-1])
     figures["landed"] = len(emulator.users) - before
     figures["requests"] = len([r for r in emulator.requests if r.method == "POST"])
     figures["max_in_flight"] = emulator.max_in_flight_seen("POST")
