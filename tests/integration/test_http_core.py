@@ -15,6 +15,7 @@ from airflow_provider_zeotap.hooks.personyze import PersonyzeHook
 from airflow_provider_zeotap.hooks.zeotap import ZeotapProfileHook
 from airflow_provider_zeotap.http import (
     ApiClient,
+    ApiError,
     BadRequestError,
     InsecureURLError,
     Limits,
@@ -52,20 +53,54 @@ def test_503_is_retried_until_it_succeeds(personyze_emulator):
     assert statuses.count(200) == 5 and statuses.count(503) >= 1
 
 
-def test_429_waits_for_retry_after_without_using_up_an_attempt(optimizely_emulator):
-    project = optimizely_emulator.create_project("Demo")
-    client = ApiClient(
-        vendor="Optimizely",
-        base_url=f"{optimizely_emulator.url}/v2",
-        headers={"Authorization": f"Bearer {optimizely_emulator.token}"},
-        retry=RetryPolicy(max_attempts=1, max_retry_seconds=30),  # no retries at all, except after a 429
-    )
-    started = time.monotonic()
-    for _ in range(4):  # the emulator admits 2/s; the client is not paced here
-        client.json("GET", f"/projects/{project}")
-    statuses = [r.status for r in api_requests(optimizely_emulator, "/v2/projects")]
-    assert statuses.count(200) == 4 and 429 in statuses
-    assert time.monotonic() - started >= 1.0  # Retry-After is whole seconds, at least 1
+def test_429_waits_for_retry_after_without_using_up_an_attempt(personyze_emulator):
+    """The 429 comes from an injected fault, not a rate window, so nothing but Retry-After makes the wait:
+    ignore it and the retry goes out after the 10 ms backoff."""
+    personyze_emulator.set_faults(error_rate=1.0, error_status=429, retry_after=2)
+    client = personyze_client(  # no retries at all, except after a 429; backoff 10 ms
+        personyze_emulator, retry=RetryPolicy(max_attempts=1, backoff_initial=0.01, backoff_max=0.01,
+                                              max_retry_seconds=30))
+    caller = threading.Thread(target=client.json, args=("GET", "/account"))
+    caller.start()
+    deadline = time.monotonic() + 10
+    while not api_requests(personyze_emulator, "/rest/account") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    personyze_emulator.set_faults()  # the fault is lifted once the first 429 went out: the retry gets through
+    caller.join(timeout=10)
+    answered = api_requests(personyze_emulator, "/rest/account")
+    assert [r.status for r in answered] == [429, 200]
+    assert answered[1].started_at - answered[0].finished_at >= 1.5  # Retry-After: 2
+
+
+def test_a_redirect_is_not_followed_so_the_key_stays_with_the_api(personyze_emulator):
+    """A 3xx to another origin (a moved API, a hostile proxy) would carry ``X-API-Key``/``apikey`` headers
+    along; httpx only strips ``Authorization``. The client stops at the 3xx instead."""
+    import http.server
+
+    target = f"{personyze_emulator.url}/rest/account"
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = ApiClient(vendor="Permutive", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
+                           headers={"X-API-Key": personyze_emulator.api_key}, retry=FAST)
+        with pytest.raises(ApiError) as caught:
+            client.json("GET", "/account")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert caught.value.status == 302
+    assert personyze_emulator.requests == []  # the redirect's target never saw the request, nor the key
 
 
 def test_400_is_not_retried(personyze_emulator):

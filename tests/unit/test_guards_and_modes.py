@@ -32,6 +32,14 @@ def test_removal_ratio_applies_above_a_small_size():
     Guards(max_removal_ratio=None).check(plan(total=1, committed=1000, removed=999), removals=999)
 
 
+def test_the_ratio_guard_applies_from_exactly_min_rows_for_ratio_committed_rows():
+    with pytest.raises(ConfigurationError, match="would remove 51 of 100 committed rows"):
+        Guards().check(plan(total=49, committed=100, removed=51), removals=51)
+    Guards().check(plan(total=48, committed=99, removed=51), removals=51)  # one row fewer: not guarded yet
+    with pytest.raises(ConfigurationError, match="would remove 6 of 10"):
+        Guards(min_rows_for_ratio=10).check(plan(total=4, committed=10, removed=6), removals=6)
+
+
 def test_max_removals():
     with pytest.raises(ConfigurationError, match="max_removals=5"):
         Guards(max_removals=5).check(plan(total=10, committed=16, removed=6), removals=6)

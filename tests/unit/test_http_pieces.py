@@ -12,7 +12,7 @@ import respx
 from airflow_provider_zeotap.hooks.permutive import _elements, _next_token
 from airflow_provider_zeotap.http import ApiClient, RetryPolicy
 from airflow_provider_zeotap.http.client import parse_retry_after
-from airflow_provider_zeotap.http.errors import ConfigurationError
+from airflow_provider_zeotap.http.errors import ConfigurationError, redact
 from airflow_provider_zeotap.http.pacing import Pacer
 from airflow_provider_zeotap.http.settings import Limits
 from airflow_provider_zeotap.http.tls import build_ssl_context
@@ -27,18 +27,34 @@ def test_retry_after_in_seconds_or_as_an_http_date():
     assert parse_retry_after("soon") is None and parse_retry_after(None) is None
 
 
-def test_pacer_spacing_keeps_every_window_under_both_rates():
+@pytest.fixture
+def frozen_clock(monkeypatch):
+    """The pacer's clock, stopped: what it reserves is then exact, however loaded the machine is."""
+    import airflow_provider_zeotap.http.pacing as pacing
+
+    now = [1000.0]
+    monkeypatch.setattr(pacing.time, "monotonic", lambda: now[0])
+    return now
+
+
+def test_pacer_spacing_keeps_every_window_under_both_rates(frozen_clock):
     pacer = Pacer(Limits(rate_per_second=10, rate_per_minute=120))
     assert pacer.interval == pytest.approx(0.5 * 1.1)  # the per-minute rate is the tighter one
     waits = [pacer.reserve() for _ in range(4)]
-    assert waits[0] == pytest.approx(0, abs=0.01)
-    assert [round(b - a, 2) for a, b in zip(waits, waits[1:])] == [0.55, 0.55, 0.55]
+    assert waits == pytest.approx([0, 0.55, 1.10, 1.65])
 
 
-def test_pause_holds_every_caller():
+def test_pause_holds_every_caller(frozen_clock):
     pacer = Pacer()
     pacer.pause(0.3)
-    assert 0.25 <= pacer.reserve() <= 0.3
+    assert [pacer.reserve(), pacer.reserve()] == pytest.approx([0.3, 0.3])
+    frozen_clock[0] += 0.3
+    assert pacer.reserve() == 0
+
+
+def test_redact_replaces_every_occurrence_of_every_secret():
+    text = "apikey=sk-live-1234 (echoed: sk-live-1234); token tok-9999 and sk-live-1234"
+    assert redact(text, ["sk-live-1234", "tok-9999"]) == "apikey=*** (echoed: ***); token *** and ***"
 
 
 @pytest.mark.parametrize(
@@ -84,22 +100,52 @@ def test_async_requests_share_the_retry_rules():
     assert sorted(r["ok"] for r in results) == [1, 2] and route.call_count == 3
 
 
-def test_a_503_slows_every_caller_of_the_api_not_just_its_own_request():
+class SignallingPacer(Pacer):
+    """A real pacer that also says when it was paused, so a test starts its second caller after the pause."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import threading
+
+        self.paused = threading.Event()
+
+    def pause(self, seconds: float) -> None:
+        super().pause(seconds)
+        self.paused.set()
+
+
+def _other_caller_wait(first_answers: list[httpx.Response], retry: RetryPolicy) -> float:
+    """``/busy`` gets ``first_answers`` in turn on one thread; once its bad answer came back, how long does
+    ``/other`` on another thread wait before it is sent?"""
     import threading
 
+    pacer = SignallingPacer()
     with respx.mock(base_url="https://api.example.com/v1") as router:
-        router.get("/busy").mock(side_effect=[httpx.Response(503), httpx.Response(200, json={})])
-        router.get("/other").mock(return_value=httpx.Response(200, json={}))
-        client = ApiClient(vendor="Example", base_url="https://api.example.com/v1",
-                           retry=RetryPolicy(backoff_initial=0.6, backoff_max=0.6))
+        router.get("/busy").mock(side_effect=first_answers)
+        other = router.get("/other").mock(return_value=httpx.Response(200, json={}))
+        client = ApiClient(vendor="Example", base_url="https://api.example.com/v1", retry=retry, pacer=pacer)
         first = threading.Thread(target=client.json, args=("GET", "/busy"))
         first.start()
-        time.sleep(0.1)  # the 503 has come back and the backoff (0.3 to 0.6 s) has begun
+        # Not an assertion: with the pause gone the wait times out and /other goes out at once.
+        pacer.paused.wait(timeout=1.0)
         started = time.monotonic()
         client.json("GET", "/other")
         waited = time.monotonic() - started
         first.join()
-    assert waited >= 0.15
+    assert other.call_count == 1
+    return waited
+
+
+def test_a_503_slows_every_caller_of_the_api_not_just_its_own_request():
+    waited = _other_caller_wait([httpx.Response(503), httpx.Response(200, json={})],
+                                RetryPolicy(backoff_initial=1.2, backoff_max=1.2))
+    assert waited >= 0.3  # the 503's backoff (0.6 to 1.2 s) holds the other caller too
+
+
+def test_a_429_with_retry_after_holds_every_caller_of_the_api():
+    waited = _other_caller_wait([httpx.Response(429, headers={"Retry-After": "2"}), httpx.Response(200, json={})],
+                                RetryPolicy(backoff_initial=0.01, backoff_max=0.01))
+    assert waited >= 1.0  # Retry-After: 2 holds the other caller too (its own backoff would be 10 ms)
 
 
 @pytest.mark.parametrize(
