@@ -47,6 +47,13 @@ class FaultConfig(BaseModel):
     path_prefix: Annotated[str | None, Field(description="Only paths starting with it are affected.")] = None
     method: Annotated[str | None, Field(description="Only requests of this method are affected.")] = None
     body_contains: Annotated[str | None, Field(description="Only requests whose body holds this text.")] = None
+    echo_request: Annotated[
+        bool,
+        Field(
+            description="Error answers (4xx/5xx, injected or not) echo the request's headers and body in their "
+            "body, as some gateways do: a client that does not redact what it quotes leaks its key."
+        ),
+    ] = False
 
     def applies_to(self, path: str, method: str | None = None, body: bytes = b"") -> bool:
         if self.method is not None and method is not None and method.upper() != self.method.upper():
@@ -73,6 +80,7 @@ class FaultSettings(TypedDict, total=False):
     path_prefix: str | None
     method: str | None
     body_contains: str | None
+    echo_request: bool
 
 
 @dataclass(frozen=True)

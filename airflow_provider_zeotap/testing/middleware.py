@@ -98,12 +98,13 @@ class FaultMiddleware:
             if verdict.delay:
                 await asyncio.sleep(verdict.delay)
             replay = _replay(body, receive)
+            answer = _echoing(send_logged, scope, body) if self.injector.config.echo_request else send_logged
             if verdict.refused:
-                await self.refusal(verdict)(scope, replay, send_logged)
+                await self.refusal(verdict)(scope, replay, answer)
             elif verdict.fault == "dropped":
-                await self._answer_and_cut(scope, replay, send_logged)
+                await self._answer_and_cut(scope, replay, send_logged)  # cut: nothing to echo
             else:
-                await self.app(scope, replay, send_logged)
+                await self.app(scope, replay, answer)
         finally:
             finish()  # a no-op unless the client left early or the app failed
 
@@ -133,6 +134,42 @@ class FaultMiddleware:
             _cutting_connection.set(True)  # the server closes the connection when this app returns
         else:
             await send({"type": "http.response.body", "body": b""})
+
+
+def _echoing(send: Send, scope: Scope, body: bytes) -> Send:
+    """``send`` for the ``echo_request`` fault: an error answer becomes its own text plus the request echoed.
+
+    Some gateways answer an error with the request they received, headers and all. The echo is plain text
+    after the vendor's own error text, so a client that quotes error bodies quotes the credentials too.
+    """
+    held: Message | None = None
+    chunks: list[bytes] = []
+
+    async def echo(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start":
+            if message["status"] < 400:
+                await send(message)
+            else:
+                held = message
+            return
+        if held is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        lines = [f"{scope.get('method', '')} {scope['path']}"]
+        lines += [f"{name.decode('latin-1')}: {value.decode('latin-1')}" for name, value in scope.get("headers", [])]
+        text = b"".join(chunks).decode("utf-8", "replace")
+        echoed = f"{text}\n-- the request, as received --\n" + "\n".join(lines) + "\n\n" + body.decode("utf-8", "replace")
+        content = echoed.encode()
+        headers = [(n, v) for n, v in held.get("headers", []) if n.lower() not in (b"content-length", b"content-type")]
+        headers += [(b"content-length", str(len(content)).encode()), (b"content-type", b"text/plain; charset=utf-8")]
+        await send({**held, "headers": headers})
+        await send({"type": "http.response.body", "body": content, "more_body": False})
+
+    return echo
 
 
 async def _read_body(receive: Receive) -> bytes:
