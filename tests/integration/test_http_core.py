@@ -24,6 +24,7 @@ from airflow_provider_zeotap.http import (
     ServerError,
 )
 from tests.integration.conftest import connection_env
+from tests.support.reliability import reliability_case
 
 FAST = RetryPolicy(max_attempts=5, backoff_initial=0.01, backoff_max=0.05)
 
@@ -53,6 +54,8 @@ def test_503_is_retried_until_it_succeeds(personyze_emulator):
     assert statuses.count(200) == 5 and statuses.count(503) >= 1
 
 
+@reliability_case("fault", "HTTP core", "429 with Retry-After",
+                  "the retry waits Retry-After and does not use up an attempt")
 def test_429_waits_for_retry_after_without_using_up_an_attempt(personyze_emulator):
     """The 429 comes from an injected fault, not a rate window, so nothing but Retry-After makes the wait:
     ignore it and the retry goes out after the 10 ms backoff."""
@@ -72,6 +75,8 @@ def test_429_waits_for_retry_after_without_using_up_an_attempt(personyze_emulato
     assert answered[1].started_at - answered[0].finished_at >= 1.5  # Retry-After: 2
 
 
+@reliability_case("fault", "HTTP core", "a redirect (3xx) to another host",
+                  "not followed: the request fails with the 3xx and the other host never sees it or the key")
 def test_a_redirect_is_not_followed_so_the_key_stays_with_the_api(personyze_emulator):
     """A 3xx to another origin (a moved API, a hostile proxy) would carry ``X-API-Key``/``apikey`` headers
     along; httpx only strips ``Authorization``. The client stops at the 3xx instead."""

@@ -29,6 +29,7 @@ from airflow_provider_zeotap.hooks.personyze import PersonyzeHook
 from airflow_provider_zeotap.hooks.zeotap import ZeotapProfileHook
 from airflow_provider_zeotap.testing import OptimizelyEmulator, PermutiveEmulator, PersonyzeEmulator, ZeotapEmulator
 from tests.integration.conftest import FAST_RETRIES
+from tests.support.reliability import reliability_case
 from tests.support.secrets_scan import Finding, assert_no_secrets, scan_for_secrets
 
 pytestmark = pytest.mark.integration
@@ -112,6 +113,8 @@ HOOKS = {"personyze": PersonyzeHook, "permutive": PermutiveHook, "optimizely": O
          "zeotap": ZeotapProfileHook}
 
 
+@reliability_case("fault", "each hook", "401 or 403 whose body echoes the request, key included",
+                  "the connection test fails saying what to fix, with the key and Personyze's Basic base64 masked")
 @pytest.mark.parametrize("status", [401, 403])
 @pytest.mark.parametrize("vendor", sorted(HOOKS))
 def test_an_error_answer_that_echoes_the_key_is_redacted_in_what_the_user_sees(vendor, status, monkeypatch):
@@ -187,6 +190,9 @@ def echoing_emulators(monkeypatch, tmp_path) -> Iterator[dict]:
             emulator.stop()
 
 
+@reliability_case("fault", "every example DAG", "error answers that echo the request (key included) amid 400s, 503s "
+                  "and dropped connections, then 401 and 403", "no key in log output, XCom, rendered fields, state "
+                  "stores, state or rejected-rows files, or exception texts")
 @pytest.mark.slow
 def test_every_example_dag_under_faults_and_refusals_leaves_no_secret_anywhere(
     dag_runner, warehouse, echoing_emulators, tmp_path, caplog, capfd

@@ -16,6 +16,7 @@ from airflow_provider_zeotap.http.errors import ConfigurationError, redact
 from airflow_provider_zeotap.http.pacing import Pacer
 from airflow_provider_zeotap.http.settings import Limits
 from airflow_provider_zeotap.http.tls import build_ssl_context
+from tests.support.reliability import reliability_case
 
 
 def test_retry_after_in_seconds_or_as_an_http_date():
@@ -142,6 +143,8 @@ def test_a_503_slows_every_caller_of_the_api_not_just_its_own_request():
     assert waited >= 0.3  # the 503's backoff (0.6 to 1.2 s) holds the other caller too
 
 
+@reliability_case("fault", "HTTP core", "429 with Retry-After while other requests are in flight",
+                  "every caller of that API waits Retry-After, not only the refused request")
 def test_a_429_with_retry_after_holds_every_caller_of_the_api():
     waited = _other_caller_wait([httpx.Response(429, headers={"Retry-After": "2"}), httpx.Response(200, json={})],
                                 RetryPolicy(backoff_initial=0.01, backoff_max=0.01))
