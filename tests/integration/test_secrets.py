@@ -198,8 +198,10 @@ def test_every_example_dag_under_faults_and_refusals_leaves_no_secret_anywhere(
     dag_runner, warehouse, echoing_emulators, tmp_path, caplog, capfd
 ):
     """Every example runs with echoed errors, 5xx and dropped connections; then each vendor refuses the key
-    (401, 403). The scan then reads the task logs, the metadata database (XCom, rendered fields, state stores),
-    the sync state and delivery folders, the rejected-rows files, the exception texts and the captured output."""
+    (401, 403). The scan then reads the task logs (``dag.test()`` runs tasks in this process, so their log
+    output is the captured records and output, exception tracebacks included; any log files under the Airflow
+    home too), the metadata database (XCom, rendered fields, asset and task state stores), the sync state and
+    delivery folders with the rejected-rows files, and the XCom results as the runner read them."""
     caplog.set_level("INFO")
     fill_warehouse(warehouse)
     emulators = {vendor: emulator for vendor, (emulator, _) in echoing_emulators.items()}
@@ -237,6 +239,11 @@ def test_every_example_dag_under_faults_and_refusals_leaves_no_secret_anywhere(
     texts = {"captured log records": caplog.text, "captured stdout": captured.out, "captured stderr": captured.err}
     texts.update({f"xcom of {name}": json.dumps(run.xcom) for name, run in runs.items()})
     assert ECHOED in caplog.text  # the echoes reached the logs: redaction is what kept the keys out
+    # The scan reaches the tables that matter: a value every run stores (a sync id) is found in each of them.
+    reached = {finding.where.split(" row ")[0] for finding in scan_for_secrets(
+        secrets=["vip_audience_personyze"], airflow_home=os.environ["AIRFLOW_HOME"])}
+    assert {"metadata table xcom", "metadata table rendered_task_instance_fields",
+            "metadata table asset_state_store"} <= reached, reached
     assert_no_secrets(secrets=secrets, airflow_home=os.environ["AIRFLOW_HOME"],
                       state_dirs=[tmp_path / "state", tmp_path / "profiles"], texts=texts)
 
