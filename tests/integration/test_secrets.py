@@ -109,6 +109,23 @@ def test_the_scan_finds_a_planted_secret_in_each_place_it_looks_and_nothing_in_c
 
 # -- redaction, exercised by an API that echoes the key ------------------------------------------------------
 
+
+def test_echo_request_quotes_the_request_in_error_answers_only(personyze_emulator):
+    import httpx
+
+    personyze_emulator.set_faults(echo_request=True)
+    with httpx.Client(base_url=personyze_emulator.api_url, auth=("api", personyze_emulator.api_key)) as client:
+        fine = client.get("/account")
+        missing = client.get("/user_lists/999")
+        refused = client.post("/users", json={"email": "not an email"}, auth=("api", "wrong-key"))
+    assert fine.status_code == 200 and fine.json()["id"] == 1  # a success is answered as it is
+    basic = base64.b64encode(f"api:{personyze_emulator.api_key}".encode()).decode()
+    assert missing.status_code == 400 and missing.headers["content-type"].startswith("text/plain")
+    lines = missing.text.splitlines()
+    assert lines[:3] == ["Row not found", ECHOED, "GET /rest/user_lists/999"]  # the API's own error, then the echo
+    assert f"authorization: Basic {basic}" in lines
+    assert refused.status_code == 401 and refused.text.endswith('{"email":"not an email"}')  # the body too
+
 HOOKS = {"personyze": PersonyzeHook, "permutive": PermutiveHook, "optimizely": OptimizelyHook,
          "zeotap": ZeotapProfileHook}
 
