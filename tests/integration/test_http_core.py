@@ -22,6 +22,7 @@ from airflow_provider_zeotap.http import (
     Pacer,
     RetryPolicy,
     ServerError,
+    TlsError,
 )
 from tests.integration.conftest import connection_env
 from tests.support.reliability import reliability_case
@@ -348,3 +349,15 @@ def test_the_async_client_serves_each_event_loop_of_its_own(personyze_emulator):
 
     assert asyncio.run(unclosed()) == 1
     assert asyncio.run(unclosed()) == 1  # a new loop gets a new client even when the last was never closed
+
+
+def test_https_to_a_plain_http_server_is_a_tls_error_with_the_fix_and_is_not_retried(personyze_emulator):
+    client = ApiClient(vendor="Personyze", base_url=f"https://127.0.0.1:{personyze_emulator.port}/rest",
+                       retry=RetryPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.01))
+    with pytest.raises(TlsError) as caught:
+        client.json("GET", "/account")
+    error = caught.value
+    assert error.attempts == 1 and not error.retryable
+    assert error.advice.startswith(f"TLS handshake with https://127.0.0.1:{personyze_emulator.port}/rest failed: the "
+                                   "server does not speak TLS on this port")
+    assert (error.vendor, error.method, error.path) == ("Personyze", "GET", "/account")

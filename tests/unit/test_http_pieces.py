@@ -12,7 +12,7 @@ import respx
 from airflow_provider_zeotap.hooks.permutive import _elements, _next_token
 from airflow_provider_zeotap.http import ApiClient, RetryPolicy
 from airflow_provider_zeotap.http.client import parse_retry_after
-from airflow_provider_zeotap.http.errors import ConfigurationError, redact
+from airflow_provider_zeotap.http.errors import ApiConnectionError, ConfigurationError, redact
 from airflow_provider_zeotap.http.pacing import Pacer
 from airflow_provider_zeotap.http.settings import Limits
 from airflow_provider_zeotap.http.tls import build_ssl_context
@@ -175,3 +175,35 @@ def test_a_request_that_must_not_land_twice_is_not_replayed_after_it_may_have_la
         else:
             assert client.request("POST", "/do", json=[], replay_safe=replay_safe).status_code == 200
         assert route.call_count == calls
+
+
+def _transport_failure(exc: Exception, *, secrets=(), retries: int = 2):
+    client = ApiClient(vendor="Example", base_url="https://user:pw@api.example.com/v1", secrets=list(secrets),
+                       describe_path=lambda path: path.replace("jo@x.com", "<email>"),
+                       retry=RetryPolicy(max_attempts=retries, backoff_initial=0.001, backoff_max=0.001))
+    def fail(request: httpx.Request) -> httpx.Response:
+        raise exc
+
+    with respx.mock:
+        route = respx.get("https://api.example.com/v1/users/jo@x.com").mock(side_effect=fail)
+        with pytest.raises(ApiConnectionError) as raised:
+            client.request("GET", "/users/jo@x.com")
+    return raised.value, route.call_count
+
+
+def test_a_dropped_connection_says_what_failed_where_and_may_have_landed():
+    error, calls = _transport_failure(httpx.ReadError("peer closed connection, key sk-123456 echoed"),
+                                      secrets=["sk-123456"])
+    assert type(error) is ApiConnectionError and calls == 2  # retried, then raised
+    assert error.message == "ReadError: peer closed connection, key *** echoed"
+    assert (error.vendor, error.method, error.path, error.base_url) == (
+        "Example", "GET", "/users/<email>", "https://api.example.com/v1")
+    assert error.sent and error.may_have_landed and error.advice is None
+    assert str(error) == ("Example GET https://api.example.com/v1/users/<email> failed (no response): ReadError: "
+                          "peer closed connection, key *** echoed [gave up after 2 attempts in "
+                          f"{error.elapsed:.1f} s]")
+
+
+def test_a_connection_never_made_was_not_sent_and_an_error_without_text_is_named_by_its_type():
+    error, _ = _transport_failure(httpx.ConnectError(""))
+    assert error.message == "ConnectError" and not error.sent and not error.may_have_landed
