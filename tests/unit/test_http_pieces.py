@@ -10,7 +10,7 @@ import pytest
 import respx
 
 from airflow_provider_zeotap.hooks.permutive import _elements, _next_token
-from airflow_provider_zeotap.http import ApiClient, RetryPolicy
+from airflow_provider_zeotap.http import ApiClient, ApiError, RetryPolicy
 from airflow_provider_zeotap.http.client import parse_retry_after
 from airflow_provider_zeotap.http.errors import ApiConnectionError, ConfigurationError, redact
 from airflow_provider_zeotap.http.pacing import Pacer
@@ -207,3 +207,72 @@ def test_a_dropped_connection_says_what_failed_where_and_may_have_landed():
 def test_a_connection_never_made_was_not_sent_and_an_error_without_text_is_named_by_its_type():
     error, _ = _transport_failure(httpx.ConnectError(""))
     assert error.message == "ConnectError" and not error.sent and not error.may_have_landed
+
+
+def test_async_requests_retry_a_lost_answer_by_default_and_give_up_with_the_count():
+    import asyncio
+
+    async def go(client: ApiClient):
+        first = await client.arequest("GET", "/lost")
+        with pytest.raises(ApiError) as raised:
+            await client.arequest("GET", "/down")
+        with pytest.raises(ApiConnectionError) as refused:
+            await client.arequest("POST", "/closed")
+        await client.aclose()
+        return first, raised.value, refused.value
+
+    with respx.mock(base_url="https://api.example.com/v1") as router:
+        lost = router.get("/lost").mock(side_effect=[httpx.ReadTimeout("answer lost"), httpx.Response(200, json={})])
+        router.get("/down").mock(return_value=httpx.Response(503))
+        router.post("/closed").mock(side_effect=httpx.ConnectError("refused"))
+        client = ApiClient(vendor="Example", base_url="https://api.example.com/v1",
+                           retry=RetryPolicy(max_attempts=3, backoff_initial=0.001, backoff_max=0.001))
+        first, down, refused = asyncio.run(go(client))
+    assert first.status_code == 200 and lost.call_count == 2  # replay_safe unless said otherwise
+    assert (down.status, down.method, down.path, down.attempts) == (503, "GET", "/down", 3)
+    assert "gave up after 3 attempts" in str(down)
+    assert (refused.method, refused.path, refused.message, refused.sent) == ("POST", "/closed", "ConnectError: refused",
+                                                                           False)
+
+
+def test_an_async_lane_holds_its_own_limit_and_aclose_closes_the_loops_client():
+    import asyncio
+
+    open_now, most = 0, 0
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        nonlocal open_now, most
+        open_now += 1
+        most = max(most, open_now)
+        await asyncio.sleep(0.05)
+        open_now -= 1
+        return httpx.Response(200, json={})
+
+    async def go(client: ApiClient, lane: str | None) -> bool:
+        await asyncio.gather(*(client.arequest("POST", "/users", lane=lane) for _ in range(3)))
+        used = client.aclient
+        await client.aclose()
+        return used.is_closed
+
+    with respx.mock(base_url="https://api.example.com/v1") as router:
+        router.post("/users").mock(side_effect=slow)
+        client = ApiClient(vendor="Example", base_url="https://api.example.com/v1",
+                           lanes={"one_at_a_time": Pacer(Limits(max_in_flight=1))})
+        assert asyncio.run(go(client, "one_at_a_time")) is True
+        laned, most = most, 0
+        asyncio.run(go(client, None))
+    assert (laned, most) == (1, 3)
+
+
+def test_the_tls_cause_is_found_through_causes_and_contexts_and_a_cycle_ends_the_search():
+    import ssl
+
+    from airflow_provider_zeotap.http.client import _tls_cause
+
+    handshake = ssl.SSLError(1, "[SSL: CERTIFICATE_VERIFY_FAILED]")
+    outer, inner = httpx.ConnectError("outer"), OSError("inner")
+    outer.__context__, inner.__context__ = inner, handshake
+    assert _tls_cause(outer) is handshake
+    first, second = ValueError("a"), ValueError("b")
+    first.__context__, second.__context__ = second, first  # a cycle, no TLS error in it
+    assert _tls_cause(first) is None
