@@ -276,3 +276,79 @@ def test_the_tls_cause_is_found_through_causes_and_contexts_and_a_cycle_ends_the
     first, second = ValueError("a"), ValueError("b")
     first.__context__, second.__context__ = second, first  # a cycle, no TLS error in it
     assert _tls_cause(first) is None
+
+
+@pytest.mark.parametrize(
+    ("status", "kind", "retryable", "may_have_landed"),
+    [(400, "BadRequestError", False, False), (401, "AuthenticationError", False, False),
+     (403, "PermissionDeniedError", False, False), (404, "NotFoundError", False, False),
+     (409, "ConflictError", False, False), (418, "ApiError", False, False), (429, "RateLimitedError", True, False),
+     (500, "ServerError", True, True), (501, "ServerError", True, True), (502, "ServerError", True, True),
+     (503, "ServerError", True, False), (504, "ServerError", True, True)],
+)
+def test_each_status_maps_to_its_error_and_says_whether_a_retry_can_help_or_a_write_may_have_landed(
+    status, kind, retryable, may_have_landed
+):
+    from airflow_provider_zeotap.errors import FatalError
+    from airflow_provider_zeotap.http.errors import error_class_for
+
+    error = error_class_for(status)("m", vendor="V", method="GET", path="/p", status=status)
+    assert (type(error).__name__, error.retryable, error.may_have_landed) == (kind, retryable, may_have_landed)
+    assert isinstance(error, FatalError) is (status in (401, 403))  # a wrong key stops the whole delivery
+
+
+def test_an_error_reads_as_one_sentence_with_the_advice_first():
+    from airflow_provider_zeotap.http.errors import ServerError
+
+    error = ServerError("Service Unavailable", vendor="Personyze", method="POST", path="/do", status=503,
+                        base_url="https://app.personyze.com/rest")
+    assert str(error) == "Personyze POST https://app.personyze.com/rest/do failed (HTTP 503): Service Unavailable"
+    error.gave_up(4, 12.345)
+    assert (error.attempts, error.elapsed) == (4, 12.345)
+    error.advice = "Personyze is down"
+    assert str(error) == ("Personyze is down (Personyze POST https://app.personyze.com/rest/do failed (HTTP 503): "
+                          "Service Unavailable [gave up after 4 attempts in 12.3 s])")
+
+
+def test_redact_leaves_text_alone_for_empty_or_very_short_secrets():
+    assert redact("a key abc and abcd", ["", "abc"]) == "a key abc and abcd"  # 3 characters would mangle text
+    assert redact("a key abcd", ["abcd"]) == "a key ***"
+
+
+@pytest.mark.parametrize(
+    ("answer", "parsed"),
+    [(httpx.Response(400, json={"error": "invalid_id", "message": "no such id"}), ("invalid_id", "no such id")),
+     (httpx.Response(400, json={"code": "BAD", "message": "wrong"}), ("BAD", "wrong")),
+     (httpx.Response(400, json={"type": "Validation", "error": {"message": "nested"}}), ("Validation", "nested")),
+     (httpx.Response(400, json={"detail": "x"}), (None, '{"detail":"x"}')),
+     (httpx.Response(400, json=["a", "b"]), (None, '["a","b"]')),
+     (httpx.Response(400, text=" Row not found \n"), (None, "Row not found")),
+     (httpx.Response(502, text=""), (None, "Bad Gateway"))],
+)
+def test_error_bodies_become_a_type_and_a_message(answer, parsed):
+    from airflow_provider_zeotap.http.client import default_error_parser
+
+    assert default_error_parser(answer) == parsed
+
+
+def test_a_refusal_is_classified_redacted_and_cut_to_size_and_the_advice_is_redacted_too():
+    from airflow_provider_zeotap.http.errors import BODY_EXCERPT_CHARS, ThrottledError
+
+    secret = "sk-live-123456"
+    long_body = f"apikey {secret} " + "x" * 2000
+    with respx.mock(base_url="https://api.example.com/v1") as router:
+        router.get("/long").mock(return_value=httpx.Response(400, text=long_body))
+        router.get("/busy").mock(return_value=httpx.Response(400, text="Too many simultaneous requests"))
+        client = ApiClient(vendor="Example", base_url="https://api.example.com/v1", secrets=[secret],
+                           retry=RetryPolicy(max_attempts=2, backoff_initial=0.001, backoff_max=0.001),
+                           throttle_markers=["Too many simultaneous requests"],
+                           advise=lambda error: f"check the key {secret}" if error.status == 400 else None)
+        with pytest.raises(ApiError) as long:
+            client.request("GET", "/long")
+        with pytest.raises(ThrottledError) as busy:
+            client.request("GET", "/busy")
+    error = long.value
+    assert error.message == f"apikey *** {'x' * (BODY_EXCERPT_CHARS - len('apikey *** '))}"
+    assert error.body_excerpt == redact(long_body[:BODY_EXCERPT_CHARS], [secret])
+    assert error.advice == "check the key ***" and secret not in str(error)
+    assert error.attempts == 1 and busy.value.retryable and busy.value.attempts == 2  # the busy answer is retried
