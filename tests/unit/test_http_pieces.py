@@ -199,6 +199,7 @@ def test_a_dropped_connection_says_what_failed_where_and_may_have_landed():
     assert (error.vendor, error.method, error.path, error.base_url) == (
         "Example", "GET", "/users/<email>", "https://api.example.com/v1")
     assert error.sent and error.may_have_landed and error.advice is None
+    assert 0 <= error.elapsed < 60  # how long retrying went on, in seconds
     assert str(error) == ("Example GET https://api.example.com/v1/users/<email> failed (no response): ReadError: "
                           "peer closed connection, key *** echoed [gave up after 2 attempts in "
                           f"{error.elapsed:.1f} s]")
@@ -352,3 +353,10 @@ def test_a_refusal_is_classified_redacted_and_cut_to_size_and_the_advice_is_reda
     assert error.body_excerpt == redact(long_body[:BODY_EXCERPT_CHARS], [secret])
     assert error.advice == "check the key ***" and secret not in str(error)
     assert error.attempts == 1 and busy.value.retryable and busy.value.attempts == 2  # the busy answer is retried
+
+
+def test_close_closes_the_client_and_the_next_request_opens_a_new_one():
+    client = ApiClient(vendor="Example", base_url="https://api.example.com/v1")
+    used = client.client
+    client.close()
+    assert used.is_closed and client.client is not used and not client.client.is_closed

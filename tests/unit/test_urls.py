@@ -100,3 +100,11 @@ def test_a_scheme_is_case_insensitive_and_a_prefix_without_slashes_is_added_once
     assert resolve_base_url("https://api.example.com/base", default="x", prefix="") == "https://api.example.com/base"
     check_transport("HTTP://127.0.0.1:1/x")
     assert is_loopback("LOCALHOST") and is_loopback("ip6-localhost") and not is_loopback("localhost.example.com")
+
+
+def test_a_base_path_is_kept_and_the_prefix_added_after_it():
+    assert resolve_base_url("https://proxy.example.com/vendors/BOX/", default="x", prefix="/rest") == (
+        "https://proxy.example.com/vendors/BOX/rest")
+    with pytest.raises(ConfigurationError, match=r"in URI form, put the scheme after the connection type: "
+                                                 r"<conn_type>://https://:<key>@api\.example\.com"):
+        resolve_base_url("api.example.com", default="https://api.example.com", prefix="/v1")
