@@ -360,3 +360,20 @@ def test_close_closes_the_client_and_the_next_request_opens_a_new_one():
     used = client.client
     client.close()
     assert used.is_closed and client.client is not used and not client.client.is_closed
+
+
+def test_an_async_request_that_must_not_land_twice_is_not_replayed_and_aclose_on_an_unused_loop_is_harmless():
+    import asyncio
+
+    async def go(client: ApiClient):
+        await client.aclose()  # nothing was sent on this loop: nothing to close, no error
+        with pytest.raises(ApiConnectionError) as raised:
+            await client.arequest("POST", "/do", replay_safe=False)
+        return raised.value
+
+    with respx.mock(base_url="https://api.example.com/v1") as router:
+        route = router.post("/do").mock(side_effect=[httpx.ReadTimeout("answer lost"), httpx.Response(200)])
+        client = ApiClient(vendor="Example", base_url="https://api.example.com/v1",
+                           retry=RetryPolicy(max_attempts=3, backoff_initial=0.001, backoff_max=0.001))
+        error = asyncio.run(go(client))
+    assert error.may_have_landed and route.call_count == 1

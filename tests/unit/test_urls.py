@@ -108,3 +108,7 @@ def test_a_base_path_is_kept_and_the_prefix_added_after_it():
     with pytest.raises(ConfigurationError, match=r"in URI form, put the scheme after the connection type: "
                                                  r"<conn_type>://https://:<key>@api\.example\.com"):
         resolve_base_url("api.example.com", default="https://api.example.com", prefix="/v1")
+
+
+def test_a_prefix_of_only_a_slash_adds_nothing():
+    assert resolve_base_url("https://api.example.com", default="x", prefix="/") == "https://api.example.com"
