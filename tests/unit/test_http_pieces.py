@@ -377,3 +377,13 @@ def test_an_async_request_that_must_not_land_twice_is_not_replayed_and_aclose_on
                            retry=RetryPolicy(max_attempts=3, backoff_initial=0.001, backoff_max=0.001))
         error = asyncio.run(go(client))
     assert error.may_have_landed and route.call_count == 1
+
+
+def test_a_retry_that_needs_no_wait_is_made_even_close_to_the_time_bound():
+    with respx.mock(base_url="https://api.example.com/v1") as router:
+        route = router.get("/now").mock(side_effect=[httpx.Response(429, headers={"Retry-After": "0"}),
+                                                     httpx.Response(200, json={"ok": True})])
+        client = ApiClient(vendor="Example", base_url="https://api.example.com/v1",
+                           retry=RetryPolicy(max_attempts=3, max_retry_seconds=0.5))
+        assert client.json("GET", "/now") == {"ok": True}
+    assert route.call_count == 2
