@@ -101,3 +101,8 @@ def test_each_guard_refusal_says_what_it_saw_and_which_setting_lets_it_through()
 def test_an_empty_source_with_nothing_committed_is_a_first_run_not_a_refusal():
     Guards().check(plan(total=0, committed=0), removals=0)
     Guards(max_removals=0, max_removal_ratio=0.0, min_rows_for_ratio=0).check(plan(total=5, committed=0), removals=0)
+
+
+def test_an_empty_source_is_refused_from_a_single_committed_row():
+    with pytest.raises(GuardError, match="but 1 are committed"):
+        Guards().check(plan(total=0, committed=1, removed=1), removals=1)

@@ -112,3 +112,7 @@ def test_a_base_path_is_kept_and_the_prefix_added_after_it():
 
 def test_a_prefix_of_only_a_slash_adds_nothing():
     assert resolve_base_url("https://api.example.com", default="x", prefix="/") == "https://api.example.com"
+
+
+def test_only_brackets_are_taken_off_a_host_before_the_loopback_check():
+    assert not is_loopback("XLOCALHOSTX") and not is_loopback("X127.0.0.1")
