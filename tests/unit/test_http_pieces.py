@@ -387,3 +387,41 @@ def test_a_retry_that_needs_no_wait_is_made_even_close_to_the_time_bound():
                            retry=RetryPolicy(max_attempts=3, max_retry_seconds=0.5))
         assert client.json("GET", "/now") == {"ok": True}
     assert route.call_count == 2
+
+
+def test_a_sync_lane_holds_its_own_limit_and_an_error_keeps_the_vendors_error_type():
+    import threading
+
+    open_now, most, guard = 0, 0, threading.Lock()
+
+    def slow(request: httpx.Request) -> httpx.Response:
+        nonlocal open_now, most
+        with guard:
+            open_now += 1
+            most = max(most, open_now)
+        time.sleep(0.2)
+        with guard:
+            open_now -= 1
+        return httpx.Response(200, json={})
+
+    def three_at_once(client: ApiClient, lane: str | None) -> int:
+        nonlocal most
+        most = 0
+        threads = [threading.Thread(target=client.request, args=("POST", "/users"), kwargs={"lane": lane})
+                   for _ in range(3)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return most
+
+    with respx.mock(base_url="https://api.example.com/v1") as router:
+        router.post("/users").mock(side_effect=slow)
+        router.get("/typed").mock(return_value=httpx.Response(400, json={"code": "BAD_ID", "message": "no such id"}))
+        client = ApiClient(vendor="Example", base_url="https://api.example.com/v1",
+                           lanes={"one_at_a_time": Pacer(Limits(max_in_flight=1))})
+        assert three_at_once(client, "one_at_a_time") == 1
+        assert three_at_once(client, None) > 1  # the control: without the lane they overlap
+        with pytest.raises(ApiError) as typed:
+            client.request("GET", "/typed")
+    assert (typed.value.error_type, typed.value.message) == ("BAD_ID", "no such id")
