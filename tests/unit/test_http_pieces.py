@@ -425,3 +425,6 @@ def test_a_sync_lane_holds_its_own_limit_and_an_error_keeps_the_vendors_error_ty
         with pytest.raises(ApiError) as typed:
             client.request("GET", "/typed")
     assert (typed.value.error_type, typed.value.message) == ("BAD_ID", "no such id")
+    # The error carries what was asked and answered, and where (the request and response, for diagnosis).
+    assert (typed.value.request.url.path, typed.value.response.status_code) == ("/v1/typed", 400)
+    assert typed.value.base_url == "https://api.example.com/v1"
