@@ -428,3 +428,28 @@ def test_a_sync_lane_holds_its_own_limit_and_an_error_keeps_the_vendors_error_ty
     # The error carries what was asked and answered, and where (the request and response, for diagnosis).
     assert (typed.value.request.url.path, typed.value.response.status_code) == ("/v1/typed", 400)
     assert typed.value.base_url == "https://api.example.com/v1"
+
+
+def test_backoff_doubles_from_backoff_initial_up_to_backoff_max_with_jitter_in_its_upper_half(monkeypatch):
+    """The wait before retry n is in [b/2, b] with b = backoff_initial * 2**(n-1), capped at backoff_max; every
+    caller of the API waits it too (the pause)."""
+    import airflow_provider_zeotap.http.client as client_module
+
+    class Recording(Pacer):
+        def __init__(self) -> None:
+            super().__init__()
+            self.pauses: list[float] = []
+
+        def pause(self, seconds: float) -> None:
+            super().pause(seconds)
+            self.pauses.append(seconds)
+
+    for draw, share in ((0.0, 0.5), (0.999999, 1.0)):  # the jitter's two ends: half the backoff, all of it
+        monkeypatch.setattr(client_module.random, "random", lambda draw=draw: draw)
+        pacer = Recording()
+        with respx.mock(base_url="https://api.example.com/v1") as router:
+            router.get("/busy").mock(side_effect=[httpx.Response(503)] * 4 + [httpx.Response(200, json={})])
+            client = ApiClient(vendor="Example", base_url="https://api.example.com/v1", pacer=pacer,
+                               retry=RetryPolicy(max_attempts=5, backoff_initial=0.004, backoff_max=0.02))
+            client.json("GET", "/busy")
+        assert pacer.pauses == pytest.approx([share * b for b in (0.004, 0.008, 0.016, 0.02)], rel=1e-3)
