@@ -67,9 +67,9 @@ def report() -> int:
     print(f"{len(statuses)} mutants: " + ", ".join(f"{n} {s}" for s, n in total.most_common()))
     for module, counter in sorted(counts.items()):
         print(f"  {module}: " + ", ".join(f"{n} {s}" for s, n in counter.most_common()))
-    survivors = [name for name, status in statuses.items() if status != "killed"]
+    survivors = [name for name, status in statuses.items() if status == "survived"]
     if survivors:
-        print(f"\n{len(survivors)} not killed:")
+        print(f"\n{len(survivors)} survived:")
         for name in survivors:
             print(mutmut("show", name).stdout.rstrip())
     return 0
