@@ -171,12 +171,15 @@ class ApiHook(BaseHook):
             settings = self.settings
             if settings.client_private_key:
                 _mask(settings.client_private_key)
+            wire_forms = self._secret_wire_forms(secret)
+            for form in wire_forms:
+                _mask(form)
             self._client = ApiClient(
                 vendor=self.vendor,
                 base_url=self.base_url,
                 auth=self._auth(secret),
                 headers=self._headers(secret),
-                secrets=[secret, settings.client_private_key or ""],
+                secrets=[secret, *wire_forms, settings.client_private_key or ""],
                 timeout=settings.timeout,
                 retry=settings.retry_policy(),
                 pacer=Pacer(self.limits),
@@ -215,6 +218,11 @@ class ApiHook(BaseHook):
 
     def _headers(self, secret: str) -> dict[str, str]:
         return {}
+
+    def _secret_wire_forms(self, secret: str) -> list[str]:
+        """The secret as it travels when it is not sent as is (Basic auth's base64): an error body that echoes
+        the request quotes these, so they are redacted and masked like the secret itself."""
+        return []
 
     def _lanes(self) -> dict[str, Pacer]:
         """Extra pacers for endpoints with limits of their own (Personyze: one users POST in flight)."""

@@ -13,6 +13,7 @@ index ``[product_internal_id, user_id, transaction_time]``. See ``docs/wire/pers
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -23,6 +24,8 @@ import httpx
 from airflow_provider_zeotap.hooks.base import ApiHook
 from airflow_provider_zeotap.http import ApiError, BadRequestError, ConfigurationError, Limits, Pacer
 
+#: Personyze's Basic auth user name; the key is the password.
+BASIC_USER = "api"
 #: (column, operator, value) — operators as the API spells them.
 Condition = tuple[str, str, Any]
 OPERATORS = frozenset({"=", "!=", ">", ">=", "<", "<=", ":", "!:"})
@@ -31,6 +34,11 @@ ROW_NOT_FOUND = "Row not found"
 #: A read returns at most this many rows: offset + limit may not pass it.
 MAX_READ_WINDOW = 1000
 _EMAIL_IN_PATH = re.compile(r"[^/&|=:<>!,]*(?:%40|@)[^/&|,]*")
+
+
+def basic_credentials(user: str, password: str) -> str:
+    """The base64 part of an ``Authorization: Basic`` header, as httpx builds it."""
+    return base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
 
 
 def encode_value(value: Any) -> str:
@@ -117,7 +125,12 @@ class PersonyzeHook(ApiHook):
     throttle_markers = ("Too many simultaneous requests",)
 
     def _auth(self, secret: str) -> httpx.Auth:
-        return httpx.BasicAuth("api", secret)
+        return httpx.BasicAuth(BASIC_USER, secret)
+
+    def _secret_wire_forms(self, secret: str) -> list[str]:
+        """``Authorization: Basic base64("api:<key>")`` is what goes out; ``base64("<key>:")`` is the form the
+        vendor's curl examples use (key as user name, no password). Both spell the key."""
+        return [basic_credentials(BASIC_USER, secret), basic_credentials(secret, "")]
 
     def _lanes(self) -> dict[str, Pacer]:
         return {USERS_POST_LANE: Pacer(Limits(max_in_flight=1))}

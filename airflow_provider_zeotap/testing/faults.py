@@ -215,6 +215,17 @@ class FaultConfig(BaseModel):
         ),
     ] = None
 
+    echo_request: Annotated[
+        bool,
+        Field(
+            title="echo the request in error answers",
+            description=(
+                "Error answers (4xx/5xx, injected or not) echo the request's headers and body in their body, as "
+                "some gateways do: a client that does not redact what it quotes leaks its key."
+            ),
+        ),
+    ] = False
+
     def applies_to(self, path: str, method: str | None = None, body: bytes = b"") -> bool:
         if self.method is not None and method is not None and method.upper() != self.method.upper():
             return False
@@ -250,6 +261,7 @@ class FaultSettings(TypedDict, total=False):
     path: str | None
     method: str | None
     body_contains: str | None
+    echo_request: bool
 
 
 @dataclass(frozen=True)

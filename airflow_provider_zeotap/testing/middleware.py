@@ -134,11 +134,14 @@ class FaultMiddleware:
         lane = self.lane_for(scope["method"], scope["path"]) if verdict.reaches_api else None
         try:
             replay = _replay(body, receive)
+            # Echoed error answers (``echo_request``) quote the request, as some gateways do; a cut answer has
+            # nothing to echo.
+            answer = _echoing(send_logged, scope, body) if self.injector.config.echo_request else send_logged
             if lane is not None and not await lane.acquire():
-                await lane.busy()(scope, replay, send_logged)
+                await lane.busy()(scope, replay, answer)
                 return
             try:
-                await self._answer(verdict, scope, replay, send_logged, send)
+                await self._answer(verdict, scope, replay, answer, send)
             finally:
                 if lane is not None:
                     lane.release()
@@ -204,6 +207,42 @@ def _hang_up(send: Send) -> None:
         raise RuntimeError("cannot close the connection: the emulator runs on uvicorn's h11 server only")
     cycle.disconnected = True  # type: ignore[union-attr]
     transport.close()
+
+
+def _echoing(send: Send, scope: Scope, body: bytes) -> Send:
+    """``send`` for the ``echo_request`` fault: an error answer becomes its own text plus the request echoed.
+
+    Some gateways answer an error with the request they received, headers and all. The echo is plain text
+    after the vendor's own error text, so a client that quotes error bodies quotes the credentials too.
+    """
+    held: Message | None = None
+    chunks: list[bytes] = []
+
+    async def echo(message: Message) -> None:
+        nonlocal held
+        if message["type"] == "http.response.start":
+            if message["status"] < 400:
+                await send(message)
+            else:
+                held = message
+            return
+        if held is None or message["type"] != "http.response.body":
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body", False):
+            return
+        lines = [f"{scope.get('method', '')} {scope['path']}"]
+        lines += [f"{name.decode('latin-1')}: {value.decode('latin-1')}" for name, value in scope.get("headers", [])]
+        text = b"".join(chunks).decode("utf-8", "replace")
+        echoed = f"{text}\n-- the request, as received --\n" + "\n".join(lines) + "\n\n" + body.decode("utf-8", "replace")
+        content = echoed.encode()
+        headers = [(n, v) for n, v in held.get("headers", []) if n.lower() not in (b"content-length", b"content-type")]
+        headers += [(b"content-length", str(len(content)).encode()), (b"content-type", b"text/plain; charset=utf-8")]
+        await send({**held, "headers": headers})
+        await send({"type": "http.response.body", "body": content, "more_body": False})
+
+    return echo
 
 
 async def _read_body(receive: Receive) -> bytes:

@@ -40,6 +40,7 @@ EXAMPLES: dict[str, Any] = {
     "path": "/rest/users",
     "method": "POST",
     "body_contains": "vip",
+    "echo_request": True,
 }
 
 

@@ -15,14 +15,17 @@ from airflow_provider_zeotap.hooks.personyze import PersonyzeHook
 from airflow_provider_zeotap.hooks.zeotap import ZeotapProfileHook
 from airflow_provider_zeotap.http import (
     ApiClient,
+    ApiError,
     BadRequestError,
     InsecureURLError,
     Limits,
     Pacer,
     RetryPolicy,
     ServerError,
+    TlsError,
 )
 from tests.integration.conftest import connection_env
+from tests.support.reliability import reliability_case
 
 FAST = RetryPolicy(max_attempts=5, backoff_initial=0.01, backoff_max=0.05)
 
@@ -52,20 +55,58 @@ def test_503_is_retried_until_it_succeeds(personyze_emulator):
     assert statuses.count(200) == 5 and statuses.count(503) >= 1
 
 
-def test_429_waits_for_retry_after_without_using_up_an_attempt(optimizely_emulator):
-    project = optimizely_emulator.create_project("Demo")
-    client = ApiClient(
-        vendor="Optimizely",
-        base_url=f"{optimizely_emulator.url}/v2",
-        headers={"Authorization": f"Bearer {optimizely_emulator.token}"},
-        retry=RetryPolicy(max_attempts=1, max_retry_seconds=30),  # no retries at all, except after a 429
-    )
-    started = time.monotonic()
-    for _ in range(4):  # the emulator admits 2/s; the client is not paced here
-        client.json("GET", f"/projects/{project}")
-    statuses = [r.status for r in api_requests(optimizely_emulator, "/v2/projects")]
-    assert statuses.count(200) == 4 and 429 in statuses
-    assert time.monotonic() - started >= 1.0  # Retry-After is whole seconds, at least 1
+@reliability_case("fault", "HTTP core", "429 with Retry-After",
+                  "the retry waits Retry-After and does not use up an attempt")
+def test_429_waits_for_retry_after_without_using_up_an_attempt(personyze_emulator):
+    """The 429 comes from an injected fault, not a rate window, so nothing but Retry-After makes the wait:
+    ignore it and the retry goes out after the 10 ms backoff."""
+    personyze_emulator.set_faults(error_rate=1.0, error_status=429, retry_after=2)
+    client = personyze_client(  # no retries at all, except after a 429; backoff 10 ms
+        personyze_emulator, retry=RetryPolicy(max_attempts=1, backoff_initial=0.01, backoff_max=0.01,
+                                              max_retry_seconds=30))
+    caller = threading.Thread(target=client.json, args=("GET", "/account"))
+    caller.start()
+    deadline = time.monotonic() + 10
+    while not api_requests(personyze_emulator, "/rest/account") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    personyze_emulator.set_faults()  # the fault is lifted once the first 429 went out: the retry gets through
+    caller.join(timeout=10)
+    answered = api_requests(personyze_emulator, "/rest/account")
+    assert [r.status for r in answered] == [429, 200]
+    assert answered[1].started_at - answered[0].finished_at >= 1.5  # Retry-After: 2
+
+
+@reliability_case("fault", "HTTP core", "a redirect (3xx) to another host",
+                  "not followed: the request fails with the 3xx and the other host never sees it or the key")
+def test_a_redirect_is_not_followed_so_the_key_stays_with_the_api(personyze_emulator):
+    """A 3xx to another origin (a moved API, a hostile proxy) would carry ``X-API-Key``/``apikey`` headers
+    along; httpx only strips ``Authorization``. The client stops at the 3xx instead."""
+    import http.server
+
+    target = f"{personyze_emulator.url}/rest/account"
+
+    class Redirect(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            self.send_response(302)
+            self.send_header("Location", target)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Redirect)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = ApiClient(vendor="Permutive", base_url=f"http://127.0.0.1:{server.server_address[1]}/v1",
+                           headers={"X-API-Key": personyze_emulator.api_key}, retry=FAST)
+        with pytest.raises(ApiError) as caught:
+            client.json("GET", "/account")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert caught.value.status == 302
+    assert personyze_emulator.requests == []  # the redirect's target never saw the request, nor the key
 
 
 def test_400_is_not_retried(personyze_emulator):
@@ -99,13 +140,16 @@ def test_gives_up_when_the_time_bound_would_be_exceeded(personyze_emulator):
 
 def test_pacing_holds_the_configured_rate_without_a_single_429(optimizely_emulator):
     project = optimizely_emulator.create_project("Paced")
+    # The server counts arrivals. On a busy 2-core machine a thread that wakes late lands next to the one after
+    # it, so the server admits 5/s while the client paces 4/s (starts 0.275 s apart): six arrivals in one second
+    # then take a late wake-up of over 0.35 s, where pacing at the server's own rate failed on 0.1 s.
     optimizely_emulator.set_faults(rate_per_second=5, rate_per_minute=1000)
     client = ApiClient(
         vendor="Optimizely",
         base_url=f"{optimizely_emulator.url}/v2",
         headers={"Authorization": f"Bearer {optimizely_emulator.token}"},
         retry=RetryPolicy(max_attempts=1),
-        pacer=Pacer(Limits(rate_per_second=5, max_in_flight=3)),
+        pacer=Pacer(Limits(rate_per_second=4, max_in_flight=3)),
     )
     errors: list[Exception] = []
 
@@ -125,7 +169,7 @@ def test_pacing_holds_the_configured_rate_without_a_single_429(optimizely_emulat
     elapsed = time.monotonic() - started
     statuses = [r.status for r in api_requests(optimizely_emulator, "/v2/projects")]
     assert errors == [] and statuses == [200] * 16
-    assert elapsed >= 15 / 5  # 16 starts spaced at 1/5 s (plus margin)
+    assert elapsed >= 15 / 4  # 16 starts spaced at 1/4 s (plus margin)
     assert optimizely_emulator.max_in_flight_seen() <= 3
 
 
@@ -305,3 +349,15 @@ def test_the_async_client_serves_each_event_loop_of_its_own(personyze_emulator):
 
     assert asyncio.run(unclosed()) == 1
     assert asyncio.run(unclosed()) == 1  # a new loop gets a new client even when the last was never closed
+
+
+def test_https_to_a_plain_http_server_is_a_tls_error_with_the_fix_and_is_not_retried(personyze_emulator):
+    client = ApiClient(vendor="Personyze", base_url=f"https://127.0.0.1:{personyze_emulator.port}/rest",
+                       retry=RetryPolicy(max_attempts=3, backoff_initial=0.01, backoff_max=0.01))
+    with pytest.raises(TlsError) as caught:
+        client.json("GET", "/account")
+    error = caught.value
+    assert error.attempts == 1 and not error.retryable
+    assert error.advice.startswith(f"TLS handshake with https://127.0.0.1:{personyze_emulator.port}/rest failed: the "
+                                   "server does not speak TLS on this port")
+    assert (error.vendor, error.method, error.path) == ("Personyze", "GET", "/account")

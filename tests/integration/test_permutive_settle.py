@@ -305,3 +305,11 @@ def test_server_errors_after_retries_fail_the_rows_and_a_bad_key_stops(
     with pytest.raises(FatalError, match="InvalidAPIKey|401"):
         PermutiveSegments(PermutiveHook("permutive_bad"), import_id=import_id).send(Operation.CREATE, [row(1)])
     assert permutive_emulator.segments(import_id) == {}
+
+
+def test_the_hook_refuses_a_batch_over_5000_operations_before_sending_it(hook, import_id, permutive_emulator):
+    """The hook's own limit: a caller that skips the engine's batch sizes learns it before the API refuses it."""
+    operation = {"operation": "Create", "data": {"code": "c", "name": "n"}}
+    with pytest.raises(ValueError, match="at most 5000 operations, got 5001"):
+        hook.batch_segments(import_id, [operation] * 5001)
+    assert [r for r in permutive_emulator.requests if r.method == "PATCH"] == []

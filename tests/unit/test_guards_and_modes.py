@@ -4,6 +4,7 @@ import pytest
 
 from airflow_provider_zeotap.destinations.permutive import PermutiveSegments, code_from_name
 from airflow_provider_zeotap.destinations.personyze import PersonyzeListMembers, PersonyzeUsers
+from airflow_provider_zeotap.errors import GuardError
 from airflow_provider_zeotap.http.errors import ConfigurationError
 from airflow_provider_zeotap.sync.guards import Guards
 from airflow_provider_zeotap.sync.models import CommittedState, Plan, PlanCounts
@@ -30,6 +31,14 @@ def test_removal_ratio_applies_above_a_small_size():
     Guards().check(plan(total=400, committed=1000, removed=500), removals=500)  # exactly half is allowed
     Guards().check(plan(total=1, committed=50, removed=49), removals=49)  # small audiences are not guarded
     Guards(max_removal_ratio=None).check(plan(total=1, committed=1000, removed=999), removals=999)
+
+
+def test_the_ratio_guard_applies_from_exactly_min_rows_for_ratio_committed_rows():
+    with pytest.raises(ConfigurationError, match="would remove 51 of 100 committed rows"):
+        Guards().check(plan(total=49, committed=100, removed=51), removals=51)
+    Guards().check(plan(total=48, committed=99, removed=51), removals=51)  # one row fewer: not guarded yet
+    with pytest.raises(ConfigurationError, match="would remove 6 of 10"):
+        Guards(min_rows_for_ratio=10).check(plan(total=4, committed=10, removed=6), removals=6)
 
 
 def test_max_removals():
@@ -62,3 +71,38 @@ def test_a_source_of_only_invalid_rows_counts_as_empty():
     )
     with pytest.raises(ConfigurationError, match=r"no rows \(50 with a null or duplicate key\)"):
         Guards().check(all_invalid, removals=50)
+
+
+def test_each_guard_refusal_says_what_it_saw_and_which_setting_lets_it_through():
+    """The exact words: a guard's message is the whole of what the user gets before anything is sent."""
+    with pytest.raises(GuardError) as empty:
+        Guards().check(plan(total=0, committed=10, removed=10), removals=10)
+    assert str(empty.value) == (
+        "Sync 's': the source returned no rows but 10 are committed; refusing to treat that as 'everything was "
+        "removed'. If the source really is empty, set allow_empty_source=True.")
+    all_invalid = plan(total=3, committed=10, removed=10).model_copy(
+        update={"counts": PlanCounts(total=3, invalid=3, removed=10)})
+    with pytest.raises(GuardError) as invalid:
+        Guards().check(all_invalid, removals=10)
+    assert "the source returned no rows (3 with a null or duplicate key) but 10 are committed" in str(invalid.value)
+    with pytest.raises(GuardError) as many:
+        Guards(max_removals=5).check(plan(total=10, committed=16, removed=6), removals=6)
+    assert str(many.value) == (
+        "Sync 's' would remove 6 rows, more than max_removals=5. Check the source; if the removals are intended, "
+        "raise max_removals (or set it to None).")
+    Guards(max_removals=6).check(plan(total=10, committed=16, removed=6), removals=6)  # at the limit: allowed
+    with pytest.raises(GuardError) as ratio:
+        Guards().check(plan(total=400, committed=1000, removed=600), removals=600)
+    assert str(ratio.value) == (
+        "Sync 's' would remove 600 of 1000 committed rows (60%), more than max_removal_ratio=0.5. Check the source; "
+        "if the removals are intended, raise max_removal_ratio (or set it to None).")
+
+
+def test_an_empty_source_with_nothing_committed_is_a_first_run_not_a_refusal():
+    Guards().check(plan(total=0, committed=0), removals=0)
+    Guards(max_removals=0, max_removal_ratio=0.0, min_rows_for_ratio=0).check(plan(total=5, committed=0), removals=0)
+
+
+def test_an_empty_source_is_refused_from_a_single_committed_row():
+    with pytest.raises(GuardError, match="but 1 are committed"):
+        Guards().check(plan(total=0, committed=1, removed=1), removals=1)

@@ -9,7 +9,7 @@ import pytest
 
 from airflow_provider_zeotap.http.errors import ConfigurationError
 from airflow_provider_zeotap.sync.state import StaleBaseError
-from airflow_provider_zeotap.sync.destination import RowOutcome
+from airflow_provider_zeotap.sync.destination import BatchRefused, RowOutcome
 from tests.support.sync_harness import DictStore, Killed, RecordingDestination, SyncHarness
 
 ROWS = [{"id": i, "email": f"user{i}@example.com", "name": f"User {i}"} for i in range(1, 11)]
@@ -190,6 +190,29 @@ def test_rows_refused_for_their_own_data_are_not_resent_until_they_change(harnes
     fixed = RecordingDestination(invalid=invalid_name)
     _, last = harness.sync([dict(r, name="good") if r["id"] == 1 else r for r in ROWS], fixed)
     assert sent_ids(fixed) == [1] and last.rejected == 0
+
+
+class RefusingForTheData(RecordingDestination):
+    """Refuses a whole batch, for good, when one of its rows holds bad data (like Permutive's atomic batch)."""
+
+    def send(self, operation, rows):
+        if any(row.payload["name"] == "bad" for row in rows):
+            self.calls.append((operation, [dict(r.payload) for r in rows]))
+            raise BatchRefused("ValidationError: invalid data", permanent=True)
+        return super().send(operation, rows)
+
+
+def test_a_row_whose_batch_is_refused_for_good_is_remembered_once_it_stands_alone(harness):
+    """Splitting isolates the bad row; refused alone, it keeps the refusal's ``permanent`` and is not resent."""
+    rows = [dict(r, name="bad") if r["id"] == 2 else r for r in ROWS]
+    first = RefusingForTheData()
+    _, result = harness.sync(rows, first, batch_size=4)
+    assert (result.rejected, result.succeeded) == (1, 9)
+    assert [{"email": "user2@example.com", "name": "bad"}] in [batch for _, batch in first.calls]  # refused alone
+
+    again = RefusingForTheData()
+    _, second = harness.sync(rows, again, batch_size=4)
+    assert again.calls == [] and second.rejected == 1  # remembered as refused for its data, so not sent
 
 
 class IdentifiedByEmail(RecordingDestination):

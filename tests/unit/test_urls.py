@@ -66,3 +66,53 @@ def test_other_schemes_are_refused():
                                                ("example.com", False), ("10.0.0.1", False)])
 def test_loopback_detection(host, loopback):
     assert is_loopback(host) is loopback
+
+
+def test_the_refusals_give_the_whole_fix():
+    with pytest.raises(ConfigurationError) as no_scheme:
+        resolve_base_url("api.example.com:8443", default="https://api.example.com", prefix="/v1", conn_type="example")
+    assert str(no_scheme.value) == (
+        "Connection host 'api.example.com:8443' has no scheme (https:// or http://). Accepted forms: "
+        "https://api.example.com or the full base URL https://api.example.com/v1 in the host field; in URI form, put "
+        "the scheme after the connection type: example://https://:<key>@api.example.com. Plain http:// only to "
+        "loopback addresses (127.0.0.1, localhost, ::1); a bare loopback host:port is taken as http.")
+    with pytest.raises(InsecureURLError) as plain:
+        check_transport("http://10.0.0.5:8080/rest")
+    assert str(plain.value) == (
+        "Refusing plain http to '10.0.0.5': API keys would travel unencrypted. Use https://10.0.0.5:8080/rest in the "
+        "connection's host field (plain http is only allowed to loopback addresses such as 127.0.0.1).")
+    with pytest.raises(ConfigurationError) as no_host:
+        resolve_base_url("https://", default="https://api.example.com", prefix="/v1")
+    assert str(no_host.value) == "Connection host 'https://' has no host name; set it to e.g. 'https://api.example.com'."
+    with pytest.raises(ConfigurationError, match="Unsupported URL scheme 'ftp' in 'ftp://x/v1'; use https://."):
+        resolve_base_url("ftp://x", default="https://api.example.com", prefix="/v1")
+
+
+def test_urls_in_messages_lose_their_credentials_and_keep_the_rest():
+    from airflow_provider_zeotap.http.urls import display_url
+
+    assert display_url("https://user:p%40ss@api.example.com:8443/rest") == "https://api.example.com:8443/rest"
+    assert display_url("http://127.0.0.1:8101/rest") == "http://127.0.0.1:8101/rest"
+
+
+def test_a_scheme_is_case_insensitive_and_a_prefix_without_slashes_is_added_once():
+    assert resolve_base_url("HTTPS://api.example.com/", default="x", prefix="v1/") == "https://api.example.com/v1"
+    assert resolve_base_url("https://api.example.com/base", default="x", prefix="") == "https://api.example.com/base"
+    check_transport("HTTP://127.0.0.1:1/x")
+    assert is_loopback("LOCALHOST") and is_loopback("ip6-localhost") and not is_loopback("localhost.example.com")
+
+
+def test_a_base_path_is_kept_and_the_prefix_added_after_it():
+    assert resolve_base_url("https://proxy.example.com/vendors/BOX/", default="x", prefix="/rest") == (
+        "https://proxy.example.com/vendors/BOX/rest")
+    with pytest.raises(ConfigurationError, match=r"in URI form, put the scheme after the connection type: "
+                                                 r"<conn_type>://https://:<key>@api\.example\.com"):
+        resolve_base_url("api.example.com", default="https://api.example.com", prefix="/v1")
+
+
+def test_a_prefix_of_only_a_slash_adds_nothing():
+    assert resolve_base_url("https://api.example.com", default="x", prefix="/") == "https://api.example.com"
+
+
+def test_only_brackets_are_taken_off_a_host_before_the_loopback_check():
+    assert not is_loopback("XLOCALHOSTX") and not is_loopback("X127.0.0.1")
