@@ -177,8 +177,11 @@ def test_a_destination_down_for_a_whole_run_fails_cleanly_commits_nothing_and_th
         vendor = scenario.vendor.capitalize()
         cause = "failed (HTTP 503): Service Unavailable" if DOWN[scenario.vendor][1] == "503" else (
             "failed (no response): ConnectError")
-        pattern = (rf"airflow_provider_zeotap\.http\.errors\.(ServerError|ApiConnectionError): {vendor} (GET|POST) "
-                   rf"http://127\.0\.0\.1:\d+/\S+ {re.escape(cause)}.*\[gave up after 10 attempts in [\d.]+ s\]")
+        # A refused connection leads with what to fix (the host field), then the request that failed.
+        advice = rf"(Could not reach {vendor} at \S+: check the host field of connection .*\()?"
+        pattern = (rf"airflow_provider_zeotap\.http\.errors\.(ServerError|ApiConnectionError): {advice}{vendor} "
+                   rf"(GET|POST) http://127\.0\.0\.1:\d+/\S+ {re.escape(cause)}.*"
+                   rf"\[gave up after 10 attempts in [\d.]+ s\]\)?")
         assert [line for line in last_lines if re.fullmatch(pattern, line)], (vendor, last_lines)
     for vendor, (_, how) in DOWN.items():
         emulator = matrix.emulators[vendor]
