@@ -14,8 +14,10 @@ The scenarios live in ``tests/support/fault_matrix.py``; each test's sync state 
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -36,6 +38,7 @@ from tests.support.fault_matrix import (
     landed,
 )
 from tests.support.reliability import reliability_case
+from tests.support.secrets_scan import assert_no_secrets
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -99,13 +102,24 @@ class Matrix:
 
 @pytest.fixture
 def emulators(personyze_emulator, permutive_emulator, optimizely_emulator, zeotap_emulator) -> dict[str, Any]:
+    # Keys of this test alone: the secrets scan after it must find nothing another test legitimately stored.
+    personyze_emulator.api_key = f"pz-{uuid.uuid4().hex}"
+    permutive_emulator.write_key = f"pm-{uuid.uuid4().hex}"
+    optimizely_emulator.token = f"op-{uuid.uuid4().hex}"
+    zeotap_emulator.api_key = f"zt-{uuid.uuid4().hex}"
     return {"personyze": personyze_emulator, "permutive": permutive_emulator, "optimizely": optimizely_emulator,
             "zeotap": zeotap_emulator}
 
 
 @pytest.fixture
-def matrix(dag_runner, warehouse, monkeypatch, tmp_path, emulators) -> Matrix:
-    return Matrix(dag_runner, warehouse, monkeypatch, tmp_path, emulators)
+def matrix(dag_runner, warehouse, monkeypatch, tmp_path, emulators, capsys) -> Iterator[Matrix]:
+    """The matrix, then the secrets scan of what its runs left: the metadata DB (XCom, rendered fields, the
+    asset and task state stores), the task logs, the sync state (outcomes, rejected rows, snapshots) and the
+    runs' output the test did not read itself."""
+    matrix = Matrix(dag_runner, warehouse, monkeypatch, tmp_path, emulators)
+    yield matrix
+    assert_no_secrets(secrets=matrix.secrets, airflow_home=os.environ["AIRFLOW_HOME"],
+                      state_dirs=[matrix.state_dir], texts={"output": capsys.readouterr().out})
 
 
 def injected(emulator: Any) -> dict[str, int]:
