@@ -1,8 +1,8 @@
 """Zeotap profiles: one upsert request per row, gathered within a batch; deletions 400 ids a call.
 
 The API takes one id per write, so a sync is as fast as its concurrency and pacing: ``asend`` starts every
-row of a batch at once and the hook's pacer lets them out at the published limit (10,000 a minute, 3% under,
-at most 200 in flight). The runner keeps ``batches_in_flight`` batches going, so requests flow across batch
+row of a batch at once, up to the hook's ``max_in_flight`` of them build their requests, and the hook's pacer
+lets those out at the published limit (10,000 a minute, 3% under, at most 200 in flight). The runner keeps ``batches_in_flight`` batches going, so requests flow across batch
 boundaries; a batch is the checkpoint unit, not the concurrency unit.
 
 A row's key column is its id (of the task's ``id_type``); its mapped fields are ``section.name`` targets,
@@ -135,6 +135,10 @@ class ZeotapProfiles(Destination):
         #: The fatal error that stopped the delivery: every row not yet answered, in any batch, is cancelled.
         self._fatal: BaseException | None = None
         self._pending: set[asyncio.Task[Any]] = set()
+        #: Rows past this gate have built their request and wait for the pacer; the rest wait here, costing
+        #: nothing. Without it every row of a new batch builds its request at once (about 0.3 ms each), and the
+        #: loop, busy for 150 ms, starts no request meanwhile: 5% of the paced rate lost per batch.
+        self._admission: asyncio.Semaphore | None = None
 
     # -- before sending --------------------------------------------------------------------------------
     def prepare(self, *, dry_run: bool) -> None:
@@ -188,7 +192,9 @@ class ZeotapProfiles(Destination):
             ]
             skipped = {outcome.row_id for outcome in outcomes}
             rows = [row for row in rows if row.row_id not in skipped]
-        tasks = [self._start(self._upsert(row)) for row in rows]
+        if self._admission is None:
+            self._admission = asyncio.Semaphore(self.hook.limits.max_in_flight or UPSERT_BATCH)
+        tasks = [self._start(self._admitted(self._admission, row)) for row in rows]
         results = await asyncio.gather(*tasks, return_exceptions=True)
         outcomes += [result for result in results if isinstance(result, RowOutcome)]
         if self._fatal is not None:
@@ -212,6 +218,10 @@ class ZeotapProfiles(Destination):
         for task in list(self._pending):
             if task is not asyncio.current_task():
                 task.cancel()
+
+    async def _admitted(self, admission: asyncio.Semaphore, row: OutboundRow) -> RowOutcome | None:
+        async with admission:
+            return await self._upsert(row)
 
     async def _upsert(self, row: OutboundRow) -> RowOutcome | None:
         if self._fatal is not None:
@@ -261,6 +271,7 @@ class ZeotapProfiles(Destination):
         ]
 
     async def aclose(self) -> None:
+        self._admission = None  # it belongs to this delivery's event loop
         await self.hook.aclose()
 
     def close(self) -> None:

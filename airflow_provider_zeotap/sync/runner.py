@@ -19,6 +19,7 @@ state (a stale plan sends nothing), and no other task may have taken the plan.
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import itertools
 import json
@@ -26,7 +27,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from functools import cached_property
@@ -121,6 +122,25 @@ def payload_fingerprint(payload: Mapping[str, Any]) -> tuple[str, list[str]]:
     held = {k: v for k, v in payload.items() if v is not None}
     content = json.dumps(held, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(content.encode("utf-8")).hexdigest()[:32], sorted(held)
+
+
+@contextmanager
+def _collector_frozen() -> Iterator[None]:
+    """Keep the objects that exist before the delivery out of the garbage collector's full passes during it.
+
+    An Airflow task process holds a few hundred thousand long-lived objects (its imports), and a full pass
+    over them holds the event loop for about 0.2 s: a 20,000-row Zeotap delivery ran about 40 such passes
+    and lost about 2% of its paced rate to them. Frozen, a pass looks at the delivery's own objects only.
+    Unfrozen after, unless the process had frozen objects of its own before (a forked worker): those stay
+    as they were.
+    """
+    already_frozen = gc.get_freeze_count() > 0
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if not already_frozen:
+            gc.unfreeze()
 
 
 @dataclass
@@ -339,7 +359,8 @@ class DeliveryRunner:
             )
         with Progress(self.capabilities.name, selected, self.progress_interval) as progress:
             try:
-                asyncio.run(self._deliver_all(checkpoint, progress))
+                with _collector_frozen():
+                    asyncio.run(self._deliver_all(checkpoint, progress))
             except BaseException:
                 self._commit_after_failure(self.batches_cut)
                 raise

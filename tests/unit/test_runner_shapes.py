@@ -246,3 +246,29 @@ def test_rows_of_a_failed_outcome_stay_out_of_the_baseline_in_async_delivery(har
     _, result = harness.sync(ROWS, Flaky())
     assert (result.succeeded, result.failed) == (11, 1)
     assert result.operations["upsert"].failed == 1 and result.committed.rows == 11
+
+
+def test_the_objects_made_before_a_delivery_are_frozen_out_of_the_collector_during_it(tmp_path):
+    """Full collector passes over the task's imports held the loop 0.2 s each; frozen, they are skipped."""
+    import gc
+
+    class Watching(AsyncDestination):
+        async def asend(self, operation, rows):
+            self.frozen = gc.get_freeze_count()
+            return await super().asend(operation, rows)
+
+    assert gc.get_freeze_count() == 0
+    watching = Watching()
+    SyncHarness(str(tmp_path / "a")).sync(ROWS, watching)
+    assert watching.frozen > 1000 and gc.get_freeze_count() == 0  # frozen during, given back after
+    killed = Watching(kill=3)
+    with pytest.raises(Killed):
+        SyncHarness(str(tmp_path / "b")).sync(ROWS, killed)
+    assert killed.frozen > 1000 and gc.get_freeze_count() == 0
+    gc.freeze()  # a forked worker's frozen objects are its own: left frozen
+    try:
+        before = gc.get_freeze_count()
+        SyncHarness(str(tmp_path / "c")).sync(ROWS, Watching())
+        assert gc.get_freeze_count() > before / 2  # not given back: the delivery did not unfreeze them
+    finally:
+        gc.unfreeze()
