@@ -2,8 +2,9 @@
 
 The API takes one id per write, so a sync is as fast as its concurrency and pacing: ``asend`` starts every
 row of a batch at once, up to the hook's ``max_in_flight`` of them build their requests, and the hook's pacer
-lets those out at the published limit (10,000 a minute, 3% under, at most 200 in flight). The runner keeps ``batches_in_flight`` batches going, so requests flow across batch
-boundaries; a batch is the checkpoint unit, not the concurrency unit.
+lets those out just under the published limit (10,000 a minute, at most 200 in flight). The runner keeps
+``batches_in_flight`` batches going, so requests flow across batch boundaries; a batch is the checkpoint
+unit, not the concurrency unit.
 
 A row's key column is its id (of the task's ``id_type``); its mapped fields are ``section.name`` targets,
 ``profile`` when no section is named (``first_name`` is ``profile.first_name``).

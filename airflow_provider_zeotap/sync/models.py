@@ -294,6 +294,9 @@ class SyncResult(_Frozen):
     #: Records at the target that the source lacks, removed by a ``take_over_existing`` mirror (also
     #: counted in the outcomes above).
     taken_over_removals: int = 0
+    #: Records this sync sent as creates without a confirming answer, whose rows then left the source,
+    #: removed by a mirror (also counted in the outcomes above).
+    unconfirmed_removals: int = 0
     #: Changes the mode does not act on; committed as seen.
     not_acted_on: int = 0
     #: JSON-lines file of rejected and failed rows with their reasons (None when there are none).

@@ -7,14 +7,20 @@ only survive a retry). When a later send meets "already there", the adapter coun
 for an identity recorded here, or one in the committed baseline; anything else is someone else's.
 
 At each commit the records are folded into one file, less what the new baseline now holds (it is
-ours by the baseline) and what this run removed for good.
+ours by the baseline) and what this run removed for good. What is left are creates this sync sent and
+never saw confirmed. Each keeps the row as it was sent (its key and payload) and whether any attempt may
+have landed (``unconfirmed``: no answer, or one that does not say "not done"; an attempt the destination
+refused, ``rejected``, did not land). Once the row leaves the source, a mirror removes a record that may
+have landed although no answer said so.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -41,14 +47,33 @@ class OwnershipLog:
             identities.update(pq.read_table(path, columns=["identity"]).column(0).to_pylist())
         return identities
 
-    def record(self, plan_id: str, batch_index: int, identities: Iterable[str]) -> None:
-        """Durably note the identities a batch is about to create, before it is sent."""
-        values = list(identities)
-        if not values:
+    def unconfirmed(self) -> dict[str, dict[str, Any]]:
+        """Recorded identities that may have landed, each with the row as it was sent (``key``, ``payload``).
+
+        A record not yet folded has no answer on file (its run never committed): it may have landed.
+        """
+        rows: dict[str, dict[str, Any]] = {}
+        for name in self._files():
+            path = self.storage.fetch(self.storage.attempted_uri(self.target_key, name))
+            table = pq.read_table(path, columns=["identity", "row", "unconfirmed"]).to_pydict()
+            for identity, row, unconfirmed in zip(table["identity"], table["row"], table["unconfirmed"]):
+                if identity is not None and row is not None and unconfirmed is not False:
+                    rows[identity] = json.loads(row)
+        return rows
+
+    def record(self, plan_id: str, batch_index: int, sent: Iterable[tuple[str, Mapping[str, Any], Mapping[str, Any]]]) -> None:
+        """Durably note the records a batch may create (identity, key, payload), before it is sent."""
+        entries = list(sent)
+        if not entries:
             return
         uri = self.storage.attempted_uri(self.target_key, f"{plan_id}-{batch_index:06d}.parquet")
         path = self.storage.to_local(uri)
-        pq.write_table(pa.table({"identity": pa.array(values, type=pa.string())}), path)
+        rows = [json.dumps({"key": dict(key), "payload": dict(payload)}, default=str, ensure_ascii=False)
+                for _, key, payload in entries]
+        table = pa.table({"identity": pa.array([identity for identity, _, _ in entries], type=pa.string()),
+                          "row": pa.array(rows, type=pa.string()),
+                          "unconfirmed": pa.nulls(len(entries), type=pa.bool_())})  # no answer yet
+        pq.write_table(table, path)
         descriptor = os.open(path, os.O_RDONLY)
         try:
             os.fsync(descriptor)  # on disk before the batch goes out, or a crash could lose the record
@@ -57,12 +82,23 @@ class OwnershipLog:
         self.storage.publish(uri)
 
     def compact(
-        self, *, snapshot_path: str, outcome_paths: Sequence[str], snapshot_id: str, memory_limit: str | None = None
+        self,
+        *,
+        snapshot_path: str,
+        outcome_paths: Sequence[str],
+        plan_id: str,
+        snapshot_id: str,
+        memory_limit: str | None = None,
     ) -> int:
         """Fold the records into one file, less what the baseline holds and what was removed; return its size.
 
+        An identity sent more than once keeps one of its rows: any serves, as a removal needs only the key
+        and the identity.
+
         ``outcome_paths``: the run's outcome files (an earlier try's too); only removals and rows left alone
-        drop records.
+        drop records. A record stays ``unconfirmed`` (may have landed) unless every attempt at it was refused:
+        ``outcome_paths`` answer for the attempts of plan ``plan_id``; an attempt of another plan that was never
+        folded had no answer on file (its run never committed).
 
         It reads the whole new baseline's identities and every outcome, so it runs under the task's
         ``memory_limit`` like the commit, with anti-joins and a grouping that spill to disk past it
@@ -71,10 +107,22 @@ class OwnershipLog:
         names = self._files()
         if not names:
             return 0
-        paths = [self.storage.fetch(self.storage.attempted_uri(self.target_key, name)) for name in names]
+        def listed(chosen: list[str]) -> str:
+            paths = [self.storage.fetch(self.storage.attempted_uri(self.target_key, name)) for name in chosen]
+            return "[" + ", ".join(quote_literal(p) for p in paths) + "]"
+
+        answered = [name for name in names if name.startswith(f"{plan_id}-")]
+        earlier = [name for name in names if name not in answered]
         uri = self.storage.attempted_uri(self.target_key, f"compacted-{snapshot_id}.parquet")
         out = self.storage.to_local(uri)
-        files = "[" + ", ".join(quote_literal(p) for p in paths) + "]"
+        records = " UNION ALL ".join(
+            ([f'''SELECT "identity", "row", coalesce("unconfirmed", true) AS "unconfirmed"
+                  FROM read_parquet({listed(earlier)})'''] if earlier else [])
+            + ([f'''SELECT "identity", "row", "refused_identity" IS NULL AS "unconfirmed"
+                    FROM read_parquet({listed(answered)}) AS "a"
+                    LEFT JOIN ({_refused_identities_sql(outcome_paths)}) AS "refused"
+                      ON "a"."identity" = "refused"."refused_identity"'''] if answered else [])
+        )
         removed = _removed_identities_sql(outcome_paths)
         work = os.path.dirname(out)
         with scratch_duckdb(work, memory_limit=memory_limit) as con:
@@ -82,7 +130,8 @@ class OwnershipLog:
                 con,
                 f"""
                 COPY (
-                    SELECT "identity" FROM read_parquet({files}) AS "a"
+                    SELECT "identity", any_value("row") AS "row", bool_or("unconfirmed") AS "unconfirmed"
+                    FROM ({records}) AS "a"
                     ANTI JOIN (SELECT "{IDENTITY_COLUMN}" AS "identity" FROM read_parquet({quote_literal(snapshot_path)})
                                WHERE "{IDENTITY_COLUMN}" IS NOT NULL) AS "held" USING ("identity")
                     ANTI JOIN ({removed}) AS "gone" USING ("identity")
@@ -103,6 +152,13 @@ class OwnershipLog:
 
     def _files(self) -> list[str]:
         return [name for name in self.storage.list_names(self.folder) if name.endswith(".parquet")]
+
+
+def _refused_identities_sql(outcome_paths: Sequence[str]) -> str:
+    """Identities whose create this run's destination refused: that attempt did not land."""
+    return f"""SELECT DISTINCT "identity" AS "refused_identity" FROM ({final_outcomes_sql(outcome_paths)})
+               WHERE "identity" IS NOT NULL AND "operation" NOT IN ('delete', 'remove')
+                 AND "outcome" = {quote_literal(Outcome.REJECTED.value)}"""
 
 
 def _removed_identities_sql(outcome_paths: Sequence[str]) -> str:

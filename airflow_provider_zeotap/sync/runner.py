@@ -155,8 +155,10 @@ class _BatchStopped(Exception):
 _Part = tuple[Operation, list[dict[str, Any]]]
 #: Rows ready for the wire, by operation, in the order they go out.
 _Parts = list[tuple[Operation, list[OutboundRow]]]
-#: Raw-row key of a record read from the target by a take-over (see ``_takeover_rows``).
+#: Raw-row keys of a record a mirror removes beyond the plan's own removals (see ``_takeover_rows``): the
+#: record as the target listed it, or as this sync sent it; and, for the latter, the row's key as sent.
 _TARGET_RECORD = "__target_record"
+_TARGET_KEY = "__target_key"
 
 
 @dataclass
@@ -271,6 +273,8 @@ class DeliveryRunner:
         self.handed_over: set[str] = set()
         #: Records at the target that a take-over mirror removes (the source lacks them).
         self.takeover: list[dict[str, Any]] = []
+        #: Creates this sync sent, never saw confirmed, and whose rows have left the source (key, payload).
+        self.unconfirmed: list[dict[str, Any]] = []
         #: One past the highest batch index cut so far (the outcome files to look for after a stop).
         self.batches_cut = 0
 
@@ -328,24 +332,28 @@ class DeliveryRunner:
         if self._takes_over:
             self.destination.prepare(dry_run=self.dry_run)  # the target exists before it is read
             self.takeover = self._takeover_records()
-        self.guards.check(self.plan, removals + len(self.takeover))
+        elif self._removes_unconfirmed:
+            self.unconfirmed = self._unconfirmed_records()
+        self.guards.check(self.plan, removals + len(self.takeover) + len(self.unconfirmed))
         log.info(
-            "%s %s=%s: %d rows to send (%s); %d changes this mode does not act on are committed as seen%s%s",
+            "%s %s=%s: %d rows to send (%s); %d changes this mode does not act on are committed as seen%s%s%s",
             self.capabilities.name,
             self.capabilities.mode_argument,
             self.mode,
-            selected + len(self.takeover),
+            selected + len(self.takeover) + len(self.unconfirmed),
             ", ".join(f"{counts[c.value]} {c.value} as {op.value}" for c, op in self.table.items()),
             not_acted_on,
             f"; take_over_existing: {len(self.takeover)} records at the target that the source lacks are removed"
             if self._takes_over else "",
+            f"; {len(self.unconfirmed)} records this sync created without a confirming answer, whose rows left the "
+            "source, are removed" if self.unconfirmed else "",
             " (dry run: nothing is sent or committed)" if self.dry_run else "",
         )
         if self.pointer is not None and self.binding is not None and not self.dry_run:
             self.pointer.claim(self.plan, self.binding)
         if selected and not self._takes_over:
             self.destination.prepare(dry_run=self.dry_run)
-        selected += len(self.takeover)
+        selected += len(self.takeover) + len(self.unconfirmed)
         self.verdicts = self._identity_verdicts()
         if self.dry_run:
             return self._dry_run(selected, not_acted_on, counts, started)
@@ -527,7 +535,7 @@ class DeliveryRunner:
         """Map one change row; work out its identity, payload fingerprint, and whether its record is ours."""
         record = raw.get(_TARGET_RECORD)
         if record is not None:
-            return self._prepare_takeover(int(raw[ROW_ID_COLUMN]), record)
+            return self._prepare_takeover(int(raw[ROW_ID_COLUMN]), record, raw.get(_TARGET_KEY))
         change = Change(raw[CHANGE_COLUMN])
         delivered = raw.get(PAYLOAD_FIELDS_COLUMN) or () if change is not Change.ADDED else ()
         mapped = apply_mapping(self.mapping, raw, send_nulls=self.send_nulls, delivered_fields=delivered)
@@ -639,8 +647,9 @@ class DeliveryRunner:
                 sendable.append((operation, rows))
         creates = {row.row_id for operation, rows in sendable if not operation.removes for row in rows}
         if creates:
-            identities = (item.identity for _, items, _ in prepared for item in items if item.row.row_id in creates)
-            self.ownership.record(self.plan.plan_id, batch.index, identities)
+            sent = ((item.identity, item.row.key, item.row.payload)
+                    for _, items, _ in prepared for item in items if item.row.row_id in creates)
+            self.ownership.record(self.plan.plan_id, batch.index, sent)
         try:
             return outcomes + await self._deliver(sendable)
         except DeliveryStopped as stopped:
@@ -768,24 +777,73 @@ class DeliveryRunner:
                     identities.add(self._identity(row))
         return identities
 
+    @property
+    def _removes_unconfirmed(self) -> bool:
+        """A mirror removes what it may have created unconfirmed, once the row leaves the source.
+
+        Not on a rebind (the target is new), nor with ``take_over_existing``, which removes them anyway.
+        """
+        return self._takeover_operation is not None and not self.rebinding and not self._takes_over
+
+    def _unconfirmed_records(self) -> list[dict[str, Any]]:
+        """Rows this sync sent as creates, never saw confirmed, and the source no longer has: read once per plan.
+
+        A create whose every answer was lost may have landed. Its row is not in the baseline (only confirmed
+        rows are), so when the row leaves the source no diff removes it; the ownership records still hold it as
+        this sync's, with the key and payload it was sent with. Removing it is what the mirror owes; a target
+        that answers "not found" had never got it. Written beside the plan, so a retried task cuts the same
+        batches.
+        """
+        uri = self.storage.plan_uri(self.plan.plan_id, "delivery", "unconfirmed.jsonl")
+        if self.storage.exists(uri):
+            with open(self.storage.fetch(uri), encoding="utf-8") as handle:
+                return [json.loads(line) for line in handle]
+        candidates = self.ownership.unconfirmed()
+        if candidates and self._base_snapshot is not None:
+            for identity in self._identities_of(self._base_snapshot):
+                candidates.pop(identity, None)
+        if candidates and self.warehouse is not None:
+            log.warning(
+                "%d records this sync sent as creates were never confirmed (their answers were lost), and a diff in "
+                "the warehouse cannot tell whether the source still has them, so they are left at the target; a "
+                "diff on the worker (diff_in='worker') removes those whose rows have left the source",
+                len(candidates),
+            )
+            return []
+        if candidates:
+            for identity in self._identities_of(self.storage.fetch(self.plan.snapshot_uri)):
+                candidates.pop(identity, None)
+        records = [candidates[identity] for identity in sorted(candidates)]
+        with open(self.storage.to_local(uri), "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+        self.storage.publish(uri)
+        if records:
+            log.info("%d records this sync sent as creates were never confirmed and their rows have left the source: "
+                     "the mirror removes them (\"not found\" means they never landed)", len(records))
+        return records
+
     def _takeover_rows(self) -> list[dict[str, Any]]:
-        """The take-over's records as raw rows for the batches, numbered below zero (no change row has those)."""
+        """Records removed beyond the plan's removals, as raw rows numbered below zero (no change row has those)."""
+        listed = [{_TARGET_RECORD: record} for record in self.takeover]
+        sent = [{_TARGET_RECORD: row["payload"], _TARGET_KEY: row["key"]} for row in self.unconfirmed]
         return [
-            {ROW_ID_COLUMN: -1 - i, CHANGE_COLUMN: Change.REMOVED.value, _TARGET_RECORD: record}
-            for i, record in enumerate(self.takeover)
+            {ROW_ID_COLUMN: -1 - i, CHANGE_COLUMN: Change.REMOVED.value, **extra}
+            for i, extra in enumerate(listed + sent)
         ]
 
-    def _takeover_row(self, row_id: int, record: Mapping[str, Any]) -> OutboundRow:
-        key = {
-            column: record.get(field)
-            for field, column in self.mapping.items()
-            if column in self.plan.primary_key and field in record
-        }
-        return OutboundRow(row_id=row_id, change=Change.REMOVED, key=key, payload=dict(record), ours=True)
+    def _takeover_row(self, row_id: int, record: Mapping[str, Any], key: Mapping[str, Any] | None = None) -> OutboundRow:
+        if key is None:
+            key = {
+                column: record.get(field)
+                for field, column in self.mapping.items()
+                if column in self.plan.primary_key and field in record
+            }
+        return OutboundRow(row_id=row_id, change=Change.REMOVED, key=dict(key), payload=dict(record), ours=True)
 
-    def _prepare_takeover(self, row_id: int, record: Mapping[str, Any]) -> _Prepared:
-        """A record at the target that a take-over removes: sent as the destination listed it."""
-        row = self._takeover_row(row_id, record)
+    def _prepare_takeover(self, row_id: int, record: Mapping[str, Any], key: Mapping[str, Any] | None = None) -> _Prepared:
+        """A record removed beyond the plan's removals: sent as the destination listed it, or as this sync sent it."""
+        row = self._takeover_row(row_id, record, key)
         payload_hash, fields = payload_fingerprint(row.payload)
         return _Prepared(row, MappedRow(row.payload, []), self._identity(row), payload_hash, fields)
 
@@ -844,6 +902,8 @@ class DeliveryRunner:
         if self.pointer is None:
             return None
         nothing = not (plan.counts.added or plan.counts.changed or plan.counts.removed or plan.counts.refresh)
+        # Unconfirmed records removed: the commit folds their outcomes into the ownership records.
+        nothing = nothing and not self.unconfirmed
         if nothing and not self.rebinding and (plan.base is None or plan.base.binding is not None or not self.binding):
             log.info("Nothing changed since the committed snapshot; the baseline stays as it is")
             return plan.base
@@ -878,7 +938,8 @@ class DeliveryRunner:
         log.info("Committed snapshot %s of sync %r: %d rows", snapshot_id, plan.sync_id, rows)
         # Every batch's outcomes, those of an earlier try included: removals and rows left alone drop records.
         self.ownership.compact(
-            snapshot_path=local, outcome_paths=outcome_paths, snapshot_id=snapshot_id, memory_limit=self.memory_limit
+            snapshot_path=local, outcome_paths=outcome_paths, plan_id=plan.plan_id, snapshot_id=snapshot_id,
+            memory_limit=self.memory_limit,
         )
         keep = {snapshot_id} | ({plan.base.snapshot_id} if plan.base else set())
         if removed := self.storage.prune(keep_plan=plan.plan_id, keep_snapshots=keep):
@@ -929,7 +990,8 @@ class DeliveryRunner:
             self.ownership.load(), plan.primary_key, os.path.join(folder, "owned_identities.parquet")
         )
         self.ownership.compact(
-            snapshot_path=held, outcome_paths=outcome_paths, snapshot_id=snapshot_id, memory_limit=self.memory_limit
+            snapshot_path=held, outcome_paths=outcome_paths, plan_id=plan.plan_id, snapshot_id=snapshot_id,
+            memory_limit=self.memory_limit,
         )
         keep = {snapshot_id} | ({plan.base.snapshot_id} if plan.base else set())
         self.storage.prune(keep_plan=plan.plan_id, keep_snapshots=keep)
@@ -997,6 +1059,7 @@ class DeliveryRunner:
             refreshed=counts.get(Change.REFRESH.value, 0) if Change.REFRESH in self.table else 0,
             rebound=self.rebinding,
             taken_over_removals=len(self.takeover),
+            unconfirmed_removals=len(self.unconfirmed),
             not_acted_on=not_acted_on,
             rejected_rows_uri=rejected_uri if bad else None,
             committed=committed,

@@ -252,11 +252,6 @@ def test_an_emulator_restarted_mid_run_is_survived_within_two_runs(matrix):
     matrix.check(scenarios, second)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Known gap, found by this matrix: a mirror create that landed but whose every answer was lost ends 'failed', "
-    "uncommitted; when its row then leaves the source, no diff ever removes it, although the ownership log holds "
-    "its identity as this sync's own. The fix needs the ownership log to keep 'may have landed' apart from "
-    "'refused as someone else's' (both are recorded before the send today), then a mirror can remove the former."))
 def test_a_mirror_create_whose_answers_were_all_lost_is_removed_once_its_row_leaves_the_source(matrix):
     def rows(run: int) -> list[dict[str, Any]]:
         return [{"code": code, "name": code.title()} for code in (["fm-orphan", "fm-kept"] if run == 1 else ["fm-kept"])]

@@ -67,14 +67,47 @@ def test_records_written_before_a_failed_send_make_the_row_ours_in_the_next_run(
     assert log.load() == set()  # both are in the baseline now: the records were folded away
 
 
-def test_a_removal_that_lands_drops_the_record_and_one_that_fails_keeps_the_baseline(harness):
+def sent(*emails: str) -> list[tuple[str, dict, dict]]:
+    """Ownership entries as the runner writes them: identity, key, payload as sent."""
+    return [(e.lower(), {"email": e}, {"email": e}) for e in emails]
+
+
+def test_a_removal_that_lands_drops_the_record_and_one_that_fails_keeps_it(harness):
     harness.sync(members("a@x.com", "b@x.com", "c@x.com"), LowercaseMembers(), mode="mirror")
     log = OwnershipLog(harness.storage, "unbound")
-    log.record("earlier", 0, ["b@x.com", "z@x.com"])  # say, an older attempt that never landed
+    log.record("earlier", 0, sent("b@x.com"))
     _, result = harness.sync(members("a@x.com", "c@x.com"), LowercaseMembers(), mode="mirror")
-    assert result.succeeded == 1
-    # b was removed for good; z was never acknowledged and stays recorded as attempted.
-    assert log.load() == {"z@x.com"}
+    assert result.succeeded == 1 and log.load() == set()  # b was removed for good: its record is dropped
+    log.record("earlier", 1, sent("Z@x.com"))  # a create whose answer never came
+    failing = LowercaseMembers(fail=lambda row: True)
+    _, failed = harness.sync(members("a@x.com"), failing, mode="mirror")
+    assert (failed.failed, failed.unconfirmed_removals) == (2, 1)  # c's removal, and Z's
+    assert log.load() == {"z@x.com"}  # Z's removal failed: still recorded, tried again next run
+
+
+def test_a_mirror_removes_a_create_it_never_saw_confirmed_once_its_row_leaves_the_source(harness):
+    """Every answer to a create was lost: not in the baseline, so no diff removes it; the record does."""
+    lost = LowercaseMembers(fail=lambda row: row.payload["email"] == "Lost@x.com")
+    _, first = harness.sync(members("a@x.com", "Lost@x.com"), lost, mode="mirror")
+    assert first.failed == 1 and [r["email"] for _, r in lost.delivered] == ["a@x.com"]
+    _, kept = harness.sync(members("a@x.com", "Lost@x.com"), LowercaseMembers(), mode="mirror")
+    assert kept.succeeded == 1 and kept.unconfirmed_removals == 0  # still in the source: sent again, not removed
+    log = OwnershipLog(harness.storage, "unbound")
+    assert log.load() == set()
+
+    again = LowercaseMembers(fail=lambda row: row.payload["email"] == "Lost@x.com")
+    harness.sync(members("a@x.com", "b@x.com"), again, mode="mirror")  # b added; nothing lost
+    log.record("crashed", 0, sent("Orphan@x.com"))  # sent, then every answer lost
+    upsert = LowercaseMembers()
+    _, not_mirror = harness.sync(members("a@x.com", "b@x.com", "c@x.com"), upsert, mode="add")
+    assert not_mirror.unconfirmed_removals == 0 and Operation.REMOVE not in [op for op, _ in upsert.delivered]
+    mirror = LowercaseMembers()
+    _, removed = harness.sync(members("a@x.com", "b@x.com", "c@x.com", "d@x.com"), mirror, mode="mirror")
+    assert removed.unconfirmed_removals == 1
+    assert (Operation.REMOVE, {"email": "Orphan@x.com"}) in mirror.delivered  # as it was sent, key and all
+    assert log.load() == set()  # removed for good: the record is dropped
+    _, quiet = harness.sync(members("a@x.com", "b@x.com", "c@x.com", "d@x.com"), LowercaseMembers(), mode="mirror")
+    assert quiet.unconfirmed_removals == 0 and quiet.succeeded == 0
 
 
 class ForeignAware(LowercaseMembers):
@@ -142,3 +175,16 @@ def test_the_changes_file_of_a_rebind_lists_every_row_once_in_key_order(tmp_path
     rows = pq.read_table(out).to_pylist()
     assert [(r["id"], r["__change"], r["__row_id"]) for r in rows] == [(1, "refresh", 0), (2, "refresh", 1), (3, "refresh", 2)]
     assert _refresh_changes(str(snapshot), ["id"], str(out), None) == 3  # a retried task reuses the same file
+
+
+def test_a_refused_create_is_not_removed_later_unless_an_earlier_attempt_may_have_landed(harness):
+    refuse = LowercaseMembers(reject=lambda row: "invalid" if row.payload["email"] in ("r@x.com", "Lost@x.com") else None)
+    log = OwnershipLog(harness.storage, "unbound")
+    log.record("crashed", 0, sent("Lost@x.com"))  # an earlier attempt, answer lost: may have landed
+    _, first = harness.sync(members("a@x.com", "r@x.com", "Lost@x.com"), refuse, mode="mirror")
+    assert first.rejected == 2
+    assert set(log.unconfirmed()) == {"lost@x.com"}  # r was refused every time: it never landed
+    mirror = LowercaseMembers()
+    _, second = harness.sync(members("a@x.com"), mirror, mode="mirror")
+    assert [(op, r["email"]) for op, r in mirror.delivered] == [(Operation.REMOVE, "Lost@x.com")]
+    assert second.unconfirmed_removals == 1 and log.load() == {"r@x.com"}  # Lost removed; r stays, never landed
