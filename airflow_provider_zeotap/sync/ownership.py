@@ -8,10 +8,10 @@ for an identity recorded here, or one in the committed baseline; anything else i
 
 At each commit the records are folded into one file, less what the new baseline now holds (it is
 ours by the baseline) and what this run removed for good. What is left are creates this sync sent and
-never saw confirmed. Each keeps the row as it was sent (its key and payload) and whether any attempt may
-have landed (``unconfirmed``: no answer, or one that does not say "not done"; an attempt the destination
-refused, ``rejected``, did not land). Once the row leaves the source, a mirror removes a record that may
-have landed although no answer said so.
+never saw confirmed. Each keeps the row as it was sent (its key and payload) and whether an attempt may
+have landed (``unconfirmed``: true unless every attempt was refused, ``rejected``, which means it did
+not land). Once the row leaves the source, a mirror removes a record that may have landed although no
+answer said so.
 """
 
 from __future__ import annotations
@@ -61,7 +61,9 @@ class OwnershipLog:
                     rows[identity] = json.loads(row)
         return rows
 
-    def record(self, plan_id: str, batch_index: int, sent: Iterable[tuple[str, Mapping[str, Any], Mapping[str, Any]]]) -> None:
+    def record(
+        self, plan_id: str, batch_index: int, sent: Iterable[tuple[str, Mapping[str, Any], Mapping[str, Any]]]
+    ) -> None:
         """Durably note the records a batch may create (identity, key, payload), before it is sent."""
         entries = list(sent)
         if not entries:
@@ -107,6 +109,7 @@ class OwnershipLog:
         names = self._files()
         if not names:
             return 0
+
         def listed(chosen: list[str]) -> str:
             paths = [self.storage.fetch(self.storage.attempted_uri(self.target_key, name)) for name in chosen]
             return "[" + ", ".join(quote_literal(p) for p in paths) + "]"

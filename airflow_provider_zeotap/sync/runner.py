@@ -804,9 +804,9 @@ class DeliveryRunner:
                 candidates.pop(identity, None)
         if candidates and self.warehouse is not None:
             log.warning(
-                "%d records this sync sent as creates were never confirmed (their answers were lost), and a diff in "
-                "the warehouse cannot tell whether the source still has them, so they are left at the target; a "
-                "diff on the worker (diff_in='worker') removes those whose rows have left the source",
+                "%d records this sync sent as creates were never confirmed (no answer: lost, a kill, an outage), and "
+                "a diff in the warehouse cannot tell whether the source still has them, so they are left at the "
+                "target; a diff on the worker (diff_in='worker') removes those whose rows have left the source",
                 len(candidates),
             )
             return []
@@ -824,7 +824,7 @@ class DeliveryRunner:
         return records
 
     def _takeover_rows(self) -> list[dict[str, Any]]:
-        """Records removed beyond the plan's removals, as raw rows numbered below zero (no change row has those)."""
+        """Records removed beyond the plan's removals, as raw rows numbered below zero (no change row has them)."""
         listed = [{_TARGET_RECORD: record} for record in self.takeover]
         sent = [{_TARGET_RECORD: row["payload"], _TARGET_KEY: row["key"]} for row in self.unconfirmed]
         return [
@@ -832,7 +832,9 @@ class DeliveryRunner:
             for i, extra in enumerate(listed + sent)
         ]
 
-    def _takeover_row(self, row_id: int, record: Mapping[str, Any], key: Mapping[str, Any] | None = None) -> OutboundRow:
+    def _takeover_row(
+        self, row_id: int, record: Mapping[str, Any], key: Mapping[str, Any] | None = None
+    ) -> OutboundRow:
         if key is None:
             key = {
                 column: record.get(field)
@@ -841,8 +843,10 @@ class DeliveryRunner:
             }
         return OutboundRow(row_id=row_id, change=Change.REMOVED, key=dict(key), payload=dict(record), ours=True)
 
-    def _prepare_takeover(self, row_id: int, record: Mapping[str, Any], key: Mapping[str, Any] | None = None) -> _Prepared:
-        """A record removed beyond the plan's removals: sent as the destination listed it, or as this sync sent it."""
+    def _prepare_takeover(
+        self, row_id: int, record: Mapping[str, Any], key: Mapping[str, Any] | None = None
+    ) -> _Prepared:
+        """A record removed beyond the plan's removals: as the destination listed it, or as this sync sent it."""
         row = self._takeover_row(row_id, record, key)
         payload_hash, fields = payload_fingerprint(row.payload)
         return _Prepared(row, MappedRow(row.payload, []), self._identity(row), payload_hash, fields)

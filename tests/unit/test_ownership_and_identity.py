@@ -178,7 +178,8 @@ def test_the_changes_file_of_a_rebind_lists_every_row_once_in_key_order(tmp_path
 
 
 def test_a_refused_create_is_not_removed_later_unless_an_earlier_attempt_may_have_landed(harness):
-    refuse = LowercaseMembers(reject=lambda row: "invalid" if row.payload["email"] in ("r@x.com", "Lost@x.com") else None)
+    refused = ("r@x.com", "Lost@x.com")
+    refuse = LowercaseMembers(reject=lambda row: "invalid" if row.payload["email"] in refused else None)
     log = OwnershipLog(harness.storage, "unbound")
     log.record("crashed", 0, sent("Lost@x.com"))  # an earlier attempt, answer lost: may have landed
     _, first = harness.sync(members("a@x.com", "r@x.com", "Lost@x.com"), refuse, mode="mirror")

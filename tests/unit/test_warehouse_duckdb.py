@@ -233,3 +233,27 @@ def test_take_over_existing_is_refused_for_a_warehouse_plan_before_sending(tmp_p
     with pytest.raises(ConfigurationError, match="take_over_existing=True .* use diff_in='worker'"):
         side.runner(side.plan(), destination, take_over_existing=True).run()
     assert destination.calls == []
+
+
+def test_a_create_never_confirmed_is_removed_on_the_worker_and_named_in_a_warning_in_the_warehouse(
+    tmp_path, monkeypatch, caplog
+):
+    """The worker diff has the source beside it to tell that the row left; the warehouse diff does not."""
+    pair = Pair(tmp_path, monkeypatch)
+    pair.load([person(1), person(2)])
+    for destination in pair.destinations.values():
+        destination.fail = lambda row: row.payload.get("email") == "user2@example.com"  # every answer lost
+    first = pair.run()
+    assert first["warehouse"].failed == 1 and first["warehouse"].committed.rows == 1
+    pair.load([person(1)])
+    sent: dict[str, list] = {}
+    for path, side in pair.sides.items():
+        destination = RecordingDestination()
+        with caplog.at_level("WARNING"):
+            result = side.runner(side.plan(), destination, "mirror").run()
+        sent[path] = [(op.value, rows) for op, rows in destination.calls]
+        assert result.unconfirmed_removals == (1 if path == "worker" else 0)
+    assert sent["worker"] == [("delete", [{"email": "user2@example.com", "name": "Name 2"}])]
+    assert sent["warehouse"] == []
+    assert "1 records this sync sent as creates were never confirmed" in caplog.text
+    assert "diff_in='worker'" in caplog.text
