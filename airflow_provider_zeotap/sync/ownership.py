@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -42,22 +42,32 @@ class OwnershipLog:
     def load(self) -> set[str]:
         """Identities recorded as attempted by earlier tries and runs (read once, before this try sends)."""
         identities: set[str] = set()
-        for name in self._files():
-            path = self.storage.fetch(self.storage.attempted_uri(self.target_key, name))
+        for path in self._paths():
             identities.update(pq.read_table(path, columns=["identity"]).column(0).to_pylist())
         return identities
 
-    def unconfirmed(self) -> dict[str, dict[str, Any]]:
-        """Recorded identities that may have landed, each with the row as it was sent (``key``, ``payload``).
+    def unconfirmed_identities(self) -> set[str]:
+        """Recorded identities that may have landed.
 
         A record not yet folded has no answer on file (its run never committed): it may have landed.
         """
+        identities: set[str] = set()
+        for path in self._paths():
+            table = pq.read_table(path, columns=["identity", "unconfirmed"]).to_pydict()
+            identities.update(identity for identity, unconfirmed in zip(table["identity"], table["unconfirmed"])
+                              if identity is not None and unconfirmed is not False)
+        return identities
+
+    def rows_sent(self, identities: set[str]) -> dict[str, dict[str, Any]]:
+        """The row each of ``identities`` was last recorded with (``key``, ``payload``): a removal sends it.
+
+        Only these rows are parsed; a large log of a run that never committed costs its identities alone.
+        """
         rows: dict[str, dict[str, Any]] = {}
-        for name in self._files():
-            path = self.storage.fetch(self.storage.attempted_uri(self.target_key, name))
-            table = pq.read_table(path, columns=["identity", "row", "unconfirmed"]).to_pydict()
-            for identity, row, unconfirmed in zip(table["identity"], table["row"], table["unconfirmed"]):
-                if identity is not None and row is not None and unconfirmed is not False:
+        for path in self._paths():
+            table = pq.read_table(path, columns=["identity", "row"]).to_pydict()
+            for identity, row in zip(table["identity"], table["row"]):
+                if identity in identities and row is not None:
                     rows[identity] = json.loads(row)
         return rows
 
@@ -152,6 +162,10 @@ class OwnershipLog:
                 self.storage.remove(self.storage.attempted_uri(self.target_key, name))
         log.info("Ownership records of this target: %d identities attempted but not in the baseline", rows)
         return int(rows)
+
+    def _paths(self) -> Iterator[str]:
+        for name in self._files():
+            yield self.storage.fetch(self.storage.attempted_uri(self.target_key, name))
 
     def _files(self) -> list[str]:
         return [name for name in self.storage.list_names(self.folder) if name.endswith(".parquet")]

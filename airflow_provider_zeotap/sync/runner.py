@@ -735,9 +735,9 @@ class DeliveryRunner:
                 f"{self.capabilities.name} cannot list what its target holds, so take_over_existing=True cannot make "
                 "it equal the source. Remove take_over_existing (mirror then removes only what this sync delivered)."
             )
-        wanted = self._identities_of(self.storage.fetch(self.plan.snapshot_uri))
+        wanted = set(self._identities_of(self.storage.fetch(self.plan.snapshot_uri)))
         if self._base_snapshot is not None:
-            wanted |= self._identities_of(self._base_snapshot)
+            wanted.update(self._identities_of(self._base_snapshot))
         foreign: list[dict[str, Any]] = []
         seen: set[str] = set()
         for record in records:
@@ -757,11 +757,10 @@ class DeliveryRunner:
         log.info("take_over_existing: %d records at the target are not in the source and will be removed", len(foreign))
         return foreign
 
-    def _identities_of(self, snapshot_path: str) -> set[str]:
-        """The identities a snapshot's rows have at the destination (from the columns mapped to them)."""
+    def _identities_of(self, snapshot_path: str) -> Iterator[str]:
+        """The identities a snapshot's rows have at the destination (from the columns mapped to them), streamed."""
         fields = {f: self.mapping[f] for f in self.capabilities.identity_fields if f in self.mapping}
         columns = sorted(set(fields.values()) | set(self.plan.primary_key))
-        identities: set[str] = set()
         with self._duckdb() as con:
             reader = con.sql(
                 f"SELECT {', '.join(quote_identifier(c) for c in columns)} FROM read_parquet(?)", params=[snapshot_path]
@@ -774,8 +773,7 @@ class DeliveryRunner:
                         key={k: raw.get(k) for k in self.plan.primary_key},
                         payload={f: raw.get(c) for f, c in fields.items()},
                     )
-                    identities.add(self._identity(row))
-        return identities
+                    yield self._identity(row)
 
     @property
     def _removes_unconfirmed(self) -> bool:
@@ -798,10 +796,9 @@ class DeliveryRunner:
         if self.storage.exists(uri):
             with open(self.storage.fetch(uri), encoding="utf-8") as handle:
                 return [json.loads(line) for line in handle]
-        candidates = self.ownership.unconfirmed()
+        candidates = self.ownership.unconfirmed_identities()
         if candidates and self._base_snapshot is not None:
-            for identity in self._identities_of(self._base_snapshot):
-                candidates.pop(identity, None)
+            candidates.difference_update(self._identities_of(self._base_snapshot))
         if candidates and self.warehouse is not None:
             log.warning(
                 "%d records this sync sent as creates were never confirmed (no answer: lost, a kill, an outage), and "
@@ -811,9 +808,9 @@ class DeliveryRunner:
             )
             return []
         if candidates:
-            for identity in self._identities_of(self.storage.fetch(self.plan.snapshot_uri)):
-                candidates.pop(identity, None)
-        records = [candidates[identity] for identity in sorted(candidates)]
+            candidates.difference_update(self._identities_of(self.storage.fetch(self.plan.snapshot_uri)))
+        sent = self.ownership.rows_sent(candidates) if candidates else {}
+        records = [sent[identity] for identity in sorted(sent)]
         with open(self.storage.to_local(uri), "w", encoding="utf-8") as handle:
             for record in records:
                 handle.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
