@@ -1011,10 +1011,18 @@ class DeliveryRunner:
         """Keep what was acknowledged before the stop, so a later run does not send it again.
 
         The checkpoint stays, so a retry of this task resumes at the unfinished batch and commits again.
+        When every row answered so far failed (the destination down for the whole run), nothing is
+        committed: the baseline, its binding and the ownership records stay exactly as they were.
         """
-        log.error("Delivery stopped during batch %d; committing the rows acknowledged before it", batches)
         try:
-            self._commit(self._outcome_paths(batches))
+            paths = self._outcome_paths(batches)
+            answered = count_outcomes(paths, self.memory_limit) if paths else {}
+            if all(outcome == Outcome.FAILED.value for counts in answered.values() for outcome in counts):
+                log.error("Delivery stopped during batch %d; no row was acknowledged, so nothing is committed",
+                          batches)
+                return
+            log.error("Delivery stopped during batch %d; committing the rows acknowledged before it", batches)
+            self._commit(paths)
         except Exception:  # the original error matters more; this one is logged
             log.exception("Could not commit the acknowledged rows after the failure")
 

@@ -285,3 +285,18 @@ def test_a_revoked_key_mid_batch_keeps_the_rows_answered_before_it(harness):
     result = harness.runner(plan, retry).run()
     assert result.resumed_from_batch == 1 and sent_ids(retry) == [4, 5, 6, 7, 8, 9, 10]
     assert result.committed.rows == 10
+
+
+def test_a_delivery_stopped_before_any_row_was_acknowledged_commits_nothing(harness):
+    """The destination down for the whole run: the baseline, its binding and ownership records stay as they were."""
+    down = RecordingDestination(fail=lambda row: True, kill_at_call=3)
+    with pytest.raises(Killed):
+        harness.runner(harness.plan(ROWS), down).run()
+    assert harness.pointer.read() is None  # not even an empty baseline
+
+    one_refused = RecordingDestination(fail=lambda row: True, kill_at_call=3,
+                                       invalid=lambda row: row.payload["email"] == "user1@example.com")
+    with pytest.raises(Killed):
+        harness.runner(harness.plan(ROWS), one_refused).run()
+    committed = harness.pointer.read()  # an answer other than "failed" is kept: the refusal is remembered
+    assert committed is not None and committed.rows == 0 and committed.rejected_uri is not None
