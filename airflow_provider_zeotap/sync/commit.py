@@ -23,8 +23,9 @@ row id occurs once across the files; a commit that finds a row reported twice re
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import duckdb
@@ -120,6 +121,7 @@ def write_rejected_rows(
     primary_key: list[str],
     out_path: str,
     memory_limit: str | None = None,
+    removed_beyond_plan: Mapping[int, Mapping[str, Any]] | None = None,
 ) -> int:
     """Write a JSON-lines report of rows whose final outcome is rejected or failed; return how many.
 
@@ -127,6 +129,10 @@ def write_rejected_rows(
     ``reason``; a key column whose name is one of those four is written as ``key_<name>``. No file is
     written when there is nothing to report, so its absence means a clean run. It joins every
     outcome of the run, so it runs under the task's ``memory_limit`` like the commit.
+
+    ``removed_beyond_plan`` gives the key of each removal the plan's changes do not hold (a take-over, a
+    create never confirmed), by its row id below zero: those rows count among the run's failures, so the
+    report that names the failures lists them too, after the plan's own rows.
     """
     keys = ", ".join(
         f'"c".{quote_identifier(column)} AS {quote_identifier(_report_key_name(column))}'
@@ -149,9 +155,28 @@ def write_rejected_rows(
             ) TO {quote_literal(out_path)} (FORMAT json)
             """,
         )
+        beyond = (
+            con.execute(
+                f"""
+                SELECT "row_id", "operation", "outcome", "reason" FROM ({final_outcomes_sql(outcome_paths)})
+                WHERE "row_id" < 0 AND "outcome" IN ({failed})
+                ORDER BY "row_id" DESC
+                """
+            ).fetchall()
+            if removed_beyond_plan
+            else []
+        )
+    if beyond:
+        with open(out_path, "a", encoding="utf-8") as report:
+            for row_id, operation, outcome, reason in beyond:
+                key = removed_beyond_plan[row_id] if removed_beyond_plan else {}
+                line = {_report_key_name(column): key.get(column) for column in primary_key}
+                line |= {"change": Change.REMOVED.value, "operation": operation, "outcome": outcome, "reason": reason}
+                report.write(json.dumps(line, ensure_ascii=False, default=str) + "\n")
+    rows = int(rows) + len(beyond)
     if not rows:
         os.remove(out_path)
-    return int(rows)
+    return rows
 
 
 def count_outcomes(outcome_paths: list[str], memory_limit: str | None = None) -> dict[str, dict[str, int]]:

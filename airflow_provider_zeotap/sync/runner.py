@@ -1050,6 +1050,12 @@ class DeliveryRunner:
                 primary_key=self.plan.primary_key,
                 out_path=self.storage.to_local(rejected_uri),
                 memory_limit=self.memory_limit,
+                removed_beyond_plan={
+                    int(raw[ROW_ID_COLUMN]): self._takeover_row(
+                        int(raw[ROW_ID_COLUMN]), raw[_TARGET_RECORD], raw.get(_TARGET_KEY)
+                    ).key
+                    for raw in self._takeover_rows()
+                },
             )
             if paths
             else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -83,6 +84,14 @@ def test_a_removal_that_lands_drops_the_record_and_one_that_fails_keeps_it(harne
     _, failed = harness.sync(members("a@x.com"), failing, mode="mirror")
     assert (failed.failed, failed.unconfirmed_removals) == (2, 1)  # c's removal, and Z's
     assert log.load() == {"z@x.com"}  # Z's removal failed: still recorded, tried again next run
+    # Both failures are in the report that the summary points to, Z's (beyond the plan) after the plan's own.
+    with open(failed.rejected_rows_uri.removeprefix("file://"), encoding="utf-8") as report:
+        lines = [json.loads(line) for line in report]
+    assert [(line["email"], line["change"], line["operation"], line["outcome"]) for line in lines] == [
+        ("c@x.com", "removed", "remove", "failed"),
+        ("Z@x.com", "removed", "remove", "failed"),
+    ]
+    assert all(line["reason"] for line in lines)
 
 
 def test_a_mirror_removes_a_create_it_never_saw_confirmed_once_its_row_leaves_the_source(harness):

@@ -4,6 +4,7 @@ batches, combined operations, async destinations with batches in flight; and the
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
@@ -145,6 +146,17 @@ def test_take_over_removals_count_against_the_removal_guards(members):
     with pytest.raises(ConfigurationError, match="would remove 5 rows, more than max_removals=3"):
         members.sync(ROWS[:3], destination, mode="mirror", take_over_existing=True, guards=Guards(max_removals=3))
     assert destination.calls == []
+
+
+def test_a_take_over_removal_that_fails_is_named_in_the_rejected_rows_report(members):
+    destination = WholeList(existing=["stranger@example.com"], fail=lambda row: "stranger" in row.payload["email"])
+    _, result = members.sync(ROWS[:1], destination, mode="mirror", take_over_existing=True)
+    assert (result.failed, result.succeeded, result.taken_over_removals) == (1, 1, 1)
+    with open(result.rejected_rows_uri.removeprefix("file://"), encoding="utf-8") as report:
+        lines = [json.loads(line) for line in report]
+    assert [(line["email"], line["change"], line["operation"], line["outcome"]) for line in lines] == [
+        ("stranger@example.com", "removed", "remove", "failed")
+    ]
 
 
 def test_take_over_needs_a_destination_that_can_list_its_target(members):
