@@ -235,10 +235,12 @@ class ZeotapProfiles(Destination):
             self._stop(error)
             return None
         except BadRequestError as error:  # about this row's own data: remembered until the row changes
-            return RowOutcome.rejected(row, f"Zeotap refused this profile (HTTP 400): {error.message}", permanent=True)
+            return self.answered(
+                RowOutcome.rejected(row, f"Zeotap refused this profile (HTTP 400): {error.message}", permanent=True)
+            )
         except ApiError as error:
-            return outcome_for_error(row, error)
-        return RowOutcome.ok(row)
+            return self.answered(outcome_for_error(row, error))
+        return self.answered(RowOutcome.ok(row))
 
     async def _foreign(self, rows: Sequence[OutboundRow]) -> set[str]:
         """Ids among ``rows`` whose profile already exists (5 ids a read, gathered)."""

@@ -28,7 +28,7 @@ Any other exception stops the delivery the same way. Errors a later run could ge
 from __future__ import annotations
 
 from abc import ABC
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -153,6 +153,19 @@ class Destination(ABC):
     """One vendor object. Implement ``send``, or ``asend`` for many requests in flight, or both."""
 
     capabilities: ClassVar[Capabilities]
+    #: Set by the runner for a delivery: where ``answered`` reports each row's answer.
+    on_answer: Callable[[RowOutcome], None] | None = None
+
+    def answered(self, outcome: RowOutcome) -> RowOutcome:
+        """Report one row's answer as soon as it comes, before the batch ends; returns it.
+
+        For a destination whose batch is many requests (one per row): the runner keeps these answers, so
+        a task killed mid-batch re-sends only the rows that had none. One request per batch needs nothing:
+        the batch's outcomes are its answers.
+        """
+        if self.on_answer is not None:
+            self.on_answer(outcome)
+        return outcome
 
     @property
     def is_async(self) -> bool:

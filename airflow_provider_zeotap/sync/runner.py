@@ -4,8 +4,8 @@ plan + mode -> the changes that mode sends -> field mapping -> identity checks -
 records -> the destination -> one outcome per row -> outcomes files -> commit. Batches are cut in a
 deterministic order, and each acknowledged batch is checkpointed, so a task retried after a crash
 resumes where it stopped: only the batches in flight at the crash are sent twice (one, for a destination
-that sends one batch at a time), and the commit (computed from the plan's base and every outcomes file)
-comes out the same.
+that sends one batch at a time; only their rows without an answer, for one that reports answers row by row,
+see ``answers.py``), and the commit (computed from the plan's base and every outcomes file) comes out the same.
 
 The delivery runs on one event loop. An async destination (``asend``) has ``batches_in_flight``
 batches going at once, so its requests flow across batch boundaries with no drain at each batch end;
@@ -37,6 +37,7 @@ import duckdb
 import pyarrow.parquet as pq
 
 from airflow_provider_zeotap.errors import BindingError, ConfigurationError
+from airflow_provider_zeotap.sync.answers import AnswerJournal
 from airflow_provider_zeotap.sync.commit import (
     commit_snapshot,
     count_outcomes,
@@ -367,7 +368,7 @@ class DeliveryRunner:
             )
         with Progress(self.capabilities.name, selected, self.progress_interval) as progress:
             try:
-                with _collector_frozen():
+                with _collector_frozen(), self._answers_kept():
                     asyncio.run(self._deliver_all(checkpoint, progress))
             except BaseException:
                 self._commit_after_failure(self.batches_cut)
@@ -425,15 +426,35 @@ class DeliveryRunner:
             if self.destination.is_async:
                 await self.destination.aclose()
 
+    @cached_property
+    def answers(self) -> AnswerJournal:
+        """Answers of the batches in flight, kept as they come: a retry after a kill skips those rows."""
+        return AnswerJournal(self.storage.local_dir(self.storage.plan_uri(self.plan.plan_id, "delivery")))
+
+    @contextmanager
+    def _answers_kept(self) -> Iterator[None]:
+        """Let the destination report each row's answer into the journal while the delivery runs."""
+        self.destination.on_answer = self.answers.add
+        try:
+            yield
+        finally:
+            self.destination.on_answer = None
+
     async def _run_batch(self, batch: _Batch) -> list[RowOutcome]:
         prepared = [(operation, [self._prepare(raw) for raw in rows], rows) for operation, rows in batch.parts]
         items = [item for _, part, _ in prepared for item in part]
+        row_ids = [item.row.row_id for item in items]
+        earlier = self.answers.earlier(batch.index)
+        self.answers.open(batch.index, row_ids)
         try:
-            outcomes = await self._deliver_batch(batch, prepared)
+            outcomes = await self._deliver_batch(batch, prepared, earlier)
         except _BatchStopped as stopped:
             self._write_outcomes(batch, stopped.outcomes, items)
             raise stopped.error from None
+        finally:
+            self.answers.close(batch.index, row_ids)
         self._write_outcomes(batch, outcomes, items)
+        self.answers.discard(batch.index)  # its outcomes are written: the answers are no longer needed
         return outcomes
 
     # -- what to send ------------------------------------------------------------------------------
@@ -631,8 +652,13 @@ class DeliveryRunner:
         return None
 
     async def _deliver_batch(
-        self, batch: _Batch, prepared: list[tuple[Operation, list[_Prepared], list[dict[str, Any]]]]
+        self,
+        batch: _Batch,
+        prepared: list[tuple[Operation, list[_Prepared], list[dict[str, Any]]]],
+        earlier: Mapping[int, RowOutcome],
     ) -> list[RowOutcome]:
+        """Send the batch's rows, less those decided locally and those an earlier try of this task had answers
+        for (``earlier``): those answers stand, and only the rows without one go out again."""
         outcomes: list[RowOutcome] = []
         sendable: _Parts = []
         for operation, items, raws in prepared:
@@ -650,6 +676,13 @@ class DeliveryRunner:
             sent = ((item.identity, item.row.key, item.row.payload)
                     for _, items, _ in prepared for item in items if item.row.row_id in creates)
             self.ownership.record(self.plan.plan_id, batch.index, sent)
+        if earlier:
+            answered = [row.row_id for _, rows in sendable for row in rows if row.row_id in earlier]
+            outcomes += [earlier[row_id] for row_id in answered]
+            sendable = [(operation, left) for operation, rows in sendable
+                        if (left := [row for row in rows if row.row_id not in earlier])]
+            log.info("Batch %d: %d rows answered before the earlier try stopped are not sent again", batch.index,
+                     len(answered))
         try:
             return outcomes + await self._deliver(sendable)
         except DeliveryStopped as stopped:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from collections.abc import Sequence
 from types import MappingProxyType
 from typing import Any
@@ -12,8 +13,10 @@ from typing import Any
 import pytest
 
 from airflow_provider_zeotap.errors import ConfigurationError
+from airflow_provider_zeotap.sync.answers import AnswerJournal
 from airflow_provider_zeotap.sync.destination import BatchRefused, Capabilities, Destination, OutboundRow, RowOutcome
 from airflow_provider_zeotap.sync.guards import Guards
+from airflow_provider_zeotap.sync.models import Change
 from airflow_provider_zeotap.sync.modes import AUDIENCE_MODES, RECORD_MODES, Operation
 from tests.support.sync_harness import Killed, RecordingDestination, SyncHarness
 
@@ -238,6 +241,69 @@ def test_batches_that_finish_out_of_order_are_checkpointed_and_not_sent_again(ha
     assert set(retry.sent).isdisjoint(first.sent)  # nothing acknowledged is sent twice
     assert sorted(first.sent + retry.sent) == list(range(1, 13))
     assert result.committed.rows == 12 and result.succeeded == 12
+
+
+class RowByRow(Destination):
+    """One request per row, two batches in flight, each answer reported as it comes (Zeotap's shape)."""
+
+    capabilities = Capabilities(
+        name="Row by row",
+        mode_argument="sync_mode",
+        modes=MappingProxyType(dict(RECORD_MODES)),
+        batch_size=4,
+        max_batch_size=100,
+        required_fields=("email",),
+        default_fields=("email", "name"),
+        batches_in_flight=2,
+    )
+
+    def __init__(self, *, kill: int | None = None, refuse: int | None = None) -> None:
+        self.kill = kill
+        self.refuse = refuse
+        self.sent: list[int] = []
+
+    async def asend(self, operation: Operation, rows: Sequence[OutboundRow]) -> list[RowOutcome]:
+        outcomes = []
+        for row in rows:
+            await asyncio.sleep(0.01)
+            (number,) = _ids([row])
+            if number == self.kill:
+                raise Killed()
+            self.sent.append(number)
+            answer = RowOutcome.rejected(row, "bad", permanent=True) if number == self.refuse else RowOutcome.ok(row)
+            outcomes.append(self.answered(answer))
+        return outcomes
+
+
+def test_a_retry_after_a_kill_mid_batch_sends_only_the_rows_that_had_no_answer(harness):
+    plan = harness.plan(ROWS)
+    first = RowByRow(kill=3, refuse=2)  # batches 0 (rows 1-4) and 1 (5-8) in flight; row 2 refused, 3 kills
+    with pytest.raises(Killed):
+        harness.runner(plan, first).run()
+    assert {1, 2, 5, 6} <= set(first.sent) and harness.pointer.read() is None  # no batch ended
+    retry = RowByRow()
+    result = harness.runner(plan, retry).run()
+    assert set(retry.sent).isdisjoint(first.sent)  # an answered row is never sent again, the refused one neither
+    assert sorted(first.sent + retry.sent) == list(range(1, 13))
+    assert (result.succeeded, result.rejected) == (11, 1) and result.committed.rows == 11
+    assert not [name for name in os.listdir(harness.storage.local_dir(harness.storage.plan_uri(plan.plan_id, "delivery")))
+                if name.startswith("answers-")]  # every batch's outcomes are written: no answers kept
+
+
+def test_an_answer_cut_by_the_kill_is_skipped_and_its_row_sent_again(tmp_path):
+    journal = AnswerJournal(str(tmp_path))
+    rows = [OutboundRow(row_id=i, change=Change.ADDED, key={"id": i}, payload={}) for i in range(3)]
+    journal.open(7, [0, 1, 2])
+    journal.add(RowOutcome.ok(rows[0]))
+    journal.add(RowOutcome.failed(rows[1], "no answer"))  # not an answer: sent again
+    journal.add(RowOutcome.ok(OutboundRow(row_id=99, change=Change.ADDED, key={}, payload={})))  # not this batch's
+    journal.close(7, [0, 1, 2])
+    journal.add(RowOutcome.ok(rows[2]))  # after the batch: not kept
+    with open(tmp_path / "answers-000007.jsonl", "a", encoding="utf-8") as file:
+        file.write('{"row_id": 2, "outcome": "succ')  # the kill cut the last line
+    assert journal.earlier(7) == {0: RowOutcome.ok(rows[0])}
+    journal.discard(7)
+    assert journal.earlier(7) == {} and not os.listdir(tmp_path)
 
 
 def test_an_async_batch_error_stops_the_delivery_and_keeps_what_was_acknowledged(harness):
