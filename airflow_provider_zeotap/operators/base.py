@@ -27,7 +27,7 @@ from airflow_provider_zeotap.sync.records import (
 from airflow_provider_zeotap.sync.guards import Guards
 from airflow_provider_zeotap.sync.state import CommittedPointer, asset_store, sync_asset
 from airflow_provider_zeotap.sync.storage import SyncStorage, validate_sync_id
-from airflow_provider_zeotap.sync.summary import RejectionLimit
+from airflow_provider_zeotap.sync.summary import RejectionLimit, failed_rows_warning
 from airflow_provider_zeotap.operators.deployment import (
     author_state_uris,
     default_pool,
@@ -300,10 +300,7 @@ class BaseSyncOperator(BaseOperator):
             destination.close()
             storage.cleanup()
         if result.failed:
-            self.log.warning(
-                "%d rows failed after retries; they keep their old state and are sent again on the next run",
-                result.failed,
-            )
+            self.log.warning(failed_rows_warning(result.failed))
         breach = self.rejection_limit.breach(result)
         if breach:  # a failed task returns nothing to XCom, so the result goes to the log
             self.log.error("The task fails on its rejected rows; its result: %s", result.model_dump_json())

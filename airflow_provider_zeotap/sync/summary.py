@@ -91,6 +91,11 @@ class RejectionLimit:
         )
 
 
+def failed_rows_warning(failed: int) -> str:
+    """The task log's warning when rows had no answer after the retries (quoted by the troubleshooting pages)."""
+    return f"{failed} rows failed after retries; they keep their old state and are sent again on the next run"
+
+
 def selected_rows(result: SyncResult) -> int:
     """Rows this run chose to act on: every row with an outcome, whether it needed a request or not."""
     return sum(counts.selected for counts in result.operations.values())

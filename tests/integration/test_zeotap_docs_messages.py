@@ -12,6 +12,8 @@ from airflow_provider_zeotap.hooks.zeotap import ZeotapProfileHook
 from airflow_provider_zeotap.sync.destination import OutboundRow
 from airflow_provider_zeotap.sync.models import Change
 from airflow_provider_zeotap.sync.modes import Operation
+from airflow_provider_zeotap.sync.summary import failed_rows_warning
+from airflow_provider_zeotap.testing.zeotap import NO_ORG_ID, NO_SCOPES
 from tests.integration.test_docs_messages import INDEX, as_pattern, quotes, section, use
 
 pytestmark = pytest.mark.integration
@@ -59,6 +61,12 @@ def produced_messages(emulator, monkeypatch) -> list[str]:
     hook = ZeotapProfileHook()
     hook.fetch_profiles("user_id", ["u-1"])
     messages.append(failure(lambda: hook.fetch_profiles("user_id", ["u-2"])))
+    use(monkeypatch, "zeotap", emulator.url, emulator.api_key, **extras)
+    for answer in (NO_ORG_ID, NO_SCOPES):  # as the API words them, should a request reach it without either
+        emulator.set_faults(error_rate=1.0, error_status=400, error_message=answer)
+        messages.append(failure(lambda: ZeotapProfileHook().upsert_profile("user_id", "u-1", profile={"a": 1})))
+    emulator.set_faults()
+    messages.append(failed_rows_warning(3))
     return messages
 
 
