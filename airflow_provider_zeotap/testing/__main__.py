@@ -9,8 +9,10 @@ sync (a Personyze list, a Permutive import, an Optimizely project), then the ``A
 lines to paste into a shell. The fault knobs given (``--error-rate 0.1 --error-when after``...) are set on
 every emulator served, as ``POST /_emulator/faults`` would set them: the options are generated from
 :class:`~airflow_provider_zeotap.testing.faults.FaultConfig`, the one definition of the knobs, so each knob
-takes the same values here, over HTTP and in ``set_faults``. Serves until Ctrl-C or SIGTERM. Binds to loopback addresses only: the keys
-are public test keys.
+takes the same values here, over HTTP and in ``set_faults``. An emulator's own settings
+(``--personyze-users-post-latency-ms``, ``--permutive-page-size``) are set on that emulator only, as
+``POST /_emulator/settings`` would set them. Serves until Ctrl-C or SIGTERM. Binds to loopback addresses only:
+the keys are public test keys.
 """
 
 from __future__ import annotations
@@ -74,11 +76,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--no-seed", action="store_true", help="don't create the example list, import, project"
     )
     add_fault_options(parser)
+    add_setting_options(parser)
     args = parser.parse_args(argv)
     try:
         FaultConfig.model_validate(fault_knobs(args))
     except ValidationError as exc:
         parser.error(_knob_errors(exc))
+    for name, (emulator_class, _) in EMULATORS.items():
+        try:
+            emulator_class.settings_model.model_validate(emulator_settings(args, name))
+        except ValidationError as exc:
+            parser.error(_knob_errors(exc, prefix=f"{name}-"))
     return args
 
 
@@ -103,6 +111,29 @@ def add_fault_options(parser: argparse.ArgumentParser) -> None:
         )
 
 
+def add_setting_options(parser: argparse.ArgumentParser) -> None:
+    """One ``--<emulator>-<setting>`` option per field of each emulator's own settings."""
+    group = parser.add_argument_group(
+        "emulator settings", "Set on that emulator only, as POST /_emulator/settings sets them."
+    )
+    for name, (emulator_class, _) in EMULATORS.items():
+        for field_name, field in emulator_class.settings_model.model_fields.items():
+            group.add_argument(
+                f"--{name}-{field_name.replace('_', '-')}",
+                dest=f"setting_{name}__{field_name}",
+                type=field.annotation if field.annotation in (int, float) else str,
+                default=argparse.SUPPRESS,
+                metavar=field_name.upper(),
+                help=(field.description or "").replace("%", "%%") + f" (default {field.default})",
+            )
+
+
+def emulator_settings(args: argparse.Namespace, name: str) -> dict[str, Any]:
+    """The settings of emulator ``name`` given on the command line, by field name."""
+    prefix = f"setting_{name}__"
+    return {dest[len(prefix):]: value for dest, value in vars(args).items() if dest.startswith(prefix)}
+
+
 def fault_knobs(args: argparse.Namespace) -> dict[str, Any]:
     """The knobs given on the command line, by field name; "none" becomes None."""
     knobs: dict[str, Any] = {}
@@ -112,9 +143,9 @@ def fault_knobs(args: argparse.Namespace) -> dict[str, Any]:
     return knobs
 
 
-def _knob_errors(exc: ValidationError) -> str:
+def _knob_errors(exc: ValidationError, prefix: str = "") -> str:
     return "; ".join(
-        f"--{'.'.join(str(part) for part in error['loc']).replace('_', '-')}: {error['msg']}"
+        f"--{prefix}{'.'.join(str(part) for part in error['loc']).replace('_', '-')}: {error['msg']}"
         for error in exc.errors()
     )
 
@@ -152,6 +183,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             running.append(emulator.start())
             if knobs:
                 emulator.set_faults(**knobs)
+            if settings := emulator_settings(args, emulator.name):
+                emulator.apply_settings(**settings)
         lines: list[str] = []
         env: dict[str, str] = {}
         for emulator in running:

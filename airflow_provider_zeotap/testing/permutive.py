@@ -33,6 +33,7 @@ from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
+from pydantic import Field
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from typing_extensions import Unpack
 
@@ -43,7 +44,7 @@ from airflow_provider_zeotap.testing.permutive_batch import (
     parse_operations,
     parse_segment,
 )
-from airflow_provider_zeotap.testing.server import ApiError, Emulator, ServerOptions
+from airflow_provider_zeotap.testing.server import ApiError, Emulator, EmulatorSettings, ServerOptions
 
 DEFAULT_WRITE_KEY = "5f0c1a9e-2b7d-4e36-9a41-8c3d2e1f0a57"
 DEFAULT_READ_ONLY_KEY = "b2e4d6f8-0a1c-4e3b-8d5f-7a9c1e3b5d70"
@@ -63,10 +64,15 @@ _PLAIN_TEXT = "text/plain"
 _TOKEN = re.compile(r"offset:(\d+)")
 
 
+class PermutiveSettings(EmulatorSettings):
+    page_size: int = Field(DEFAULT_PAGE_SIZE, ge=1, description="elements per page of a list")
+
+
 class PermutiveEmulator(Emulator):
     """Permutive's Taxonomy API under ``/audience-api/v1``; see the module documentation."""
 
     name = "permutive"
+    settings_model = PermutiveSettings
     api_prefix = "/audience-api/v1"
 
     def __init__(

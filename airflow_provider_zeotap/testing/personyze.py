@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
+from pydantic import Field
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from typing_extensions import Unpack
 
@@ -52,7 +53,7 @@ from airflow_provider_zeotap.testing.personyze_objects import (
     interaction_row,
 )
 from airflow_provider_zeotap.testing.personyze_path import PathQuery, PathSyntaxError, parse_path
-from airflow_provider_zeotap.testing.server import ApiError, Emulator, ServerOptions
+from airflow_provider_zeotap.testing.server import ApiError, Emulator, EmulatorSettings, ServerOptions
 
 DEFAULT_API_KEY = "personyze-test-key"
 API_USER = "api"
@@ -87,10 +88,17 @@ class _Table:
     catalog: str | None = None
 
 
+class PersonyzeSettings(EmulatorSettings):
+    users_post_latency_ms: float = Field(
+        0, ge=0, description="time each POST /rest/users holds the API's one in-flight slot (ms)"
+    )
+
+
 class PersonyzeEmulator(Emulator):
     """Personyze under ``/rest``; see the module documentation for what is reproduced."""
 
     name = "personyze"
+    settings_model = PersonyzeSettings
     api_prefix = "/rest"
     throttle_status = 503
     throttle_retry_after = False

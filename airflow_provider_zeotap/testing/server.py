@@ -29,7 +29,7 @@ import uvicorn
 from fastapi import APIRouter, Body, Depends, FastAPI, HTTPException, Request
 from fastapi.exception_handlers import http_exception_handler, request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 from typing_extensions import Self, Unpack
@@ -54,6 +54,16 @@ class ServerOptions(TypedDict, total=False):
     ssl_keyfile: str | os.PathLike[str] | None
     ssl_ca_certs: str | os.PathLike[str] | None
     require_client_cert: bool
+
+
+class EmulatorSettings(BaseModel):
+    """What one emulator lets a test change beyond the fault knobs: a field per setting (none by default).
+
+    Each field is an attribute of the emulator of the same name, and is set the same way from the constructor,
+    the attribute, ``apply_settings``, ``POST /_emulator/settings`` and ``--<emulator>-<setting>``.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class ApiError(Exception):
@@ -240,6 +250,20 @@ class Emulator(ABC):
     def faults(self) -> FaultConfig:
         return self._injector.config
 
+    #: This emulator's own settings (``EmulatorSettings``).
+    settings_model: ClassVar[type[EmulatorSettings]] = EmulatorSettings
+
+    def settings(self) -> dict[str, Any]:
+        """The settings in force."""
+        return {name: getattr(self, name) for name in self.settings_model.model_fields}
+
+    def apply_settings(self, **values: Any) -> dict[str, Any]:
+        """Change some settings (validated: an unknown name or a bad value raises, and nothing changes)."""
+        checked = self.settings_model.model_validate({**self.settings(), **values})
+        for name in values:
+            setattr(self, name, getattr(checked, name))
+        return self.settings()
+
     def set_faults(self, **settings: Unpack[FaultSettings]) -> FaultConfig:
         """Replace the fault config, as ``POST /_emulator/faults`` does with a JSON body.
 
@@ -390,6 +414,21 @@ class Emulator(ABC):
         ) -> dict[str, Any]:
             try:
                 return self.set_faults(**settings).model_dump()
+            except ValidationError as exc:
+                raise HTTPException(
+                    400, detail=exc.errors(include_url=False, include_context=False)
+                ) from None
+
+        @router.get("/settings")
+        async def get_settings() -> dict[str, Any]:
+            return self.settings()
+
+        @router.post("/settings")
+        async def post_settings(
+            values: Annotated[dict[str, Any], Body(default_factory=dict)],
+        ) -> dict[str, Any]:
+            try:
+                return self.apply_settings(**values)
             except ValidationError as exc:
                 raise HTTPException(
                     400, detail=exc.errors(include_url=False, include_context=False)

@@ -8,12 +8,13 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from typing import Any
 
 import httpx
 import pytest
 
-from airflow_provider_zeotap.testing import FaultConfig, PersonyzeEmulator, ZeotapEmulator
+from airflow_provider_zeotap.testing import FaultConfig, PermutiveEmulator, PersonyzeEmulator, ZeotapEmulator
 from airflow_provider_zeotap.testing.__main__ import fault_knobs, parse_args
 
 #: A value other than the default for every knob. A new knob must add one here (a test checks it).
@@ -121,3 +122,46 @@ def test_a_bad_knob_on_the_command_line_is_refused_naming_it(
         parse_args(["--only", "personyze", *options])
     assert exit_.value.code == 2
     assert named in capsys.readouterr().err
+
+
+def _timed_user_post(api_url: str, auth: tuple[str, str]) -> float:
+    started = time.monotonic()
+    assert httpx.post(f"{api_url}/users", json={"email": "slow@x.com"}, auth=auth).status_code == 200
+    return time.monotonic() - started
+
+
+def test_an_emulators_own_setting_is_the_same_from_the_settings_endpoint_the_attribute_and_the_command_line(
+    personyze_emulator: PersonyzeEmulator,
+) -> None:
+    auth = ("api", personyze_emulator.api_key)
+    process, url = start_cli("--personyze-users-post-latency-ms", "400")
+    try:
+        assert httpx.get(f"{url}/_emulator/settings").json() == {"users_post_latency_ms": 400.0}
+        took = {"command line": _timed_user_post(f"{url}/rest", auth)}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+    try:
+        answer = httpx.post(f"{personyze_emulator.url}/_emulator/settings", json={"users_post_latency_ms": 400})
+        assert answer.json() == {"users_post_latency_ms": 400.0} and personyze_emulator.users_post_latency_ms == 400
+        took["settings endpoint"] = _timed_user_post(personyze_emulator.api_url, auth)
+        personyze_emulator.users_post_latency_ms = 0
+        assert _timed_user_post(personyze_emulator.api_url, auth) < 0.4  # the attribute is the setting
+    finally:
+        personyze_emulator.users_post_latency_ms = 0
+    assert all(seconds >= 0.4 for seconds in took.values()), took
+
+
+@pytest.mark.parametrize(("values", "named"), [({"page_size": 0}, "page_size"), ({"pagesize": 2}, "pagesize")])
+def test_a_bad_setting_is_refused_naming_it_and_nothing_changes(values: dict[str, Any], named: str) -> None:
+    with PermutiveEmulator() as emulator:
+        answer = httpx.post(f"{emulator.url}/_emulator/settings", json=values)
+        assert answer.status_code == 400 and named in answer.text
+        assert emulator.settings() == {"page_size": 100}
+        assert emulator.apply_settings(page_size=2) == {"page_size": 2} and emulator.page_size == 2
+
+
+def test_a_bad_setting_on_the_command_line_is_refused_naming_it(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--only", "permutive", "--permutive-page-size", "0"])
+    assert exit_.value.code == 2 and "--permutive-page-size" in capsys.readouterr().err
