@@ -3,8 +3,10 @@
 ``vip_audience_fanout`` sends one audience (the warehouse's VIP customers) to several destinations, one diff
 and ``sync_id`` each. Between runs the warehouse changes: customers join, change and leave the audience, and
 one row is bad until the third run fixes it. After each run the demo prints one line per destination: what
-its API received, what was rejected and why, and what the destination holds now. The same command prints
-the same report every time: nothing in it depends on ports, generated ids or timings.
+its API received, what was rejected and why, and what the destination holds now. Then Zeotap's two other
+examples run once: ``zeotap_profiles_delete`` honours a table of deletion requests and
+``zeotap_profiles_fetch`` pulls every customer's profile into a Parquet file. The same command prints the
+same report every time: nothing in it depends on ports, generated ids or timings.
 
 Everything lives in ``.demo/`` (or ``--workdir``), removed on start: a fresh Airflow home with a SQLite
 metadata database, the warehouse, the sync state, a log per run, and after each run a dump of what every
@@ -138,6 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__ZEOTAP_SYNC__STATE_URI": f"file://{workdir / 'sync_state'}",
         "AIRFLOW_CONN_WAREHOUSE": json.dumps({"conn_type": "sqlite", "host": str(warehouse)}),
+        "AIRFLOW_VAR_ZEOTAP_PROFILES_FOLDER": f"file://{workdir / 'profiles'}",
     })
     print("== Setting up: an Airflow metadata database (SQLite), a SQLite warehouse, the API emulators", flush=True)
     migrate_log = workdir / "logs" / "db-migrate.log"
@@ -177,9 +180,41 @@ def main(argv: Sequence[str] | None = None) -> int:
             dump(workdir / "emulators" / f"run-{number}.json", destinations, seen)
             if state != "success":
                 raise SystemExit(f"Run {number} ended {state}; its log is {workdir / 'logs' / f'run-{number}.log'}")
+        zeotap_deletion_and_fetch(workdir, warehouse, zeotap, len(warehouse_runs()) + 1)
     print("\n== Done. The demo's folder (.demo/ unless --workdir) holds each run's log, the sync state and what the "
           "emulators held and received after each run.")
     return 0
+
+
+#: Customer 3 left in run 2 and asks to be forgotten; 99 was never sent to Zeotap.
+DELETION_REQUESTS = ("3", "99")
+
+
+def zeotap_deletion_and_fetch(workdir: Path, warehouse: Path, zeotap: Any, number: int) -> None:
+    """Zeotap's two other examples, once each: the deletion requests, then every customer's profile fetched."""
+    with sqlite3.connect(warehouse) as db:
+        db.execute("CREATE TABLE deletion_requests (customer_id TEXT)")
+        db.executemany("INSERT INTO deletion_requests VALUES (?)", [(i,) for i in DELETION_REQUESTS])
+    print(f"\n== Then: customer {DELETION_REQUESTS[0]}, gone from the warehouse, asks to be forgotten (with an id "
+          "Zeotap never had), and every customer's profile is fetched", flush=True)
+    for dag_id, line in (("zeotap_profiles_delete", deletion_line), ("zeotap_profiles_fetch", fetch_line)):
+        log = workdir / "logs" / f"{dag_id}.log"
+        state, results = run_dag(load_dag(EXAMPLES / f"{dag_id}.py"), number, log)
+        if state != "success":
+            raise SystemExit(f"{dag_id} ended {state}; its log is {log}")
+        (result,) = (r for r in results.values() if "deleted" in r or "found" in r)
+        print(f"  {dag_id:<22} {line(result)}; holds {count(len(zeotap.profiles), 'profile')}", flush=True)
+    (workdir / "emulators" / "zeotap-after.json").write_text(json.dumps(zeotap.state(), indent=1, default=str))
+
+
+def deletion_line(result: dict[str, Any]) -> str:
+    return f"deleted {count(result['deleted'], 'profile')}, {count(result['not_found'], 'id')} not found"
+
+
+def fetch_line(result: dict[str, Any]) -> str:
+    name = result["output_uri"].rsplit("/", 1)[-1]
+    return (f"fetched {count(result['found'], 'profile')} for {count(result['ids'], 'customer')} "
+            f"({result['not_found']} not found) into {name}")
 
 
 def load_dag(path: Path) -> Any:

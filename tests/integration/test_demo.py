@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 pytestmark = pytest.mark.integration
@@ -125,3 +126,21 @@ def test_the_readme_shows_the_demo_output_as_it_is(demo):
     blocks = re.findall(r"```\n(== .*?)```", readme, flags=re.S)
     assert blocks, "the README has no demo-output block (a fenced block starting with '== ')"
     assert blocks[0].strip() == output.strip()
+
+
+def test_zeotaps_deletion_requests_and_fetch_run_after_the_fan_out_and_report_what_zeotap_holds(demo):
+    output, workdir = demo
+    then = output.split("\n== Then:", 1)[1].split("\n== Done.", 1)[0].splitlines()
+    (deletion,) = [line for line in then if line.startswith("  zeotap_profiles_delete ")]
+    (fetch,) = [line for line in then if line.startswith("  zeotap_profiles_fetch ")]
+    held = {p["ids"]["user_id"]: p["profile"] for p in
+            json.loads((workdir / "emulators" / "zeotap-after.json").read_text())["profiles"]}
+    # Customer 3 (who had a profile from run 1) is deleted; 99 never had one; the others keep theirs.
+    assert set(held) == {str(i) for i in (1, 5, 7, 9, 11, 13)}
+    assert deletion.endswith(f"deleted 1 profile, 1 id not found; holds {len(held)} profiles")
+    # The fetch asks for every customer in the warehouse (12: customer 3 left it) and writes what Zeotap holds.
+    (name,) = [p.name for p in (workdir / "profiles").iterdir()]
+    fetched = pq.read_table(workdir / "profiles" / name).to_pylist()
+    assert {json.loads(row["ids"])["user_id"]: json.loads(row["profile"]) for row in fetched} == held
+    assert fetch.endswith(f"fetched {len(fetched)} profiles for 12 customers ({12 - len(fetched)} not found) "
+                          f"into {name}; holds {len(held)} profiles")
