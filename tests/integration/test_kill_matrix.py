@@ -32,11 +32,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import psycopg2
 import pyarrow.parquet as pq
 import pytest
 
 from airflow_provider_zeotap.sync.models import ROW_ID_COLUMN
-from tests.integration.conftest import DagRunner, Warehouse, connection_env
+from airflow_provider_zeotap.sync.warehouse.store import state_table_name
+from tests.integration.conftest import DagRunner, Postgres, Warehouse, connection_env
 from tests.support.reliability import reliability_case
 from tests.support.scheduler import TestScheduler, Worker
 
@@ -56,6 +58,7 @@ class World:
     optimizely: Any
     zeotap: Any
     warehouse: Warehouse
+    postgres: Postgres  # a real server, for the diff in the warehouse
     scheduler: TestScheduler
     worker: Worker
     dags: DagRunner
@@ -63,7 +66,7 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(airflow_db, tmp_path_factory) -> Iterator[World]:
+def world(airflow_db, tmp_path_factory, postgres) -> Iterator[World]:
     from airflow_provider_zeotap.testing.optimizely import OptimizelyEmulator
     from airflow_provider_zeotap.testing.permutive import PermutiveEmulator
     from airflow_provider_zeotap.testing.personyze import PersonyzeEmulator
@@ -86,13 +89,14 @@ def world(airflow_db, tmp_path_factory) -> Iterator[World]:
                                   region=zeotap.region, max_in_flight=5, **FAST))
         warehouse = Warehouse(str(folder / "warehouse.db"))
         env.setenv("AIRFLOW_CONN_WAREHOUSE", warehouse.conn_uri)
+        env.setenv("AIRFLOW_CONN_WAREHOUSE_PG", postgres.airflow_connection())
         env.setenv("AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT", "1")
         worker = Worker(folder / "worker-ready")  # warms up (seconds) while the scheduler is built
         stack.callback(worker.stop)
         scheduler = TestScheduler()
         worker.wait_ready()
         start = datetime(2026, 5, 1, tzinfo=timezone.utc)
-        yield World(personyze, permutive, optimizely, zeotap, warehouse, scheduler, worker, DagRunner(),
+        yield World(personyze, permutive, optimizely, zeotap, warehouse, postgres, scheduler, worker, DagRunner(),
                     (start + timedelta(hours=h) for h in range(1000)))
 
 
@@ -115,6 +119,11 @@ class Spec:
     requests: Callable[[], list[Any]]  # the emulator's request log
     resent_rows_max: int | None = None  # rows try 2 may send again; default: the batches that can be in flight
     rerun_cost_max: int | None = None  # the new run's extra write requests; default: what had landed + one batch
+    diff: str = 'conn_id="warehouse"'  # the diff task's arguments besides its sql and primary key
+    # The source table and the committed rows by key, when the diff runs in the warehouse (default: SQLite and
+    # the committed snapshot file).
+    load: Callable[[World, str, list[dict[str, Any]], list[str]], None] | None = None
+    committed: Callable[[World, str, dict[str, Any]], dict[str, dict[str, Any]]] | None = None
 
 
 def dag_file(world: World, spec: Spec, retry_target: Any, rerun_target: Any) -> tuple[str, str, str]:
@@ -129,7 +138,7 @@ def dag_file(world: World, spec: Spec, retry_target: Any, rerun_target: Any) -> 
         for dag_id, retries, target in (("{retry_id}", 1, {retry_target!r}), ("{rerun_id}", 0, {rerun_target!r})):
             with DAG(dag_id=dag_id, schedule=None, start_date=datetime(2026, 1, 1), catchup=False,
                      max_active_runs=1) as dag:
-                diff = SyncDiffOperator(task_id="diff", sync_id=dag_id, conn_id="warehouse",
+                diff = SyncDiffOperator(task_id="diff", sync_id=dag_id, {spec.diff},
                                         sql=f"SELECT * FROM {{dag_id}}", primary_key="{spec.primary_key}")
                 {spec.imports.split()[-1]}(task_id="sync", plan=diff.output, retries=retries,
                     retry_delay=timedelta(seconds=0), {spec.operator})
@@ -201,8 +210,10 @@ def run_matrix(world: World, spec: Spec) -> dict[str, int]:
     columns = list(rows[0][0])
     retry_target, rerun_target = spec.targets()
     path, retry_id, rerun_id = dag_file(world, spec, retry_target, rerun_target)
-    world.warehouse.replace(retry_id, rows[0], columns)
-    world.warehouse.replace(rerun_id, rows[1], columns)
+    load = spec.load or (lambda world, table, rows, columns: world.warehouse.replace(table, rows, columns))
+    load(world, retry_id, rows[0], columns)
+    load(world, rerun_id, rows[1], columns)
+    committed = spec.committed or (lambda world, dag_id, result: committed_rows(result, spec.primary_key))
 
     # -- on a task retry ----------------------------------------------------------------------------------
     run_id, start, end = start_and_kill(world, spec, path, retry_id, k_retry)
@@ -237,7 +248,7 @@ def run_matrix(world: World, spec: Spec) -> dict[str, int]:
     assert len(sent_again) <= len(rows[0]) - len(acknowledged) * spec.batch_size
     assert set(sent_first) | set(sent_again) == keys[0]
     assert {key for key in spec.held(retry_target) if key in keys[0] or key.startswith("r")} == keys[0]
-    assert committed_rows(result, spec.primary_key) == {str(row[spec.primary_key]): row for row in rows[0]}
+    assert committed(world, retry_id, result) == {str(row[spec.primary_key]): row for row in rows[0]}
 
     # -- on a new DAG run instead of a retry -------------------------------------------------------------
     killed_run, start, end = start_and_kill(world, spec, path, rerun_id, k_rerun)
@@ -259,7 +270,7 @@ def run_matrix(world: World, spec: Spec) -> dict[str, int]:
     print(f"kill matrix {spec.name} new run: {len(landed)} rows sent before the kill; the new run sent {sent} "
           f"write requests where {needed} carry the rest: the kill cost {cost}")
     assert {key for key in spec.held(rerun_target) if key in keys[1] or key.startswith("n")} == keys[1]
-    assert committed_rows(result, spec.primary_key) == {str(row[spec.primary_key]): row for row in rows[1]}
+    assert committed(world, rerun_id, result) == {str(row[spec.primary_key]): row for row in rows[1]}
     cost_max = math.ceil(len(landed) / spec.rows_per_request) + per_batch if spec.rerun_cost_max is None \
         else spec.rerun_cost_max
     assert cost <= cost_max
@@ -427,3 +438,57 @@ def test_zeotap_profiles(world):
 def _unique(keys: list[str]) -> set[str]:
     assert len(keys) == len(set(keys)), f"an object was created twice: {sorted(keys)}"
     return set(keys)
+
+
+# -- the diff in the warehouse (PostgreSQL), delivered to Zeotap -------------------------------------------
+
+WAREHOUSE_SCHEMA = "zeotap_kill_matrix"
+
+
+def _load_postgres(world: World, table: str, rows: list[dict[str, Any]], columns: list[str]) -> None:
+    with psycopg2.connect(world.postgres.uri) as pg, pg.cursor() as cursor:
+        cursor.execute(f'DROP TABLE IF EXISTS "{table}"')
+        cursor.execute(f'CREATE TABLE "{table}" (' + ", ".join(f'"{c}" TEXT' for c in columns) + ")")
+        cursor.executemany(f'INSERT INTO "{table}" VALUES ({", ".join(["%s"] * len(columns))})',
+                           [tuple(row[c] for c in columns) for row in rows])
+
+
+def _committed_in_postgres(world: World, sync_id: str, result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The state table's rows by key, without the engine's own columns; its version row names the run's plan."""
+    table = f'{WAREHOUSE_SCHEMA}."{state_table_name(sync_id)}"'
+    with psycopg2.connect(world.postgres.uri) as pg, pg.cursor() as cursor:
+        cursor.execute(f"SELECT * FROM {table}")
+        names = [column[0] for column in cursor.description]
+        rows = [{k: v for k, v in zip(names, row) if not k.startswith("__")} for row in cursor.fetchall()]
+        cursor.execute(f"SELECT plan_id FROM {WAREHOUSE_SCHEMA}.sync_versions WHERE sync_id = %s", (sync_id,))
+        assert cursor.fetchone() == (result["plan_id"],)
+    return {str(row["user_id"]): row for row in rows}
+
+
+@reliability_case("kill", "warehouse diff (PostgreSQL) to Zeotap profiles", RETRIED,
+                  "try 2 resumes from the checkpoint and the answers kept mid-batch; at most 1 batch sent again; "
+                  "the state table in PostgreSQL holds exactly the source, committed in the warehouse")
+@reliability_case("kill", "warehouse diff (PostgreSQL) to Zeotap profiles", RERUN,
+                  "converges to the exact profiles and the same state table in PostgreSQL; cost at most what had "
+                  "landed plus one batch")
+def test_warehouse_diff_to_zeotap_profiles(world):
+    """As ``test_zeotap_profiles`` (the diff on the worker), with the diff and the commit in PostgreSQL."""
+    emulator = world.zeotap
+    emulator.reset()
+    run_matrix(world, Spec(
+        name="zeotap_wh",
+        rows=lambda p: [{"user_id": f"{p}w-{i:04d}", "first_name": f"F{i}"} for i in range(120)],
+        primary_key="user_id", batch_size=10, batches_in_flight=2, rows_per_request=1, resent_rows_max=10,
+        imports="from airflow_provider_zeotap.operators.zeotap import ZeotapProfileSyncOperator",
+        operator='id_type="user_id", sync_mode="upsert", batch_size=10, '
+                 'field_mapping={"profile.first_name": "first_name"}',
+        targets=lambda: (None, None),
+        writes=_writes(emulator, "POST", lambda p: p.endswith("/cdp/v1/users"),
+                       lambda body: [body["ids"]["user_id"]] if isinstance(body, dict) and "ids" in body else []),
+        held=lambda _: {p["ids"]["user_id"] for p in emulator.profiles.values()},
+        requests=lambda: emulator.requests,
+        latency=lambda on: emulator.set_faults(latency_ms=LATENCY_MS * on, method="POST"),
+        diff=f'conn_id="warehouse_pg", diff_in="warehouse", state_schema="{WAREHOUSE_SCHEMA}"',
+        load=_load_postgres,
+        committed=_committed_in_postgres,
+    ))
