@@ -143,6 +143,11 @@ class PersonyzeEmulator(Emulator):
         with self._lock:
             return self._post_catalog(self._tables["products"], fields)
 
+    def create_article(self, **fields: Any) -> int:
+        """Insert (or patch) a catalog article, as ``POST /rest/articles`` would."""
+        with self._lock:
+            return self._post_catalog(self._tables["articles"], fields)
+
     @property
     def products(self) -> dict[str, dict[str, Any]]:
         """internal_id -> product row (copies)."""

@@ -135,9 +135,17 @@ def injected(emulator: Any) -> dict[str, int]:
 @reliability_case("fault", "Personyze products catalog", FAULT_CASE, CONVERGES, param="personyze")
 @reliability_case("fault", "Personyze product interactions", FAULT_CASE, CONVERGES + ONCE.format(what="interaction"),
                   param="personyze")
+@reliability_case("fault", "Personyze articles catalog", FAULT_CASE, CONVERGES, param="personyze")
+@reliability_case("fault", "Personyze article interactions", FAULT_CASE,
+                  "every interaction logged within two runs; one logged twice only where an answer was lost (no API "
+                  "reads them back, so nothing can be looked up: documented)", param="personyze")
 @reliability_case("fault", "Permutive segments", FAULT_CASE, CONVERGES + ONCE.format(what="create"),
                   param="permutive")
 @reliability_case("fault", "Optimizely list attributes", FAULT_CASE, CONVERGES, param="optimizely")
+@reliability_case("fault", "Optimizely audiences", FAULT_CASE, CONVERGES + ONCE.format(what="create"),
+                  param="optimizely")
+@reliability_case("fault", "Optimizely attributes", FAULT_CASE, CONVERGES + ONCE.format(what="create"),
+                  param="optimizely")
 @reliability_case("fault", "Optimizely custom events", FAULT_CASE, CONVERGES + ONCE.format(what="create"),
                   param="optimizely")
 @reliability_case("fault", "Zeotap profiles", FAULT_CASE, CONVERGES, param="zeotap")

@@ -263,6 +263,49 @@ def _expect_interactions(emulator: Any, context: Mapping[str, Any], rows_by_run:
     assert held == wanted, f"missing: {wanted - held}, twice: {held - wanted}"
 
 
+def _articles(run: int) -> list[dict[str, Any]]:
+    ids = range(1, 9) if run == 1 else range(4, 12)
+    return [{"slug": f"fm-post-{i:03d}", "title": f"Post {i}" + (" v2" if run > 1 and i in (6, 7) else "")}
+            for i in ids]
+
+
+def _setup_articles(emulator: Any) -> dict[str, Any]:
+    emulator.create_article(internal_id="BY-HAND", title="Written by hand")
+    return {}
+
+
+def _expect_articles(emulator: Any, context: Mapping[str, Any], rows_by_run: list[list[dict[str, Any]]]) -> None:
+    wanted = latest(rows_by_run, "slug", removes=True)
+    held = {k: a["title"] for k, a in emulator.articles.items()}
+    expected = {k: r["title"] for k, r in wanted.items()} | {"BY-HAND": "Written by hand"}
+    assert held == expected, set(held.items()) ^ set(expected.items())
+
+
+def _reads(run: int) -> list[dict[str, Any]]:
+    """Run 1: 12 article reads; run 2: 6 more, and one old read changed (events are not sent again)."""
+    return [{"read_id": i, "reader": f"fm-reader{i % 4}@example.com", "slug": f"fm-post-{i % 5}",
+             "action": "liked" if i % 3 == 0 or (run > 1 and i == 2) else "viewed"}
+            for i in range(1, 13 if run == 1 else 19)]
+
+
+def _article_commands(emulator: Any, context: Mapping[str, Any]) -> list[tuple[tuple[str, str, str], bool]]:
+    """Each article command of each ``do`` request that landed, and whether its answer was lost."""
+    return [((str(command[1]), str(command[3]), str(command[2])), r.fault == "dropped") for r in emulator.requests
+            if r.method == "POST" and r.path == "/rest/do" and landed(r) for command in r.json or []
+            if isinstance(command, list) and len(command) == 4 and str(command[2]).startswith("Article ")]
+
+
+def _expect_article_reads(emulator: Any, context: Mapping[str, Any], rows_by_run: list[list[dict[str, Any]]]) -> None:
+    """Every read logged; one repeated only where an answer was lost (no REST object reads them back)."""
+    emails = {user_id: u.get("email") for user_id, u in emulator.users.items()}
+    held = Counter((emails.get(a["user_id"]), a["article_internal_id"], a["action"])
+                   for a in emulator.article_interactions if str(emails.get(a["user_id"])).startswith("fm-reader"))
+    wanted = Counter((r["reader"], r["slug"], r["action"]) for r in first(rows_by_run, "read_id").values())
+    assert not wanted - held, f"missing: {wanted - held}"
+    lost = sum(1 for _, dropped in _article_commands(emulator, context) if dropped)
+    assert sum((held - wanted).values()) <= lost, f"twice without a lost answer: {held - wanted}"
+
+
 def personyze_scenarios() -> list[Scenario]:
     return [
         Scenario("users_do", "personyze", "Personyze users (POST /rest/do)", "PersonyzeSyncOperator", USER_COLUMNS,
@@ -286,6 +329,15 @@ def personyze_scenarios() -> list[Scenario]:
                  "field_mapping={{'user_internal_id': 'customer', 'product_internal_id': 'sku', 'status': 'status', "
                  "'quantity': 'quantity', 'transaction_time': 'ordered_at'}}",
                  expect=_expect_interactions),
+        Scenario("articles", "personyze", "Personyze articles catalog", "PersonyzeSyncOperator", ["slug", "title"],
+                 "slug", _articles, "object_type='articles', sync_mode='mirror', "
+                 "field_mapping={{'internal_id': 'slug', 'title': 'title'}}",
+                 setup=_setup_articles, expect=_expect_articles),
+        Scenario("article_reads", "personyze", "Personyze article interactions", "PersonyzeSyncOperator",
+                 ["read_id", "reader", "slug", "action"], "read_id", _reads,
+                 "object_type='article_interactions', sync_mode='insert', batch_size=6, "
+                 "field_mapping={{'user_email': 'reader', 'article_internal_id': 'slug', 'status': 'action'}}",
+                 expect=_expect_article_reads),
     ]
 
 
@@ -362,6 +414,38 @@ def _event_creates(emulator: Any, context: Mapping[str, Any]) -> list[str]:
     return [r.json["key"] for r in emulator.requests if r.method == "POST" and r.path == path and landed(r)]
 
 
+def _audiences(run: int) -> list[dict[str, Any]]:
+    ids = range(1, 5) if run == 1 else range(1, 7)
+    return [{"audience": f"fm audience {i}", "about": f"Audience {i}" + (" v2" if run > 1 and i == 2 else "")}
+            for i in ids]
+
+
+def _expect_audiences(emulator: Any, context: Mapping[str, Any], rows_by_run: list[list[dict[str, Any]]]) -> None:
+    held = {a["name"]: a.get("description") for a in emulator.objects("audiences", context["project_id"])
+            if a["name"].startswith("fm audience")}
+    assert held == {k: r["about"] for k, r in latest(rows_by_run, "audience", removes=False).items()}
+
+
+def _audience_creates(emulator: Any, context: Mapping[str, Any]) -> list[str]:
+    return [r.json["name"] for r in emulator.requests if r.method == "POST" and r.path == "/v2/audiences" and landed(r)]
+
+
+def _attributes(run: int) -> list[dict[str, Any]]:
+    ids = range(1, 5) if run == 1 else range(1, 7)
+    return [{"attribute": f"fm_attr_{i}", "label": f"Attribute {i}" + (" v2" if run > 1 and i == 3 else "")}
+            for i in ids]
+
+
+def _expect_attributes(emulator: Any, context: Mapping[str, Any], rows_by_run: list[list[dict[str, Any]]]) -> None:
+    held = {a["key"]: a.get("name") for a in emulator.objects("attributes", context["project_id"])
+            if str(a.get("key")).startswith("fm_attr_")}
+    assert held == {k: r["label"] for k, r in latest(rows_by_run, "attribute", removes=False).items()}
+
+
+def _attribute_creates(emulator: Any, context: Mapping[str, Any]) -> list[str]:
+    return [r.json["key"] for r in emulator.requests if r.method == "POST" and r.path == "/v2/attributes" and landed(r)]
+
+
 def optimizely_scenarios() -> list[Scenario]:
     shared: dict[str, Any] = {}
 
@@ -380,6 +464,16 @@ def optimizely_scenarios() -> list[Scenario]:
                  "object_type='custom_events', sync_mode='insert', project_id='{project_id}', "
                  "field_mapping={{'key': 'event_key', 'name': 'event_name'}}",
                  setup=setup_once, expect=_expect_events, writes=_event_creates),
+        Scenario("audiences", "optimizely", "Optimizely audiences", "OptimizelySyncOperator",
+                 ["audience", "about"], "audience", _audiences,
+                 "object_type='audiences', sync_mode='upsert', project_id='{project_id}', "
+                 "field_mapping={{'name': 'audience', 'description': 'about'}}",
+                 setup=setup_once, expect=_expect_audiences, writes=_audience_creates),
+        Scenario("attributes", "optimizely", "Optimizely attributes", "OptimizelySyncOperator",
+                 ["attribute", "label"], "attribute", _attributes,
+                 "object_type='attributes', sync_mode='upsert', project_id='{project_id}', "
+                 "field_mapping={{'key': 'attribute', 'name': 'label'}}",
+                 setup=setup_once, expect=_expect_attributes, writes=_attribute_creates),
     ]
 
 
