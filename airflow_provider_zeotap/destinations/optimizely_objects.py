@@ -3,8 +3,12 @@
 upsert reads the project's objects of that type once per run (every page) and updates an object whose key
 (an audience: its name) is already there, instead of creating a duplicate. insert only creates: a key that
 already exists is rejected for that row with Optimizely's message, and the other rows are created. insert
-also reads the project's objects once, before its first create: a create whose answer was lost lands, its retry
-is refused as a duplicate, and a key the project did not hold before is then known to be this task's own.
+also reads the project's objects once, before its first create.
+
+A create is never replayed blindly after an answer that may have been lost once it landed (a dropped
+connection, a timeout, a 500): an audience's name is not unique, so a replay would make a second audience.
+The project's objects are read again instead: the key is there now (and was not before the create), so the
+create landed; or it is not, and the row fails, to be sent again on the next run.
 
 Rows are checked before sending where the public docs give a rule (an attribute key: at most 64 characters
 of ``[a-zA-Z0-9_\\- .]``; audience conditions: condition JSON), so a bad row costs no request at 2 requests/s.
@@ -13,6 +17,7 @@ of ``[a-zA-Z0-9_\\- .]``; audience conditions: condition JSON), so a bad row cos
 from __future__ import annotations
 
 import json
+import logging
 import re
 import threading
 from collections.abc import Mapping, Sequence
@@ -26,6 +31,8 @@ from airflow_provider_zeotap.http import ApiError
 from airflow_provider_zeotap.sync.destination import Capabilities, Destination, OutboundRow, RowOutcome
 from airflow_provider_zeotap.sync.models import Change
 from airflow_provider_zeotap.sync.modes import Operation
+
+log = logging.getLogger(__name__)
 
 A, C = Change.ADDED, Change.CHANGED
 O = Operation
@@ -223,6 +230,8 @@ class OptimizelyObjects(Destination):
         except FatalError:
             raise
         except ApiError as error:
+            if error.may_have_landed:
+                return self._unanswered_create(row, key, error)
             if error.retryable or error.status not in (400, 409):
                 raise
             return self._refused_create(row, key, error)
@@ -230,6 +239,16 @@ class OptimizelyObjects(Destination):
             if self._existing is not None:
                 self._existing[key] = int(created["id"])
         return RowOutcome.ok(row)
+
+    def _unanswered_create(self, row: OutboundRow, key: str, error: ApiError) -> RowOutcome:
+        """A create whose answer was lost after it may have landed: the project's objects tell (read again)."""
+        with self._lock:
+            self._existing = None
+        if key in self._read_existing() and (self._before is None or key not in self._before):
+            log.info("%s: the create of %r had no answer (%s) but landed; it is not sent again",
+                     self.capabilities.name, key, error)
+            return RowOutcome.ok(row)
+        return RowOutcome.failed(row, f"the create had no answer and did not land ({error}); sent again next run")
 
     def _refused_create(self, row: OutboundRow, key: str, error: ApiError) -> RowOutcome:
         """A create the API refused: already there (this sync's own earlier send, or someone else's), or bad data.

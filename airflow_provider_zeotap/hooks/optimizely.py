@@ -110,9 +110,11 @@ class OptimizelyHook(ApiHook):
     def create_object(
         self, object_type: str, fields: Mapping[str, Any], project_id: str | int | None = None
     ) -> dict[str, Any]:
+        """``POST`` one object; never replayed after an answer that may have been lost once the create landed
+        (an audience's name is not unique: a replay would make a second one). The caller checks instead."""
         path, scope = self._collection(object_type, project_id)
         body = {**({"project_id": int(scope["project_id"])} if scope else {}), **fields}
-        return self.client.json("POST", path, json=body)
+        return self.client.json("POST", path, json=body, replay_safe=False)
 
     def update_object(
         self, object_type: str, object_id: int | str, fields: Mapping[str, Any], project_id: str | int | None = None
