@@ -414,11 +414,16 @@ def test_optimizely_custom_events(world):
 @reliability_case("kill", "Zeotap profiles", RERUN,
                   "converges to the exact profiles and commit; cost at most what had landed plus one batch")
 def test_zeotap_profiles(world):
+    world.zeotap.reset()
+    run_matrix(world, zeotap_spec(world, "zeotap"))
+
+
+def zeotap_spec(world: World, name: str, **diff_in_warehouse: Any) -> Spec:
+    """Zeotap profiles, upserted 10 a batch with 2 batches in flight (its rows: ``<prefix><name>-<n>``)."""
     emulator = world.zeotap
-    emulator.reset()
-    run_matrix(world, Spec(
-        name="zeotap",
-        rows=lambda p: [{"user_id": f"{p}u-{i:04d}", "first_name": f"F{i}"} for i in range(120)],
+    return Spec(
+        name=name,
+        rows=lambda p: [{"user_id": f"{p}{name}-{i:04d}", "first_name": f"F{i}"} for i in range(120)],
         primary_key="user_id", batch_size=10, batches_in_flight=2, rows_per_request=1,
         # At most 5 requests in flight (the connection's max_in_flight), as a real run has 200 for batches of 500:
         # the rows of both batches in flight that had an answer are not sent again, so under one batch is.
@@ -432,7 +437,8 @@ def test_zeotap_profiles(world):
         held=lambda _: {p["ids"]["user_id"] for p in emulator.profiles.values()},
         requests=lambda: emulator.requests,
         latency=lambda on: emulator.set_faults(latency_ms=LATENCY_MS * on, method="POST"),
-    ))
+        **diff_in_warehouse,
+    )
 
 
 def _unique(keys: list[str]) -> set[str]:
@@ -473,21 +479,9 @@ def _committed_in_postgres(world: World, sync_id: str, result: dict[str, Any]) -
                   "landed plus one batch")
 def test_warehouse_diff_to_zeotap_profiles(world):
     """As ``test_zeotap_profiles`` (the diff on the worker), with the diff and the commit in PostgreSQL."""
-    emulator = world.zeotap
-    emulator.reset()
-    run_matrix(world, Spec(
-        name="zeotap_wh",
-        rows=lambda p: [{"user_id": f"{p}w-{i:04d}", "first_name": f"F{i}"} for i in range(120)],
-        primary_key="user_id", batch_size=10, batches_in_flight=2, rows_per_request=1, resent_rows_max=10,
-        imports="from airflow_provider_zeotap.operators.zeotap import ZeotapProfileSyncOperator",
-        operator='id_type="user_id", sync_mode="upsert", batch_size=10, '
-                 'field_mapping={"profile.first_name": "first_name"}',
-        targets=lambda: (None, None),
-        writes=_writes(emulator, "POST", lambda p: p.endswith("/cdp/v1/users"),
-                       lambda body: [body["ids"]["user_id"]] if isinstance(body, dict) and "ids" in body else []),
-        held=lambda _: {p["ids"]["user_id"] for p in emulator.profiles.values()},
-        requests=lambda: emulator.requests,
-        latency=lambda on: emulator.set_faults(latency_ms=LATENCY_MS * on, method="POST"),
+    world.zeotap.reset()
+    run_matrix(world, zeotap_spec(
+        world, "zeotap_wh",
         diff=f'conn_id="warehouse_pg", diff_in="warehouse", state_schema="{WAREHOUSE_SCHEMA}"',
         load=_load_postgres,
         committed=_committed_in_postgres,
