@@ -303,3 +303,83 @@ def test_count_outcomes_counts_rows_per_operation_and_outcome_across_files(tmp_p
         "delete": {"rejected": 1, "failed": 1},
     }
     assert count_outcomes([]) == {}
+
+
+def test_a_primary_key_column_missing_from_the_committed_snapshot_is_refused_with_advice(tmp_path: Path) -> None:
+    # The sync's key became 'email', a column the committed snapshot (keyed on 'id') never had.
+    base = write(tmp_path / "b.parquet", {"id": [1, 2], "name": ["a", "b"]})
+    source = write(tmp_path / "s.parquet", {"email": ["a@x.io", "b@x.io"], "id": [1, 2], "name": ["a", "b"]})
+    plan = diff(tmp_path, "plan", source, None, key=["email"])
+    out = tmp_path / "committed.parquet"
+
+    with pytest.raises(
+        ValueError,
+        match=r"^The primary-key column 'email' is missing from the committed snapshot or the changes file; "
+        r"did the primary key change\? Reset the sync state\.$",
+    ):
+        commit_snapshot(
+            base_snapshot=base,
+            changes_path=plan.changes_path,
+            outcome_paths=[],
+            acted_on=ALL_KINDS,
+            primary_key=["email"],
+            out_path=str(out),
+        )
+    assert not out.exists()
+
+
+def test_a_key_that_became_text_matches_base_rows_whose_old_values_are_not_numbers(tmp_path: Path) -> None:
+    # The key was an integer and is now text, with a value ('x') that is no number: keys compare as text.
+    base = write(tmp_path / "b.parquet", {"id": [1, 2], "name": ["a", "b"]})
+    source = write(tmp_path / "s.parquet", {"id": ["1", "x"], "name": ["A", "x"]})
+    plan = diff(tmp_path, "plan", source, base)
+    # Rows: 0 adds 'x', 1 changes '1', 2 removes '2'.
+    report = outcomes(
+        tmp_path / "o.parquet", (0, "succeeded", "create"), (1, "succeeded", "update"), (2, "failed", "delete")
+    )
+
+    snapshot = commit(tmp_path, base, plan, [report])
+
+    assert snapshot == {"1": {"id": "1", "name": "A"}, "2": {"id": "2", "name": "b"}, "x": {"id": "x", "name": "x"}}
+
+
+def test_a_composite_key_moves_each_row_by_all_its_key_columns(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.parquet", {"org": ["a", "a", "b"], "id": [1, 2, 1], "v": ["a1", "a2", "b1"]})
+    source = write(tmp_path / "s.parquet", {"org": ["a", "a", "b"], "id": [1, 2, 1], "v": ["A1", "A2", "b1"]})
+    plan = diff(tmp_path, "plan", source, base, key=["org", "id"])
+    rows = {(row["org"], row["id"]): row[ROW_ID_COLUMN] for row in pq.read_table(plan.changes_path).to_pylist()}
+    assert set(rows) == {("a", 1), ("a", 2)}
+    report = outcomes(
+        tmp_path / "o.parquet", (rows["a", 1], "succeeded", "update"), (rows["a", 2], "rejected", "update", "bad v")
+    )
+    out = tmp_path / "committed.parquet"
+
+    commit_snapshot(
+        base_snapshot=base,
+        changes_path=plan.changes_path,
+        outcome_paths=[report],
+        acted_on=ALL_KINDS,
+        primary_key=["org", "id"],
+        out_path=str(out),
+    )
+
+    # ('b', 1) shares its id with the acknowledged ('a', 1) and is untouched; ('a', 2) keeps its base value.
+    committed = sorted((row["org"], row["id"], row["v"]) for row in pq.read_table(out).to_pylist())
+    assert committed == [("a", 1, "A1"), ("a", 2, "a2"), ("b", 1, "b1")]
+
+
+@pytest.mark.parametrize("with_base", [True, False], ids=["with-a-base", "first-commit"])
+def test_a_new_column_null_in_every_row_is_committed_as_a_column_of_nulls(tmp_path: Path, with_base: bool) -> None:
+    base = write(tmp_path / "b.parquet", {"id": [1, 2], "name": ["a", "b"]}) if with_base else None
+    source = write(
+        tmp_path / "s.parquet", {"id": [1, 2], "name": ["A", "B"], "extra": [None, None]}, {"extra": pa.null()}
+    )
+    plan = diff(tmp_path, "plan", source, base)
+    report = outcomes(tmp_path / "o.parquet", (0, "succeeded", "upsert"), (1, "failed", "upsert", "503"))
+
+    snapshot = commit(tmp_path, base, plan, [report])
+
+    first = pq.read_table(plan.changes_path).to_pylist()[0]["id"]
+    expected = {1: {"id": 1, "name": "a", "extra": None}, 2: {"id": 2, "name": "b", "extra": None}} if with_base else {}
+    expected[first] = {"id": first, "name": "AB"[first - 1], "extra": None}
+    assert snapshot == expected
