@@ -383,3 +383,59 @@ def test_a_new_column_null_in_every_row_is_committed_as_a_column_of_nulls(tmp_pa
     expected = {1: {"id": 1, "name": "a", "extra": None}, 2: {"id": 2, "name": "b", "extra": None}} if with_base else {}
     expected[first] = {"id": first, "name": "AB"[first - 1], "extra": None}
     assert snapshot == expected
+
+
+def delivered(path: Path, *records: tuple[int, str, str | None, str | None, list[str] | None]) -> str:
+    """An outcome file of ``(row_id, outcome, identity, payload_hash, payload_fields)``."""
+    write_outcome_file(str(path), [
+        {"row_id": row_id, "outcome": outcome, "operation": "upsert", "identity": identity,
+         "payload_hash": payload_hash, "payload_fields": fields}
+        for row_id, outcome, identity, payload_hash, fields in records
+    ])
+    return str(path)
+
+
+def test_the_snapshot_keeps_what_was_delivered_new_where_sent_and_the_base_record_where_not(tmp_path: Path) -> None:
+    source1 = write(tmp_path / "s1.parquet", {"id": [1, 2, 4], "email": ["a@x.io", "b@x.io", "d@x.io"]})
+    first = diff(tmp_path, "run1", source1, None)
+    rows = {row["id"]: row[ROW_ID_COLUMN] for row in pq.read_table(first.changes_path).to_pylist()}
+    base = str(tmp_path / "committed1.parquet")
+    commit_snapshot(
+        base_snapshot=None,
+        changes_path=first.changes_path,
+        outcome_paths=[delivered(tmp_path / "o1.parquet", *(
+            (rows[i], "succeeded", f"id-{i}", f"hash-{i}", ["email"]) for i in (1, 2, 4)
+        ))],
+        acted_on=ALL_KINDS,
+        primary_key=["id"],
+        out_path=base,
+    )
+    # Run 2: 1 and 2 change, 3 is added, 4 is untouched.
+    source2 = write(tmp_path / "s2.parquet", {"id": [1, 2, 3, 4], "email": ["A@x.io", "B@x.io", "c@x.io", "d@x.io"]})
+    second = diff(tmp_path, "run2", source2, base)
+    rows = {row["id"]: row[ROW_ID_COLUMN] for row in pq.read_table(second.changes_path).to_pylist()}
+    report = delivered(
+        tmp_path / "o2.parquet",
+        (rows[1], "succeeded", "id-1b", "hash-1b", ["email"]),
+        # Its payload equals the one delivered: committed without a request, so nothing new was delivered.
+        (rows[2], "unchanged_payload", None, None, None),
+        (rows[3], "succeeded", "id-3", "hash-3", ["email"]),
+    )
+    out = tmp_path / "committed2.parquet"
+
+    commit_snapshot(
+        base_snapshot=base,
+        changes_path=second.changes_path,
+        outcome_paths=[report],
+        acted_on=ALL_KINDS,
+        primary_key=["id"],
+        out_path=str(out),
+    )
+
+    committed = {row["id"]: (row["email"], *(row[c] for c in DELIVERY_COLUMNS)) for row in pq.read_table(out).to_pylist()}
+    assert committed == {
+        1: ("A@x.io", "id-1b", "hash-1b", ["email"]),
+        2: ("B@x.io", "id-2", "hash-2", ["email"]),
+        3: ("c@x.io", "id-3", "hash-3", ["email"]),
+        4: ("d@x.io", "id-4", "hash-4", ["email"]),
+    }
