@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,7 +17,8 @@ from airflow_provider_zeotap.sync.commit import (
     write_outcome_file,
     write_rejected_rows,
 )
-from airflow_provider_zeotap.sync.diff import DiffOutput, diff_snapshots
+from airflow_provider_zeotap.sync import diff as diff_module
+from airflow_provider_zeotap.sync.diff import DiffOutput, diff_snapshots, open_duckdb
 from airflow_provider_zeotap.sync.models import CHANGE_COLUMN, DELIVERY_COLUMNS, ROW_ID_COLUMN
 from tests.support.parquet import write
 
@@ -439,3 +442,39 @@ def test_the_snapshot_keeps_what_was_delivered_new_where_sent_and_the_base_recor
         3: ("c@x.io", "id-3", "hash-3", ["email"]),
         4: ("d@x.io", "id-4", "hash-4", ["email"]),
     }
+
+
+def test_the_commit_and_the_reports_run_under_the_tasks_memory_limit_and_spill_beside_their_output(
+    tmp_path: Path, base: str, plan: DiffOutput, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[tuple[str, str | None]] = []
+
+    def recording_open_duckdb(temp_directory: str, **kwargs: Any) -> duckdb.DuckDBPyConnection:
+        opened.append((temp_directory, kwargs.get("memory_limit")))
+        return open_duckdb(temp_directory, **kwargs)
+
+    monkeypatch.setattr(diff_module, "open_duckdb", recording_open_duckdb)
+    report = outcomes(tmp_path / "o.parquet", (0, "succeeded", "create"), (1, "rejected", "update", "bad"))
+    committed, rejected = tmp_path / "state" / "committed.parquet", tmp_path / "report" / "rejected.jsonl"
+
+    commit_snapshot(
+        base_snapshot=base,
+        changes_path=plan.changes_path,
+        outcome_paths=[report],
+        acted_on=ALL_KINDS,
+        primary_key=["id"],
+        out_path=str(committed),
+        memory_limit="300MB",
+    )
+    write_rejected_rows(
+        changes_path=plan.changes_path,
+        outcome_paths=[report],
+        primary_key=["id"],
+        out_path=str(rejected),
+        memory_limit="200MB",
+    )
+    count_outcomes([report], memory_limit="100MB")
+
+    assert [limit for _, limit in opened] == ["300MB", "200MB", "100MB"]
+    # The commit and the report spill into a scratch folder beside what they write, on the state's volume.
+    assert [Path(folder).parent for folder, _ in opened[:2]] == [committed.parent, rejected.parent]
