@@ -144,7 +144,12 @@ def test_a_row_reported_twice_is_refused_and_nothing_is_committed(
         files = [outcomes(tmp_path / "o.parquet", (1, "succeeded", "update"), (0, "succeeded", "create"),
                           (1, "failed", "update"))]
 
-    with pytest.raises(RuntimeError, match="report row 1 more than once; nothing was committed"):
+    # The message says what happened and what to do about it: report a bug with the delivery folder.
+    with pytest.raises(
+        RuntimeError,
+        match=r"report row 1 more than once; nothing was committed\. This is a bug in the delivery runner: "
+        r"please report it with the plan's delivery folder\.$",
+    ):
         commit(tmp_path, base, plan, files)
     assert not (tmp_path / "committed.parquet").exists()
 
