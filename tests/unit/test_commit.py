@@ -443,7 +443,9 @@ def test_the_snapshot_keeps_what_was_delivered_new_where_sent_and_the_base_recor
         out_path=str(out),
     )
 
-    committed = {row["id"]: (row["email"], *(row[c] for c in DELIVERY_COLUMNS)) for row in pq.read_table(out).to_pylist()}
+    committed = {
+        row["id"]: (row["email"], *(row[c] for c in DELIVERY_COLUMNS)) for row in pq.read_table(out).to_pylist()
+    }
     assert committed == {
         1: ("A@x.io", "id-1b", "hash-1b", ["email"]),
         2: ("B@x.io", "id-2", "hash-2", ["email"]),
