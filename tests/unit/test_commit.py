@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,7 +17,8 @@ from airflow_provider_zeotap.sync.commit import (
     write_outcome_file,
     write_rejected_rows,
 )
-from airflow_provider_zeotap.sync.diff import DiffOutput, diff_snapshots
+from airflow_provider_zeotap.sync import diff as diff_module
+from airflow_provider_zeotap.sync.diff import DiffOutput, diff_snapshots, open_duckdb
 from airflow_provider_zeotap.sync.models import CHANGE_COLUMN, DELIVERY_COLUMNS, ROW_ID_COLUMN
 from tests.support.parquet import write
 
@@ -141,7 +144,12 @@ def test_a_row_reported_twice_is_refused_and_nothing_is_committed(
         files = [outcomes(tmp_path / "o.parquet", (1, "succeeded", "update"), (0, "succeeded", "create"),
                           (1, "failed", "update"))]
 
-    with pytest.raises(RuntimeError, match="report row 1 more than once; nothing was committed"):
+    # The message says what happened and what to do about it: report a bug with the delivery folder.
+    with pytest.raises(
+        RuntimeError,
+        match=r"report row 1 more than once; nothing was committed\. This is a bug in the delivery runner: "
+        r"please report it with the plan's delivery folder\.$",
+    ):
         commit(tmp_path, base, plan, files)
     assert not (tmp_path / "committed.parquet").exists()
 
@@ -303,3 +311,180 @@ def test_count_outcomes_counts_rows_per_operation_and_outcome_across_files(tmp_p
         "delete": {"rejected": 1, "failed": 1},
     }
     assert count_outcomes([]) == {}
+
+
+def test_a_primary_key_column_missing_from_the_committed_snapshot_is_refused_with_advice(tmp_path: Path) -> None:
+    # The sync's key became 'email', a column the committed snapshot (keyed on 'id') never had.
+    base = write(tmp_path / "b.parquet", {"id": [1, 2], "name": ["a", "b"]})
+    source = write(tmp_path / "s.parquet", {"email": ["a@x.io", "b@x.io"], "id": [1, 2], "name": ["a", "b"]})
+    plan = diff(tmp_path, "plan", source, None, key=["email"])
+    out = tmp_path / "committed.parquet"
+
+    with pytest.raises(
+        ValueError,
+        match=r"^The primary-key column 'email' is missing from the committed snapshot or the changes file; "
+        r"did the primary key change\? Reset the sync state\.$",
+    ):
+        commit_snapshot(
+            base_snapshot=base,
+            changes_path=plan.changes_path,
+            outcome_paths=[],
+            acted_on=ALL_KINDS,
+            primary_key=["email"],
+            out_path=str(out),
+        )
+    assert not out.exists()
+
+
+def test_a_key_that_became_text_matches_base_rows_whose_old_values_are_not_numbers(tmp_path: Path) -> None:
+    # The key was an integer and is now text, with a value ('x') that is no number: keys compare as text.
+    base = write(tmp_path / "b.parquet", {"id": [1, 2], "name": ["a", "b"]})
+    source = write(tmp_path / "s.parquet", {"id": ["1", "x"], "name": ["A", "x"]})
+    plan = diff(tmp_path, "plan", source, base)
+    # Rows: 0 adds 'x', 1 changes '1', 2 removes '2'.
+    report = outcomes(
+        tmp_path / "o.parquet", (0, "succeeded", "create"), (1, "succeeded", "update"), (2, "failed", "delete")
+    )
+
+    snapshot = commit(tmp_path, base, plan, [report])
+
+    assert snapshot == {"1": {"id": "1", "name": "A"}, "2": {"id": "2", "name": "b"}, "x": {"id": "x", "name": "x"}}
+
+
+def test_a_composite_key_moves_each_row_by_all_its_key_columns(tmp_path: Path) -> None:
+    base = write(tmp_path / "b.parquet", {"org": ["a", "a", "b"], "id": [1, 2, 1], "v": ["a1", "a2", "b1"]})
+    source = write(tmp_path / "s.parquet", {"org": ["a", "a", "b"], "id": [1, 2, 1], "v": ["A1", "A2", "b1"]})
+    plan = diff(tmp_path, "plan", source, base, key=["org", "id"])
+    rows = {(row["org"], row["id"]): row[ROW_ID_COLUMN] for row in pq.read_table(plan.changes_path).to_pylist()}
+    assert set(rows) == {("a", 1), ("a", 2)}
+    report = outcomes(
+        tmp_path / "o.parquet", (rows["a", 1], "succeeded", "update"), (rows["a", 2], "rejected", "update", "bad v")
+    )
+    out = tmp_path / "committed.parquet"
+
+    commit_snapshot(
+        base_snapshot=base,
+        changes_path=plan.changes_path,
+        outcome_paths=[report],
+        acted_on=ALL_KINDS,
+        primary_key=["org", "id"],
+        out_path=str(out),
+    )
+
+    # ('b', 1) shares its id with the acknowledged ('a', 1) and is untouched; ('a', 2) keeps its base value.
+    committed = sorted((row["org"], row["id"], row["v"]) for row in pq.read_table(out).to_pylist())
+    assert committed == [("a", 1, "A1"), ("a", 2, "a2"), ("b", 1, "b1")]
+
+
+@pytest.mark.parametrize("with_base", [True, False], ids=["with-a-base", "first-commit"])
+def test_a_new_column_null_in_every_row_is_committed_as_a_column_of_nulls(tmp_path: Path, with_base: bool) -> None:
+    base = write(tmp_path / "b.parquet", {"id": [1, 2], "name": ["a", "b"]}) if with_base else None
+    source = write(
+        tmp_path / "s.parquet", {"id": [1, 2], "name": ["A", "B"], "extra": [None, None]}, {"extra": pa.null()}
+    )
+    plan = diff(tmp_path, "plan", source, base)
+    rows = {row["id"]: row[ROW_ID_COLUMN] for row in pq.read_table(plan.changes_path).to_pylist()}
+    report = outcomes(tmp_path / "o.parquet", (rows[1], "succeeded", "upsert"), (rows[2], "failed", "upsert", "503"))
+
+    snapshot = commit(tmp_path, base, plan, [report])
+
+    # 1 is acknowledged; 2 keeps its base row (or stays absent), read with the new column as null.
+    expected = {1: {"id": 1, "name": "A", "extra": None}}
+    if with_base:
+        expected[2] = {"id": 2, "name": "b", "extra": None}
+    assert snapshot == expected
+
+
+
+def delivered(path: Path, *records: tuple[int, str, str | None, str | None, list[str] | None]) -> str:
+    """An outcome file of ``(row_id, outcome, identity, payload_hash, payload_fields)``."""
+    write_outcome_file(str(path), [
+        {"row_id": row_id, "outcome": outcome, "operation": "upsert", "identity": identity,
+         "payload_hash": payload_hash, "payload_fields": fields}
+        for row_id, outcome, identity, payload_hash, fields in records
+    ])
+    return str(path)
+
+
+def test_the_snapshot_keeps_what_was_delivered_new_where_sent_and_the_base_record_where_not(tmp_path: Path) -> None:
+    source1 = write(tmp_path / "s1.parquet", {"id": [1, 2, 4], "email": ["a@x.io", "b@x.io", "d@x.io"]})
+    first = diff(tmp_path, "run1", source1, None)
+    rows = {row["id"]: row[ROW_ID_COLUMN] for row in pq.read_table(first.changes_path).to_pylist()}
+    base = str(tmp_path / "committed1.parquet")
+    commit_snapshot(
+        base_snapshot=None,
+        changes_path=first.changes_path,
+        outcome_paths=[delivered(tmp_path / "o1.parquet", *(
+            (rows[i], "succeeded", f"id-{i}", f"hash-{i}", ["email"]) for i in (1, 2, 4)
+        ))],
+        acted_on=ALL_KINDS,
+        primary_key=["id"],
+        out_path=base,
+    )
+    # Run 2: 1 and 2 change, 3 is added, 4 is untouched.
+    source2 = write(tmp_path / "s2.parquet", {"id": [1, 2, 3, 4], "email": ["A@x.io", "B@x.io", "c@x.io", "d@x.io"]})
+    second = diff(tmp_path, "run2", source2, base)
+    rows = {row["id"]: row[ROW_ID_COLUMN] for row in pq.read_table(second.changes_path).to_pylist()}
+    report = delivered(
+        tmp_path / "o2.parquet",
+        (rows[1], "succeeded", "id-1b", "hash-1b", ["email"]),
+        # Its payload equals the one delivered: committed without a request, so nothing new was delivered.
+        (rows[2], "unchanged_payload", None, None, None),
+        (rows[3], "succeeded", "id-3", "hash-3", ["email"]),
+    )
+    out = tmp_path / "committed2.parquet"
+
+    commit_snapshot(
+        base_snapshot=base,
+        changes_path=second.changes_path,
+        outcome_paths=[report],
+        acted_on=ALL_KINDS,
+        primary_key=["id"],
+        out_path=str(out),
+    )
+
+    committed = {
+        row["id"]: (row["email"], *(row[c] for c in DELIVERY_COLUMNS)) for row in pq.read_table(out).to_pylist()
+    }
+    assert committed == {
+        1: ("A@x.io", "id-1b", "hash-1b", ["email"]),
+        2: ("B@x.io", "id-2", "hash-2", ["email"]),
+        3: ("c@x.io", "id-3", "hash-3", ["email"]),
+        4: ("d@x.io", "id-4", "hash-4", ["email"]),
+    }
+
+
+def test_the_commit_and_the_reports_run_under_the_tasks_memory_limit_and_spill_beside_their_output(
+    tmp_path: Path, base: str, plan: DiffOutput, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    opened: list[tuple[str, str | None]] = []
+
+    def recording_open_duckdb(temp_directory: str, **kwargs: Any) -> duckdb.DuckDBPyConnection:
+        opened.append((temp_directory, kwargs.get("memory_limit")))
+        return open_duckdb(temp_directory, **kwargs)
+
+    monkeypatch.setattr(diff_module, "open_duckdb", recording_open_duckdb)
+    report = outcomes(tmp_path / "o.parquet", (0, "succeeded", "create"), (1, "rejected", "update", "bad"))
+    committed, rejected = tmp_path / "state" / "committed.parquet", tmp_path / "report" / "rejected.jsonl"
+
+    commit_snapshot(
+        base_snapshot=base,
+        changes_path=plan.changes_path,
+        outcome_paths=[report],
+        acted_on=ALL_KINDS,
+        primary_key=["id"],
+        out_path=str(committed),
+        memory_limit="300MB",
+    )
+    write_rejected_rows(
+        changes_path=plan.changes_path,
+        outcome_paths=[report],
+        primary_key=["id"],
+        out_path=str(rejected),
+        memory_limit="200MB",
+    )
+    count_outcomes([report], memory_limit="100MB")
+
+    assert [limit for _, limit in opened] == ["300MB", "200MB", "100MB"]
+    # The commit and the report spill into a scratch folder beside what they write, on the state's volume.
+    assert [Path(folder).parent for folder, _ in opened[:2]] == [committed.parent, rejected.parent]
