@@ -218,8 +218,8 @@ class OptimizelyObjects(Destination):
 
     def _send_one(self, operation: Operation, row: OutboundRow) -> RowOutcome:
         key = str(self.identity(row))
-        with self._lock:
-            object_id = self._existing.get(key) if operation is O.UPSERT and self._existing is not None else None
+        # Read again if another row's lost answer made the read stale: an upsert must never create what is there.
+        object_id = self._read_existing().get(key) if operation is O.UPSERT else None
         if object_id is not None:
             fields = self._fields(row, creating=False)
             if fields:  # a row that carries nothing but its key has nothing to update
