@@ -54,6 +54,7 @@ from airflow_provider_zeotap.sync.models import (
     Change,
     Outcome,
 )
+from airflow_provider_zeotap.sync.storage import written_whole
 
 #: Fields of the rejected-rows report next to the primary-key columns.
 REPORT_FIELDS = ("change", "operation", "outcome", "reason")
@@ -200,8 +201,9 @@ def count_outcomes(outcome_paths: list[str], memory_limit: str | None = None) ->
 
 
 def write_outcome_file(path: str, records: Sequence[dict[str, Any]]) -> None:
-    """One batch's outcomes, in the schema every reader of outcome files expects."""
-    pq.write_table(pa.Table.from_pylist(list(records), schema=OUTCOME_SCHEMA), path)
+    """One batch's outcomes, in the schema every reader of outcome files expects; whole or not at all."""
+    with written_whole(path) as partial:
+        pq.write_table(pa.Table.from_pylist(list(records), schema=OUTCOME_SCHEMA), partial)
 
 
 def final_outcomes_sql(outcome_paths: Sequence[str]) -> str:

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from airflow_provider_zeotap.sync.commit import final_outcomes_sql
 from airflow_provider_zeotap.sync.diff import fetch_row, quote_literal, scratch_duckdb
 from airflow_provider_zeotap.sync.models import APPLIED_OUTCOMES, IDENTITY_COLUMN, Outcome
-from airflow_provider_zeotap.sync.storage import SyncStorage
+from airflow_provider_zeotap.sync.storage import SyncStorage, written_whole
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +85,8 @@ class OwnershipLog:
         table = pa.table({"identity": pa.array([identity for identity, _, _ in entries], type=pa.string()),
                           "row": pa.array(rows, type=pa.string()),
                           "unconfirmed": pa.nulls(len(entries), type=pa.bool_())})  # no answer yet
-        pq.write_table(table, path)
-        descriptor = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)  # on disk before the batch goes out, or a crash could lose the record
-        finally:
-            os.close(descriptor)
+        with written_whole(path, durable=True) as partial:  # on disk before the batch goes out
+            pq.write_table(table, partial)
         self.storage.publish(uri)
 
     def compact(
@@ -138,7 +134,7 @@ class OwnershipLog:
         )
         removed = _removed_identities_sql(outcome_paths)
         work = os.path.dirname(out)
-        with scratch_duckdb(work, memory_limit=memory_limit) as con:
+        with scratch_duckdb(work, memory_limit=memory_limit) as con, written_whole(out) as partial:
             (rows,) = fetch_row(
                 con,
                 f"""
@@ -150,14 +146,15 @@ class OwnershipLog:
                     ANTI JOIN ({removed}) AS "gone" USING ("identity")
                     WHERE "identity" IS NOT NULL
                     GROUP BY "identity"
-                ) TO {quote_literal(out)} (FORMAT parquet)
+                ) TO {quote_literal(partial)} (FORMAT parquet)
                 """,
             )
         if rows:
             self.storage.publish(uri)
         elif os.path.exists(out):
             os.remove(out)
-        for name in names:
+        leftovers = [name for name in self.storage.list_names(self.folder) if name.endswith(".partial")]
+        for name in names + leftovers:  # leftovers: records half-written by a killed task, never read
             if name != os.path.basename(out):
                 self.storage.remove(self.storage.attempted_uri(self.target_key, name))
         log.info("Ownership records of this target: %d identities attempted but not in the baseline", rows)

@@ -80,7 +80,7 @@ from airflow_provider_zeotap.sync.ownership import OwnershipLog
 from airflow_provider_zeotap.sync.progress import Progress
 from airflow_provider_zeotap.sync.remembered import fingerprint, load_remembered, write_remembered
 from airflow_provider_zeotap.sync.state import CommittedPointer, KeyValueStore
-from airflow_provider_zeotap.sync.storage import SyncStorage
+from airflow_provider_zeotap.sync.storage import SyncStorage, written_whole
 from airflow_provider_zeotap.sync.sources import DbApiHookLike
 from airflow_provider_zeotap.sync.summary import summary_lines
 from airflow_provider_zeotap.sync.warehouse.store import WarehouseState
@@ -760,8 +760,7 @@ class DeliveryRunner:
         """
         uri = self.storage.plan_uri(self.plan.plan_id, "delivery", "take_over.jsonl")
         if self.storage.exists(uri):
-            with open(self.storage.fetch(uri), encoding="utf-8") as handle:
-                return [json.loads(line) for line in handle]
+            return self._read_records(uri)
         records = self.destination.existing_records()
         if records is None:
             raise ConfigurationError(
@@ -783,10 +782,7 @@ class DeliveryRunner:
             if identity not in wanted and identity not in seen:
                 seen.add(identity)
                 foreign.append(dict(record))
-        with open(self.storage.to_local(uri), "w", encoding="utf-8") as handle:
-            for record in foreign:
-                handle.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
-        self.storage.publish(uri)
+        self._write_records(uri, foreign)
         log.info("take_over_existing: %d records at the target are not in the source and will be removed", len(foreign))
         return foreign
 
@@ -827,8 +823,7 @@ class DeliveryRunner:
         """
         uri = self.storage.plan_uri(self.plan.plan_id, "delivery", "unconfirmed.jsonl")
         if self.storage.exists(uri):
-            with open(self.storage.fetch(uri), encoding="utf-8") as handle:
-                return [json.loads(line) for line in handle]
+            return self._read_records(uri)
         candidates = self.ownership.unconfirmed_identities()
         if candidates and self._base_snapshot is not None:
             candidates.difference_update(self._identities_of(self._base_snapshot))
@@ -844,14 +839,22 @@ class DeliveryRunner:
             candidates.difference_update(self._identities_of(self.storage.fetch(self.plan.snapshot_uri)))
         sent = self.ownership.rows_sent(candidates) if candidates else {}
         records = [sent[identity] for identity in sorted(sent)]
-        with open(self.storage.to_local(uri), "w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
-        self.storage.publish(uri)
+        self._write_records(uri, records)
         if records:
             log.info("%d records this sync sent as creates were never confirmed and their rows have left the source: "
                      "the mirror removes them (\"not found\" means they never landed)", len(records))
         return records
+
+    def _write_records(self, uri: str, records: Sequence[Mapping[str, Any]]) -> None:
+        """A plan's reading of the target, kept whole for a retried task: written beside, then renamed."""
+        with written_whole(self.storage.to_local(uri)) as partial, open(partial, "w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record, default=str, ensure_ascii=False) + "\n")
+        self.storage.publish(uri)
+
+    def _read_records(self, uri: str) -> list[dict[str, Any]]:
+        with open(self.storage.fetch(uri), encoding="utf-8") as handle:
+            return [json.loads(line) for line in handle]
 
     def _takeover_rows(self) -> list[dict[str, Any]]:
         """Records removed beyond the plan's removals, as raw rows numbered below zero (no change row has them)."""

@@ -12,6 +12,8 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from functools import cached_property
 from urllib.parse import unquote, urlsplit
@@ -25,6 +27,29 @@ PLAN_ID_PATTERN = re.compile(r"\d{8}T\d{12}-[0-9a-f]{8}")
 #: What the commit names a snapshot: its plan id, then the UTC time of the commit.
 SNAPSHOT_ID_PATTERN = re.compile(r"\d{8}T\d{12}-[0-9a-f]{8}-\d{8}T\d{12}")
 STATE_DIR_NAME = "zeotap_sync_state"
+
+
+@contextmanager
+def written_whole(path: str, *, durable: bool = False) -> Iterator[str]:
+    """A path beside ``path`` to write; renamed onto ``path`` once the block ends (fsynced first if ``durable``).
+
+    A task killed mid-write leaves the old file or none under ``path``, never half of one: a truncated
+    Parquet file would stop every later run that reads the folder. The half-written ``<path>.partial`` ends in
+    ``.partial``, which no reader lists.
+    """
+    partial = path + ".partial"
+    try:
+        yield partial
+        if durable:
+            descriptor = os.open(partial, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
 def validate_sync_id(sync_id: str) -> str:

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Sequence
 
 import pyarrow as pa
@@ -198,3 +202,36 @@ def test_a_refused_create_is_not_removed_later_unless_an_earlier_attempt_may_hav
     _, second = harness.sync(members("a@x.com"), mirror, mode="mirror")
     assert [(op, r["email"]) for op, r in mirror.delivered] == [(Operation.REMOVE, "Lost@x.com")]
     assert second.unconfirmed_removals == 1 and log.load() == {"r@x.com"}  # Lost removed; r stays, never landed
+
+
+KILLED_MID_WRITE = """
+import os, signal, sys
+import pyarrow.parquet as parquet
+from airflow_provider_zeotap.sync.ownership import OwnershipLog
+from airflow_provider_zeotap.sync.storage import SyncStorage
+
+def half_then_killed(table, where, **kwargs):
+    with open(where, "wb") as half:
+        half.write(b"PAR1")  # the first bytes of a Parquet file; then the process dies
+    os.kill(os.getpid(), signal.SIGKILL)
+
+parquet.write_table = half_then_killed
+log = OwnershipLog(SyncStorage(sys.argv[1], sys.argv[2]), "unbound")
+log.record("killed", 3, [("c@x.com", {"email": "c@x.com"}, {"email": "c@x.com"})])
+"""
+
+
+def test_a_record_half_written_when_the_task_was_killed_is_never_read(harness):
+    """A SIGKILL mid-write once left a 4-byte Parquet file, and every later run of the sync failed reading it."""
+    harness.sync(members("a@x.com"), LowercaseMembers(), mode="mirror")
+    log = OwnershipLog(harness.storage, "unbound")
+    log.record("earlier", 0, sent("b@x.com"))
+    child = subprocess.run([sys.executable, "-c", KILLED_MID_WRITE, harness.storage.state_uri, harness.storage.sync_id],
+                           capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    names = os.listdir(harness.storage.local_dir(log.folder))
+    assert [n for n in names if n.startswith("killed-")] == ["killed-000003.parquet.partial"]  # never the real name
+    assert log.load() == {"b@x.com"}  # the half-written record is not there to break the read
+    _, after = harness.sync(members("a@x.com"), LowercaseMembers(), mode="mirror")  # the next run goes on
+    assert after.failed == 0 and log.load() == set()
+    assert not [n for n in os.listdir(harness.storage.local_dir(log.folder)) if n.endswith(".partial")]  # cleared
