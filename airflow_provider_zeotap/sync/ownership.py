@@ -112,13 +112,13 @@ class OwnershipLog:
         ``memory_limit`` like the commit, with anti-joins and a grouping that spill to disk past it
         (``NOT IN`` would not).
         """
-        names = self._files()
+        every = self.storage.list_names(self.folder)
+        names = [name for name in every if name.endswith(".parquet")]
         if not names:
             return 0
 
         def listed(chosen: list[str]) -> str:
-            paths = [self.storage.fetch(self.storage.attempted_uri(self.target_key, name)) for name in chosen]
-            return "[" + ", ".join(quote_literal(p) for p in paths) + "]"
+            return "[" + ", ".join(quote_literal(self._path(name)) for name in chosen) + "]"
 
         answered = [name for name in names if name.startswith(f"{plan_id}-")]
         earlier = [name for name in names if name not in answered]
@@ -153,7 +153,7 @@ class OwnershipLog:
             self.storage.publish(uri)
         elif os.path.exists(out):
             os.remove(out)
-        leftovers = [name for name in self.storage.list_names(self.folder) if name.endswith(".partial")]
+        leftovers = [name for name in every if name.endswith(".partial")]
         for name in names + leftovers:  # leftovers: records half-written by a killed task, never read
             if name != os.path.basename(out):
                 self.storage.remove(self.storage.attempted_uri(self.target_key, name))
@@ -162,7 +162,10 @@ class OwnershipLog:
 
     def _paths(self) -> Iterator[str]:
         for name in self._files():
-            yield self.storage.fetch(self.storage.attempted_uri(self.target_key, name))
+            yield self._path(name)
+
+    def _path(self, name: str) -> str:
+        return self.storage.fetch(self.storage.attempted_uri(self.target_key, name))
 
     def _files(self) -> list[str]:
         return [name for name in self.storage.list_names(self.folder) if name.endswith(".parquet")]

@@ -1190,8 +1190,7 @@ def _refresh_changes(snapshot_path: str, primary_key: Sequence[str], out_path: s
     nothing_delivered = ", ".join(f"CAST(NULL AS {t}) AS {quote_identifier(c)}" for c, t in DELIVERY_TYPES.items())
     folder = os.path.dirname(out_path)
     os.makedirs(folder, exist_ok=True)
-    partial = out_path + ".partial"
-    with scratch_duckdb(folder, memory_limit=memory_limit) as con:
+    with scratch_duckdb(folder, memory_limit=memory_limit) as con, written_whole(out_path) as partial:
         (rows,) = con.execute(
             f"""COPY (
                 SELECT *, {nothing_delivered},
@@ -1201,7 +1200,6 @@ def _refresh_changes(snapshot_path: str, primary_key: Sequence[str], out_path: s
                 ORDER BY {quote_identifier(ROW_ID_COLUMN)}
             ) TO {quote_literal(partial)} (FORMAT parquet)"""
         ).fetchone() or (0,)
-    os.replace(partial, out_path)
     return int(rows)
 
 

@@ -48,6 +48,7 @@ from airflow_provider_zeotap.sync.models import (
     WarehousePlan,
 )
 from airflow_provider_zeotap.sync.sources import DbApiHookLike, query_to_parts
+from airflow_provider_zeotap.sync.storage import written_whole
 from airflow_provider_zeotap.sync.warehouse.dialects import (
     ACK_SCRATCH,
     DUPS_SCRATCH,
@@ -410,17 +411,16 @@ class WarehouseState:
                         WHERE NOT EXISTS (SELECT 1 FROM {parquet_relation([changes_path])} AS "c" WHERE {match})
                     )"""
             )
-            partial = out_path + ".partial"
-            (rows,) = fetch_row(
-                con,
-                f"""COPY (SELECT {source}, {nothing}, '{Change.REFRESH.value}' AS "{CHANGE_COLUMN}", "{ROW_ID_COLUMN}"
-                    FROM "rows" ORDER BY "{ROW_ID_COLUMN}") TO {quote_literal(partial)} (FORMAT parquet)""",
-            )
-            con.execute(
-                f"""COPY (SELECT "{ROW_ID_COLUMN}", "{HASH_COLUMN}" FROM "rows" ORDER BY "{ROW_ID_COLUMN}")
-                    TO {quote_literal(hashes_out)} (FORMAT parquet)"""
-            )
-        os.replace(partial, out_path)
+            with written_whole(out_path) as partial:  # renamed last: its presence means both files are whole
+                (rows,) = fetch_row(
+                    con,
+                    f"""COPY (SELECT {source}, {nothing}, '{Change.REFRESH.value}' AS "{CHANGE_COLUMN}", "{ROW_ID_COLUMN}"
+                        FROM "rows" ORDER BY "{ROW_ID_COLUMN}") TO {quote_literal(partial)} (FORMAT parquet)""",
+                )
+                con.execute(
+                    f"""COPY (SELECT "{ROW_ID_COLUMN}", "{HASH_COLUMN}" FROM "rows" ORDER BY "{ROW_ID_COLUMN}")
+                        TO {quote_literal(hashes_out)} (FORMAT parquet)"""
+                )
         os.remove(state_path)
         return int(rows)
 
