@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 from types import MappingProxyType
 from typing import Any
 
@@ -18,6 +19,7 @@ from airflow_provider_zeotap.sync.destination import BatchRefused, Capabilities,
 from airflow_provider_zeotap.sync.guards import Guards
 from airflow_provider_zeotap.sync.models import Change
 from airflow_provider_zeotap.sync.modes import AUDIENCE_MODES, RECORD_MODES, Operation
+from airflow_provider_zeotap.sync.ownership import OwnershipLog
 from tests.support.sync_harness import Killed, RecordingDestination, SyncHarness
 
 ROWS = [{"id": i, "email": f"user{i}@example.com", "name": f"User {i}"} for i in range(1, 13)]
@@ -246,16 +248,7 @@ def test_batches_that_finish_out_of_order_are_checkpointed_and_not_sent_again(ha
 class RowByRow(Destination):
     """One request per row, two batches in flight, each answer reported as it comes (Zeotap's shape)."""
 
-    capabilities = Capabilities(
-        name="Row by row",
-        mode_argument="sync_mode",
-        modes=MappingProxyType(dict(RECORD_MODES)),
-        batch_size=4,
-        max_batch_size=100,
-        required_fields=("email",),
-        default_fields=("email", "name"),
-        batches_in_flight=2,
-    )
+    capabilities = replace(AsyncDestination.capabilities, name="Row by row", batch_size=4, batches_in_flight=2)
 
     def __init__(self, *, kill: int | None = None, refuse: int | None = None) -> None:
         self.kill = kill
@@ -288,6 +281,29 @@ def test_a_retry_after_a_kill_mid_batch_sends_only_the_rows_that_had_no_answer(h
     assert (result.succeeded, result.rejected) == (11, 1) and result.committed.rows == 11
     assert not [name for name in os.listdir(harness.storage.local_dir(harness.storage.plan_uri(plan.plan_id, "delivery")))
                 if name.startswith("answers-")]  # every batch's outcomes are written: no answers kept
+
+
+class OneBatchAtATime(RowByRow):
+    """The same batches, one in flight at a time: which rows a kill finds answered does not depend on timing."""
+
+    capabilities = replace(RowByRow.capabilities, batches_in_flight=1)
+
+
+def test_a_second_kill_keeps_the_ownership_records_of_the_rows_the_first_try_had_answers_for(harness):
+    """Try 2 skips rows answered by try 1 but records the batch's creates whole: killed again before its commit,
+    the records must still hold those rows, or a later mirror could never remove them (they may have landed)."""
+    plan = harness.plan(ROWS)
+    first = RowByRow(kill=3)
+    with pytest.raises(Killed):
+        harness.runner(plan, first).run()
+    log = OwnershipLog(harness.storage, "unbound")
+    recorded_by_try_1 = log.load()
+    assert len(recorded_by_try_1) == 8  # batches 0 and 1 were in flight
+    second = OneBatchAtATime(kill=4)  # batch 0 alone: row 3 goes out again and lands, row 4 kills
+    with pytest.raises(Killed):
+        harness.runner(plan, second).run()
+    assert second.sent == [3] and harness.pointer.read() is None  # rows 1 and 2 were not sent again
+    assert log.load() >= recorded_by_try_1
 
 
 def test_an_answer_cut_by_the_kill_is_skipped_and_its_row_sent_again(tmp_path):
